@@ -1,0 +1,198 @@
+"""Run-time configuration of the I2CR graph (its ``context_schema``).
+
+Every threshold, the clue order, the round limit and every model is a field
+here, never a constant in a node. Each field can be set three ways, strongest
+first:
+
+1. ``graph.invoke(..., context={"linker_model": "openai:gpt-4o-mini"})``
+   (or the "Context" panel in LangGraph Studio);
+2. an environment variable ``I2CR_<FIELD NAME IN CAPITALS>``, e.g.
+   ``I2CR_LINKER_MODEL=openai:qwen2.5 I2CR_REFLECTION_THRESHOLD=0.5``;
+3. the default below.
+
+Model specs are ``provider:model`` strings (see ``tools/models.py``):
+``embedded`` (the packaged offline default), ``openai:<model>`` (OpenAI or any
+OpenAI-compatible server via ``openai_base_url``), ``huggingface:<hub id or
+local path, a .gguf file included>``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import MISSING as _MISSING
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from tools.context_types import CLUE_TYPES
+ENV_PREFIX = "I2CR_"
+
+
+@dataclass(kw_only=True)
+class Context:
+    """Configuration of one I2CR run. All fields have offline defaults."""
+
+    # ---- models -----------------------------------------------------------
+    linker_model: str = field(
+        default="embedded",
+        metadata={"description": "Chat model that picks a candidate: 'embedded', "
+                  "'openai:<model>', 'huggingface:<hub id | local dir | file.gguf>'."},
+    )
+    embedding_model: str = field(
+        default="embedded",
+        metadata={"description": "Text embedder for intra-modal reflection and retrieval: "
+                  "'embedded' (packaged all-MiniLM-L6-v2), 'huggingface:<id|path>' "
+                  "(sentence-transformers), 'openai:<model>'."},
+    )
+    verifier: str = field(
+        default="embedded",
+        metadata={"description": "Image-entity scorer for inter-modal verification: 'embedded' "
+                  "(clue text vs entity description in embedding space), 'clip:<id|path>', "
+                  "'judge:<chat model spec>' (vision chat model as judge)."},
+    )
+    caption_model: str = field(
+        default="embedded",
+        metadata={"description": "Captioner: 'embedded' (composed from the other clues), "
+                  "'openai:<vision model>', 'huggingface:<image-to-text id|path>'."},
+    )
+    object_model: str = field(
+        default="embedded",
+        metadata={"description": "Object tool: 'embedded' (OpenCV face/person cascades + "
+                  "ImageNet EfficientNet-lite0 tags), 'huggingface:<detection id|path>'."},
+    )
+    scene_model: str = field(
+        default="embedded",
+        metadata={"description": "Scene tool: 'embedded' (offline heuristic), "
+                  "'clip:<id|path>' (zero-shot over place labels)."},
+    )
+    ocr_engine: str = field(
+        default="rapidocr",
+        metadata={"description": "OCR engine: 'rapidocr' (models inside the wheel) or 'tesseract'."},
+    )
+    openai_base_url: str | None = field(
+        default=None,
+        metadata={"description": "Base URL for 'openai:' specs (vLLM, Ollama, llama.cpp server...). "
+                  "Falls back to OPENAI_BASE_URL."},
+    )
+    openai_api_key: str | None = field(
+        default=None,
+        metadata={"description": "API key for 'openai:' specs. Falls back to OPENAI_API_KEY; "
+                  "a placeholder is used for keyless local servers."},
+    )
+
+    # ---- method -------------------------------------------------------------
+    top_k: int = field(default=10, metadata={"description": "Candidates retrieved from the knowledge base."})
+    reflection_threshold: float = field(
+        default=0.8,
+        metadata={"description": "alpha: cosine(mention+context, entity name+description) a pick "
+                  "must reach to pass intra-modal reflection (reference 0.8)."},
+    )
+    max_rechoices: int = field(
+        default=3,
+        metadata={"description": "Re-asks of the linker, pick excluded, after a failed reflection "
+                  "(reference 3). The best-scoring pick wins if none passes."},
+    )
+    verification_threshold: float | None = field(
+        default=None,
+        metadata={"description": "tau: image-entity score a pick must reach to pass verification. "
+                  "Empty = the scorer's own default (CLIP 0.31 as in the reference)."},
+    )
+    clue_order: list[str] = field(
+        default_factory=lambda: list(CLUE_TYPES),
+        metadata={"description": "Visual clues tried, one per round, in this order: "
+                  "any of 'ocr', 'objects', 'scene', 'caption'."},
+    )
+    max_rounds: int = field(
+        default=4,
+        metadata={"description": "Most visual-clue rounds after the text round."},
+    )
+    accumulate_clues: bool = field(
+        default=True,
+        metadata={"description": "Give the linker every clue gathered so far (True) or only the "
+                  "newest one (False, the reference behaviour)."},
+    )
+    fallback: Literal["text", "best"] = field(
+        default="text",
+        metadata={"description": "When no round verifies: 'text' = the round-1 answer (reference), "
+                  "'best' = the answer with the highest verification score."},
+    )
+    allow_nil: bool = field(
+        default=True,
+        metadata={"description": "Offer the linker a 'nil' (none of the candidates) answer."},
+    )
+    unparseable_fallback: Literal["top_candidate", "nil"] = field(
+        default="top_candidate",
+        metadata={"description": "Answer of a round in which the linker never gave a usable "
+                  "pick: the first (top-ranked) candidate, or nil."},
+    )
+    use_precomputed_clues: bool = field(
+        default=True,
+        metadata={"description": "Use image descriptions the record carries (e.g. WikiMEL's "
+                  "mention_imgdesc_Azure) instead of running the image tools."},
+    )
+
+    # ---- decoding and transport ---------------------------------------------
+    temperature: float = field(default=0.0, metadata={"description": "Linker temperature (0 = deterministic)."})
+    max_tokens: int = field(default=16, metadata={"description": "Most tokens the linker may answer with."})
+    request_timeout: float = field(default=60.0, metadata={"description": "Seconds before a model request times out."})
+    max_retries: int = field(default=3, metadata={"description": "Retries, with exponential backoff, of a failed model request."})
+
+    # ---- knowledge base -------------------------------------------------------
+    kb_path: str | None = field(
+        default=None,
+        metadata={"description": "Chroma persistent directory (default: the user's data dir)."},
+    )
+    kb_host: str | None = field(default=None, metadata={"description": "Chroma server host (uses HttpClient when set)."})
+    kb_port: int = field(default=8000, metadata={"description": "Chroma server port."})
+    kb_collection: str = field(default="entities", metadata={"description": "Chroma collection name."})
+
+    def __post_init__(self) -> None:
+        """Fill fields left at their default from ``I2CR_*`` environment variables, then check."""
+        for f in fields(self):
+            env = os.environ.get(ENV_PREFIX + f.name.upper())
+            if env is None or not f.init:
+                continue
+            default = f.default if f.default_factory is _MISSING else f.default_factory()  # type: ignore[misc]
+            if getattr(self, f.name) == default:
+                setattr(self, f.name, _coerce(f.name, env, default))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the setting when a value is out of range."""
+        if isinstance(self.clue_order, str):
+            self.clue_order = [c.strip() for c in self.clue_order.split(",") if c.strip()]
+        bad = [c for c in self.clue_order if c not in CLUE_TYPES]
+        if bad:
+            raise ValueError(f"clue_order: unknown clue(s) {bad}; choose from {list(CLUE_TYPES)}")
+        for name in ("top_k", "max_rechoices", "max_rounds", "max_tokens", "max_retries"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0 or (name in ("top_k", "max_tokens") and value < 1):
+                raise ValueError(f"{name}: expected a {'positive' if name in ('top_k', 'max_tokens') else 'non-negative'} integer, got {value!r}")
+        if self.fallback not in ("text", "best"):
+            raise ValueError(f"fallback: expected 'text' or 'best', got {self.fallback!r}")
+        if self.unparseable_fallback not in ("top_candidate", "nil"):
+            raise ValueError(f"unparseable_fallback: expected 'top_candidate' or 'nil', got {self.unparseable_fallback!r}")
+        if not isinstance(self.reflection_threshold, (int, float)):
+            raise ValueError(f"reflection_threshold: expected a number, got {self.reflection_threshold!r}")
+
+
+
+def _coerce(name: str, raw: str, default: Any) -> Any:
+    """Turn an environment string into the type of the field's default."""
+    try:
+        if isinstance(default, bool):
+            if raw.strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.strip().lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true/false")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float) or name in ("verification_threshold",):
+            return float(raw) if raw.strip() else None
+        if isinstance(default, list):
+            raw = raw.strip()
+            return json.loads(raw) if raw.startswith("[") else [c.strip() for c in raw.split(",") if c.strip()]
+    except ValueError as exc:
+        raise ValueError(f"environment variable {ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from None
+    return raw

@@ -1,0 +1,102 @@
+"""Chat models from ``provider:model`` specs.
+
+* ``embedded`` — the packaged offline default (see ``tools/embedded_llm.py``).
+* ``openai:<model>`` — OpenAI or any OpenAI-compatible server (vLLM, Ollama,
+  llama.cpp server) through ``langchain-openai``; base URL and key from the
+  context or ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``.
+* ``huggingface:<hub id | local dir | file.gguf>`` — a local transformers
+  text-generation pipeline through ``langchain-huggingface``.
+
+A ``BaseChatModel`` instance is accepted in place of a spec (handy from Python).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from functools import lru_cache
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+
+from tools.errors import ConfigError, ModelError
+from tools.specs import parse_spec
+
+CHAT_PROVIDERS = ("embedded", "openai", "huggingface")
+_lock = threading.Lock()
+
+
+def load_chat_model(
+    spec: str | BaseChatModel,
+    *,
+    setting: str = "linker_model",
+    base_url: str | None = None,
+    api_key: str | None = None,
+    temperature: float = 0.0,
+    max_tokens: int = 16,
+    timeout: float = 60.0,
+    max_retries: int = 3,
+) -> BaseChatModel:
+    """Return a chat model for ``spec`` (cached: one instance per distinct configuration)."""
+    if isinstance(spec, BaseChatModel):
+        return spec
+    parsed = parse_spec(spec, setting=setting, providers=CHAT_PROVIDERS)
+    with _lock:
+        return _load(parsed.provider, parsed.name, setting, base_url, api_key,
+                     float(temperature), int(max_tokens), float(timeout), int(max_retries))
+
+
+@lru_cache(maxsize=16)
+def _load(provider: str, name: str, setting: str, base_url: str | None, api_key: str | None,
+          temperature: float, max_tokens: int, timeout: float, max_retries: int) -> BaseChatModel:
+    if provider == "openai":
+        return _openai(name, base_url, api_key, temperature, max_tokens, timeout, max_retries)
+    if provider == "huggingface":
+        return _huggingface(name, setting, temperature, max_tokens)
+    from tools.embedded_llm import load_embedded_chat_model
+
+    return load_embedded_chat_model(name or None, temperature=temperature, max_tokens=max_tokens)
+
+
+def _openai(name: str, base_url: str | None, api_key: str | None, temperature: float,
+            max_tokens: int, timeout: float, max_retries: int) -> BaseChatModel:
+    """An OpenAI-compatible chat model; the client retries timeouts and 5xx with backoff."""
+    from langchain_openai import ChatOpenAI
+
+    base_url = base_url or os.environ.get("OPENAI_BASE_URL")
+    api_key = api_key or os.environ.get("OPENAI_API_KEY")
+    if not api_key:
+        if not base_url:
+            raise ConfigError(f"openai:{name}: no API key; set OPENAI_API_KEY (or I2CR_OPENAI_API_KEY), "
+                              "or set openai_base_url for a keyless local server")
+        api_key = "not-needed"  # local servers (vLLM, Ollama, llama.cpp) ignore the key
+    kwargs: dict[str, Any] = dict(model=name, base_url=base_url, api_key=api_key, temperature=temperature,
+                                  timeout=timeout, max_retries=max_retries, seed=0)
+    if max_tokens:
+        kwargs["max_tokens"] = max_tokens
+    return ChatOpenAI(**kwargs)
+
+
+def _huggingface(name: str, setting: str, temperature: float, max_tokens: int) -> BaseChatModel:
+    from tools.hf_local import load_hf_chat_model
+
+    return load_hf_chat_model(name, setting=setting, temperature=temperature, max_tokens=max_tokens)
+
+
+def invoke_model(model: BaseChatModel, messages: list, *, spec: Any, setting: str = "linker_model") -> str:
+    """Call ``model`` and return its text; any failure becomes a ``ModelError`` naming the model."""
+    try:
+        reply = model.invoke(messages)
+    except Exception as exc:  # the client already retried transient errors with backoff
+        raise ModelError(f"{setting} '{describe(spec)}' failed: {type(exc).__name__}: {exc}") from exc
+    content = getattr(reply, "content", reply)
+    if isinstance(content, list):  # content blocks
+        content = "".join(b.get("text", "") if isinstance(b, dict) else str(b) for b in content)
+    return str(content)
+
+
+def describe(spec: Any) -> str:
+    """A short name of a spec or model object for messages and traces."""
+    if isinstance(spec, str):
+        return spec
+    return getattr(spec, "model_name", None) or getattr(spec, "model", None) or type(spec).__name__
