@@ -24,6 +24,8 @@ from dataclasses import MISSING as _MISSING
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from tools.errors import ConfigError
+
 from tools.context_types import CLUE_TYPES
 ENV_PREFIX = "I2CR_"
 
@@ -83,9 +85,10 @@ class Context:
     # ---- method -------------------------------------------------------------
     top_k: int = field(default=10, metadata={"description": "Candidates retrieved from the knowledge base."})
     reflection_threshold: float = field(
-        default=0.8,
+        default=0.5,
         metadata={"description": "alpha: cosine(mention+context, entity name+description) a pick "
-                  "must reach to pass intra-modal reflection (reference 0.8)."},
+                  "must reach to pass intra-modal reflection. The reference uses 0.8 with its own "
+                  "embedder; 0.5 is calibrated for the embedded all-MiniLM-L6-v2 (see README)."},
     )
     max_rechoices: int = field(
         default=3,
@@ -133,6 +136,7 @@ class Context:
 
     # ---- decoding and transport ---------------------------------------------
     temperature: float = field(default=0.0, metadata={"description": "Linker temperature (0 = deterministic)."})
+    max_desc_chars: int = field(default=300, metadata={"description": "Candidate descriptions are cut to this many characters in the prompt."})
     max_tokens: int = field(default=16, metadata={"description": "Most tokens the linker may answer with."})
     request_timeout: float = field(default=60.0, metadata={"description": "Seconds before a model request times out."})
     max_retries: int = field(default=3, metadata={"description": "Retries, with exponential backoff, of a failed model request."})
@@ -154,45 +158,66 @@ class Context:
                 continue
             default = f.default if f.default_factory is _MISSING else f.default_factory()  # type: ignore[misc]
             if getattr(self, f.name) == default:
-                setattr(self, f.name, _coerce(f.name, env, default))
+                setattr(self, f.name, coerce_setting(f.name, env, origin=ENV_PREFIX + f.name.upper()))
         self.validate()
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the setting when a value is out of range."""
+        """Raise ``ConfigError`` naming the setting when a value is out of range."""
         if isinstance(self.clue_order, str):
             self.clue_order = [c.strip() for c in self.clue_order.split(",") if c.strip()]
         bad = [c for c in self.clue_order if c not in CLUE_TYPES]
         if bad:
-            raise ValueError(f"clue_order: unknown clue(s) {bad}; choose from {list(CLUE_TYPES)}")
-        for name in ("top_k", "max_rechoices", "max_rounds", "max_tokens", "max_retries"):
+            raise ConfigError(f"clue_order: unknown clue(s) {bad}; choose from {list(CLUE_TYPES)}")
+        for name in ("top_k", "max_rechoices", "max_rounds", "max_tokens", "max_retries", "max_desc_chars"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0 or (name in ("top_k", "max_tokens") and value < 1):
-                raise ValueError(f"{name}: expected a {'positive' if name in ('top_k', 'max_tokens') else 'non-negative'} integer, got {value!r}")
+                raise ConfigError(f"{name}: expected a {'positive' if name in ('top_k', 'max_tokens') else 'non-negative'} integer, got {value!r}")
         if self.fallback not in ("text", "best"):
-            raise ValueError(f"fallback: expected 'text' or 'best', got {self.fallback!r}")
+            raise ConfigError(f"fallback: expected 'text' or 'best', got {self.fallback!r}")
         if self.unparseable_fallback not in ("top_candidate", "nil"):
-            raise ValueError(f"unparseable_fallback: expected 'top_candidate' or 'nil', got {self.unparseable_fallback!r}")
+            raise ConfigError(f"unparseable_fallback: expected 'top_candidate' or 'nil', got {self.unparseable_fallback!r}")
         if not isinstance(self.reflection_threshold, (int, float)):
-            raise ValueError(f"reflection_threshold: expected a number, got {self.reflection_threshold!r}")
+            raise ConfigError(f"reflection_threshold: expected a number, got {self.reflection_threshold!r}")
 
 
 
-def _coerce(name: str, raw: str, default: Any) -> Any:
-    """Turn an environment string into the type of the field's default."""
+def coerce_setting(name: str, raw: str, *, origin: str | None = None) -> Any:
+    """Turn a string (environment variable, ``--set key=value``) into the type of setting ``name``.
+
+    Raises ``ConfigError`` naming ``origin`` (default: the setting) when the value does not fit.
+    """
+    known = {f.name: f for f in fields(Context)}
+    label = origin or name
+    if name not in known:
+        raise ConfigError(f"{label}: unknown setting; choose from {sorted(known)}")
+    f = known[name]
+    default = f.default_factory() if f.default_factory is not _MISSING else f.default  # type: ignore[misc]
+    text = raw.strip()
     try:
         if isinstance(default, bool):
-            if raw.strip().lower() in ("1", "true", "yes", "on"):
+            if text.lower() in ("1", "true", "yes", "on"):
                 return True
-            if raw.strip().lower() in ("0", "false", "no", "off"):
+            if text.lower() in ("0", "false", "no", "off"):
                 return False
-            raise ValueError("expected true/false")
+            raise ValueError("expected true or false")
         if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float) or name in ("verification_threshold",):
-            return float(raw) if raw.strip() else None
+            return int(text)
+        if isinstance(default, float) or name == "verification_threshold":
+            return float(text) if text else None
         if isinstance(default, list):
-            raw = raw.strip()
-            return json.loads(raw) if raw.startswith("[") else [c.strip() for c in raw.split(",") if c.strip()]
+            return json.loads(text) if text.startswith("[") else [c.strip() for c in text.split(",") if c.strip()]
     except ValueError as exc:
-        raise ValueError(f"environment variable {ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from None
-    return raw
+        raise ConfigError(f"{label}={raw!r}: {exc}") from None
+    return (text or None) if default is None else text
+
+
+def resolve_context(runtime: Any) -> Context:
+    """The ``Context`` of a node's ``runtime`` (a dict or nothing is turned into one)."""
+    ctx = getattr(runtime, "context", None)
+    if isinstance(ctx, Context):
+        return ctx
+    if ctx is None:
+        return Context()
+    if isinstance(ctx, dict):
+        return Context(**ctx)
+    raise TypeError(f"context must be a dict or graph.context.Context, not {type(ctx).__name__}")

@@ -50,7 +50,7 @@ def load_chat_model(
 def _load(provider: str, name: str, setting: str, base_url: str | None, api_key: str | None,
           temperature: float, max_tokens: int, timeout: float, max_retries: int) -> BaseChatModel:
     if provider == "openai":
-        return _openai(name, base_url, api_key, temperature, max_tokens, timeout, max_retries)
+        return _openai(name, setting, base_url, api_key, temperature, max_tokens, timeout, max_retries)
     if provider == "huggingface":
         return _huggingface(name, setting, temperature, max_tokens)
     from tools.embedded_llm import load_embedded_chat_model
@@ -58,7 +58,7 @@ def _load(provider: str, name: str, setting: str, base_url: str | None, api_key:
     return load_embedded_chat_model(name or None, temperature=temperature, max_tokens=max_tokens)
 
 
-def _openai(name: str, base_url: str | None, api_key: str | None, temperature: float,
+def _openai(name: str, setting: str, base_url: str | None, api_key: str | None, temperature: float,
             max_tokens: int, timeout: float, max_retries: int) -> BaseChatModel:
     """An OpenAI-compatible chat model; the client retries timeouts and 5xx with backoff."""
     from langchain_openai import ChatOpenAI
@@ -67,13 +67,18 @@ def _openai(name: str, base_url: str | None, api_key: str | None, temperature: f
     api_key = api_key or os.environ.get("OPENAI_API_KEY")
     if not api_key:
         if not base_url:
-            raise ConfigError(f"openai:{name}: no API key; set OPENAI_API_KEY (or I2CR_OPENAI_API_KEY), "
+            raise ConfigError(f"{setting} 'openai:{name}': no API key; set OPENAI_API_KEY (or I2CR_OPENAI_API_KEY), "
                               "or set openai_base_url for a keyless local server")
         api_key = "not-needed"  # local servers (vLLM, Ollama, llama.cpp) ignore the key
+    # timeouts, connection errors, 408/409/429 and 5xx are retried by the openai client itself,
+    # ``max_retries`` times with exponential backoff (honouring Retry-After)
     kwargs: dict[str, Any] = dict(model=name, base_url=base_url, api_key=api_key, temperature=temperature,
-                                  timeout=timeout, max_retries=max_retries, seed=0)
+                                  timeout=timeout, max_retries=max_retries, seed=0, use_responses_api=False)
     if max_tokens:
-        kwargs["max_tokens"] = max_tokens
+        kwargs["max_tokens"] = max_tokens  # sent as max_completion_tokens
+        if base_url and "api.openai.com" not in base_url:
+            # llama.cpp server and older Ollama only read the legacy name
+            kwargs["extra_body"] = {"max_tokens": max_tokens}
     return ChatOpenAI(**kwargs)
 
 
@@ -83,20 +88,50 @@ def _huggingface(name: str, setting: str, temperature: float, max_tokens: int) -
     return load_hf_chat_model(name, setting=setting, temperature=temperature, max_tokens=max_tokens)
 
 
-def invoke_model(model: BaseChatModel, messages: list, *, spec: Any, setting: str = "linker_model") -> str:
-    """Call ``model`` and return its text; any failure becomes a ``ModelError`` naming the model."""
+def invoke_model(model: BaseChatModel, messages: list, *, spec: Any,
+                 setting: str = "linker_model") -> tuple[str, dict[str, int]]:
+    """Call ``model``; return its text and token usage ``{"input_tokens", "output_tokens"}``.
+
+    Any failure (after the client's own retries) becomes a ``ModelError`` naming the model.
+    """
     try:
         reply = model.invoke(messages)
     except Exception as exc:  # the client already retried transient errors with backoff
-        raise ModelError(f"{setting} '{describe(spec)}' failed: {type(exc).__name__}: {exc}") from exc
+        raise ModelError(f"{setting} '{describe(spec)}'{_where(model)} failed: {_failure(exc)}") from exc
     content = getattr(reply, "content", reply)
     if isinstance(content, list):  # content blocks
         content = "".join(b.get("text", "") if isinstance(b, dict) else str(b) for b in content)
-    return str(content)
+    meta = getattr(reply, "usage_metadata", None) or {}
+    usage = {"input_tokens": int(meta.get("input_tokens") or 0), "output_tokens": int(meta.get("output_tokens") or 0)}
+    return str(content), usage
 
 
 def describe(spec: Any) -> str:
     """A short name of a spec or model object for messages and traces."""
     if isinstance(spec, str):
         return spec
-    return getattr(spec, "model_name", None) or getattr(spec, "model", None) or type(spec).__name__
+    for attr in ("model_name", "model_id", "model"):
+        value = getattr(spec, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return type(spec).__name__
+
+
+def _where(model: Any) -> str:
+    """`` at <base url>`` for a remote model, else nothing."""
+    url = getattr(model, "openai_api_base", None)
+    return f" at {url}" if url else ""
+
+
+def _failure(exc: Exception) -> str:
+    """One line on why a call failed (HTTP status and retries for API errors)."""
+    status = getattr(exc, "status_code", None)
+    text = " ".join(str(exc).split())[:300]
+    if status is not None:
+        return f"HTTP {status} after retries: {text}"
+    name = type(exc).__name__
+    if "Timeout" in name:
+        return f"timed out (after retries): {text}"
+    if "Connection" in name:
+        return f"could not connect (after retries): {text}"
+    return f"{name}: {text}"

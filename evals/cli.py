@@ -1,0 +1,99 @@
+"""``i2cr eval`` and ``i2cr report``.
+
+    i2cr eval DATA.json --labels LABELS.json [--images DIR] [--limit N] [--sample N --seed S]
+              [--concurrency C] [--set key=value ...] [--retry-errors] --out run/
+    i2cr report run/
+
+Re-running the same ``i2cr eval`` command resumes an interrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from tools.errors import I2CRError, InputError
+
+
+def parse_settings(pairs: list[str]) -> dict[str, Any]:
+    """``["max_rounds=2"]`` → typed Context settings; unknown keys and bad values raise ``ConfigError``."""
+    from graph.context import coerce_setting
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise InputError(f"--set {pair!r}: expected key=value")
+        key = key.strip().replace("-", "_")
+        out[key] = coerce_setting(key, value, origin=f"--set {key}")
+    return out
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    """Arguments of ``i2cr eval``."""
+    p = argparse.ArgumentParser(prog="i2cr eval", description="Run the I2CR graph over a benchmark; resumable.")
+    p.add_argument("data", help="dataset: I2CR JSON {id: record} (WikiMEL, RichpediaMEL, WikiDiverse) or JSONL")
+    p.add_argument("--labels", help="gold answers {id: entity name | QID | 'nil'} (JSONL records may carry 'gold')")
+    p.add_argument("--images", help="folder holding the images named by mention_imgpath")
+    p.add_argument("--out", default="run", help="run folder (default: run/)")
+    p.add_argument("--limit", type=int, help="run only the first N mentions (after --sample)")
+    p.add_argument("--sample", type=int, help="run a random sample of N mentions")
+    p.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
+    p.add_argument("--concurrency", type=int, default=1, help="mentions linked in parallel (default 1)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting of graph/context.py, e.g. --set linker_model=openai:gpt-4o-mini (repeatable)")
+    p.add_argument("--retry-errors", action="store_true", help="on resume, run again the mentions that failed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-report", action="store_true", help="skip report.md / rounds.png at the end")
+    return p
+
+
+def eval_main(argv: list[str]) -> int:
+    """Entry point of ``i2cr eval``; returns the exit code."""
+    args = eval_parser().parse_args(argv)
+    try:
+        from graph.context import Context
+        from evals.runner import run_eval
+
+        ctx = Context(**parse_settings(args.set))
+        summary = run_eval(args.data, args.labels, args.out, context=ctx, images=args.images, limit=args.limit,
+                           sample=args.sample, seed=args.seed, concurrency=args.concurrency,
+                           retry_errors=args.retry_errors, progress=not args.no_progress,
+                           report=not args.no_report)
+    except I2CRError as exc:
+        print(f"i2cr eval: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ni2cr eval: interrupted; every finished mention is saved in {args.out}/predictions.jsonl. "
+              "Run the same command again to resume.", file=sys.stderr)
+        return 130
+    acc = summary["accuracy"]
+    print(f"{summary['done']}/{summary['selected']} mentions in {summary['run_dir']} "
+          f"({summary['resumed_from']} from before, {summary['written']} now, {summary['errors']} failed); "
+          f"Top-1 {'n/a' if acc is None else f'{100 * acc:.1f}%'}")
+    for note in summary["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    if summary.get("report"):
+        print(f"report: {summary['report']}")
+    return 0
+
+
+def report_main(argv: list[str]) -> int:
+    """Entry point of ``i2cr report``: (re)write report.md and rounds.png of a run folder."""
+    p = argparse.ArgumentParser(prog="i2cr report", description="Summarise a run folder of i2cr eval.")
+    p.add_argument("run", help="run folder (holding predictions.jsonl and config.json)")
+    args = p.parse_args(argv)
+    try:
+        from evals.report import write_report
+
+        path = write_report(args.run)
+    except I2CRError as exc:
+        print(f"i2cr report: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {path}\nfigure: {path.parent / 'rounds.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(eval_main(sys.argv[1:]))

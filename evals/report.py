@@ -1,0 +1,208 @@
+"""``report.md`` and ``rounds.png`` of a run folder (``i2cr report run/``).
+
+Everything is computed from ``predictions.jsonl`` (and ``config.json`` for the
+settings), so a report can be made of a run in progress or a killed one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from evals import metrics as M
+from evals.plot import plot_rounds, round_labels
+from evals.store import PREDICTIONS, read_config, read_predictions
+from tools.errors import InputError
+
+PUBLISHED_WIKIMEL = [("UniMEL", 94.1), ("I2CR", 93.0), ("MIMIC", 87.98)]
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{100 * x:.1f}%"
+
+
+def _ci(row: dict) -> str:
+    return "n/a" if math.isnan(row["lo"]) else f"[{100 * row['lo']:.1f}, {100 * row['hi']:.1f}]"
+
+
+def _num(x: float, digits: int = 1) -> str:
+    if x is None or math.isnan(x):
+        return "n/a"
+    return f"{x:,.{digits}f}" if abs(x) < 1e6 else f"{x:,.0f}"
+
+
+def summarize(records: list[dict], config: dict[str, Any]) -> dict[str, Any]:
+    """Every figure of the report, as data (the markdown and the plot are drawn from this)."""
+    settings = config.get("settings") or {}
+    clue_order = settings.get("clue_order") or []
+    max_rounds = settings.get("max_rounds", len(clue_order))
+    n_rounds = 1 + min(int(max_rounds), len(clue_order)) if clue_order else 1
+    n_rounds = max([n_rounds, *[r.get("stop_round") or 1 for r in records]])
+    scored = [r for r in records if M.is_scored(r)]
+
+    def baseline(key: str) -> tuple[dict, int, str | None]:
+        flags, missing, reason = [], 0, None
+        for r in scored:
+            base = r.get("baselines")
+            if base is None:  # malformed record: no input to run any method on
+                flags.append(False)
+            elif key in base:
+                flags.append(M.match(base[key], r["gold"]))
+            else:
+                missing += 1
+                reason = reason or base.get(f"{key}_error")
+        return M.accuracy(flags), missing, reason
+
+    first, _, _ = baseline("first")
+    emb, emb_missing, emb_reason = baseline("embedding")
+    qid_flags = [None if M.match_qid(None, r["gold"]) is None else (False if r.get("error") else
+                 M.match_qid(r.get("prediction"), r["gold"])) for r in scored]
+    return {
+        "n": len(records), "scored": len(scored), "errors": sum(1 for r in records if r.get("error")),
+        "selected": config.get("selected"), "n_rounds": n_rounds,
+        "top1": M.accuracy(M.rec_correct(r) for r in scored),
+        "top1_qid": M.accuracy(qid_flags),
+        "round1": M.accuracy(False if r.get("error") else M.match(r.get("round1"), r["gold"]) for r in scored),
+        "first": first, "embedding": emb, "embedding_missing": emb_missing, "embedding_reason": emb_reason,
+        "per_round": M.cumulative_by_round(records, n_rounds),
+        "exits": M.exit_groups(records),
+        "clue_use": M.clue_use_by_round(records),
+        "cost": M.cost_table(records),
+        "nil_gold": sum(1 for r in scored if r["gold"].get("nil")),
+        "with_image": sum(1 for r in records if r.get("has_image")),
+        "with_desc": sum(1 for r in records if r.get("has_image_desc")),
+    }
+
+
+def error_kind(rec: dict) -> str:
+    """A short class of a failed record's error, for counting (malformed record, input field, model)."""
+    if rec.get("where"):
+        return "malformed record"
+    text = re.sub(r"^input '[^']*': ", "", str(rec.get("error") or ""))
+    return text.split(":")[0][:60] or "?"
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``report.md`` and ``rounds.png`` into ``run_dir``; return the path of the report."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise InputError(f"report: no run folder at {run}")
+    if not (run / PREDICTIONS).is_file():
+        raise InputError(f"report: {run} has no {PREDICTIONS}; run `i2cr eval ... --out {run}` first")
+    config = read_config(run) or {}
+    records, notes = read_predictions(run)
+    if not records:
+        raise InputError(f"report: {run / PREDICTIONS} holds no prediction yet")
+    s = summarize(records, config)
+    settings = config.get("settings") or {}
+    labels = round_labels(s["n_rounds"], s["clue_use"])
+    exits_by_round: dict[Any, float] = {}
+    for g in s["exits"]:
+        key = None if g["status"] == "error" else g["stop_round"]
+        exits_by_round[key] = exits_by_round.get(key, 0.0) + g["share"]
+    dataset_name = Path(config.get("dataset") or "dataset").name
+    plot_rounds(run / "rounds.png", s["per_round"],
+                {"first candidate": s["first"]["acc"], "embedding": s["embedding"]["acc"]},
+                labels, exits_by_round,
+                f"{dataset_name}: {s['scored']} mentions, linker {settings.get('linker_model', '?')}")
+    path = run / "report.md"
+    path.write_text(render(s, config, notes, records), encoding="utf-8")
+    return path
+
+
+def render(s: dict[str, Any], config: dict[str, Any], notes: list[str], records: list[dict]) -> str:
+    """The markdown of the report."""
+    st = config.get("settings") or {}
+    L: list[str] = []
+    dataset = config.get("dataset", "?")
+    L.append(f"# I2CR evaluation: {Path(dataset).name}\n")
+    sel = s["selected"]
+    status = "complete" if sel is None or s["n"] >= sel else f"**incomplete: {s['n']} of {sel} mentions done**"
+    sample = (f"random sample of {config['sample']} (seed {config['seed']})" if config.get("sample")
+              else "all records") + (f", first {config['limit']}" if config.get("limit") is not None else "")
+    L.append(f"- Dataset: `{dataset}` ({config.get('format', '?')}), labels: `{config.get('labels')}`")
+    nil = f" ({s['nil_gold']} of them nil)" if s["nil_gold"] else ""
+    L.append(f"- Mentions: {s['n']} ({sample}); run {status}; {s['scored']} with a gold answer{nil}; "
+             f"{s['errors']} failed (counted wrong)")
+    L.append(f"- Images found: {s['with_image']}; precomputed image descriptions: {s['with_desc']}")
+    L.append(f"- Linker `{st.get('linker_model')}`, embedder `{st.get('embedding_model')}`, verifier "
+             f"`{st.get('verifier')}`; clue order {st.get('clue_order')}, max_rounds {st.get('max_rounds')}, "
+             f"alpha {st.get('reflection_threshold')}, tau {st.get('verification_threshold') or 'scorer default'}, "
+             f"fallback {st.get('fallback')} (all settings: `config.json`)\n")
+
+    L.append("## Top-1 accuracy\n")
+    L.append("Names compared as the benchmarks do (case, underscores and whitespace ignored); "
+             "95% Wilson intervals; all on the same mentions.\n")
+    L.append("| Method | Top-1 | 95% CI | correct / n |")
+    L.append("|---|---:|---:|---:|")
+
+    def row(name: str, a: dict) -> None:
+        L.append(f"| {name} | {_pct(a['acc'])} | {_ci(a)} | {a['correct']} / {a['n']} |")
+
+    row("**I2CR (this run)**", s["top1"])
+    if s["top1_qid"]["n"]:
+        row(f"I2CR, by QID ({s['top1_qid']['n']} gold QIDs)", s["top1_qid"])
+    row("text round alone (round 1)", s["round1"])
+    row("first candidate", s["first"])
+    row(f"embedding similarity (`{st.get('embedding_model')}`)", s["embedding"])
+    if s["embedding_missing"]:
+        L.append(f"\nEmbedding baseline unavailable on {s['embedding_missing']} mention(s): {s['embedding_reason']}")
+    if "wikimel" in str(dataset).lower():
+        L.append("\nPublished Top-1 on the full WikiMEL test set, for orientation (not the same mentions): "
+                 + ", ".join(f"{n} {v}" for n, v in PUBLISHED_WIKIMEL) + ".")
+
+    L.append("\n## Accuracy after each round\n")
+    L.append("The answer after round k is the final entity if the graph stopped at round k or earlier, "
+             "else the round-1 answer (what the graph returns when stopped there, reference fallback). "
+             "Round 1 is the text round; an empty clue costs no round, so round k uses the (k-1)-th "
+             f"non-empty clue of the order {st.get('clue_order')}.\n")
+    L.append("![accuracy per round](rounds.png)\n")
+    L.append("| After round | Clue used (share) | Top-1 | 95% CI | Δ |")
+    L.append("|---|---|---:|---:|---:|")
+    prev = None
+    for r in s["per_round"]:
+        k = r["round"]
+        use = s["clue_use"].get(k)
+        clue = "text" if k == 1 else (", ".join(f"{c} {n / sum(use.values()):.0%}" for c, n in use.most_common())
+                                      if use else "—")
+        delta = "" if prev is None or math.isnan(prev) else f"{100 * (r['acc'] - prev):+.1f}"
+        L.append(f"| {k} | {clue} | {_pct(r['acc'])} | {_ci(r)} | {delta} |")
+        prev = r["acc"]
+
+    L.append("\n## Where the graph stopped\n")
+    L.append("| Exit (status) | Stop round | Mentions | Share | Top-1 of group |")
+    L.append("|---|---:|---:|---:|---:|")
+    for g in s["exits"]:
+        L.append(f"| {g['status']} | {g['stop_round'] if g['stop_round'] is not None else '—'} | {g['count']} | "
+                 f"{_pct(g['share'])} | {_pct(g['acc'])} |")
+
+    L.append("\n## Cost per mention\n")
+    ok = s["cost"]["seconds"]["n"]
+    L.append(f"Over the {ok} mention(s) that ran without error. Seconds are wall-clock per mention "
+             f"(concurrency {config.get('concurrency', 1)}).\n")
+    L.append("| | mean | p50 | p95 | total |")
+    L.append("|---|---:|---:|---:|---:|")
+    names = {"llm_calls": "LLM calls", "prompt_tokens": "prompt tokens", "completion_tokens": "completion tokens",
+             "seconds": "seconds"}
+    for key, label in names.items():
+        c = s["cost"][key]
+        d = 2 if key == "seconds" else 1
+        L.append(f"| {label} | {_num(c['mean'], d)} | {_num(c['p50'], d)} | {_num(c['p95'], d)} | "
+                 f"{_num(c['total'], d)} |")
+
+    errors = [r for r in records if r.get("error")]
+    if errors:
+        L.append(f"\n## Errors ({len(errors)})\n")
+        kinds = Counter(error_kind(r) for r in errors)
+        L.append("Most common: " + "; ".join(f"{k} ×{n}" for k, n in kinds.most_common(5)) + "\n")
+        for r in errors[:10]:
+            L.append(f"- `{r['id']}`: {str(r['error'])[:300]}")
+        if len(errors) > 10:
+            L.append(f"- ... {len(errors) - 10} more in predictions.jsonl")
+    if notes:
+        L.append("\n## Notes\n")
+        L.extend(f"- {n}" for n in notes)
+    return "\n".join(L) + "\n"

@@ -1,0 +1,118 @@
+"""The run folder: ``config.json`` and the append-only ``predictions.jsonl``.
+
+Every prediction line is appended, flushed and fsync'd before the next record
+counts as done, so a run killed at any point (Ctrl-C, ``kill -9``, a crash)
+loses at most the line being written. On resume, :func:`read_predictions`
+drops a truncated last line and :class:`PredictionWriter` cuts it off the file
+before appending, so the file stays one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from tools.errors import ConfigError, InputError
+
+PREDICTIONS = "predictions.jsonl"
+CONFIG = "config.json"
+# settings that may change between the runs of one folder without changing the results
+RESUMABLE_KEYS = ("limit", "concurrency", "created")
+
+
+def read_predictions(run_dir: str | Path, *, repair: bool = False) -> tuple[list[dict], list[str]]:
+    """The prediction lines of a run folder (the last line per id wins) and notes on skipped lines.
+
+    A truncated last line (a kill mid-write) is skipped; with ``repair`` it is also cut off the file.
+    """
+    path = Path(run_dir) / PREDICTIONS
+    if not path.is_file():
+        return [], []
+    data = path.read_bytes()
+    notes: list[str] = []
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        notes.append(f"{path}: dropped a truncated last line ({len(data) - end} bytes, an interrupted write)")
+        if repair:
+            with open(path, "r+b") as fh:
+                fh.truncate(end)
+                fh.flush()
+                os.fsync(fh.fileno())
+    by_id: dict[str, dict] = {}
+    for lineno, line in enumerate(data[:end].split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            notes.append(f"{path}: line {lineno} is not valid JSON; ignored")
+            continue
+        if not isinstance(rec, dict) or "id" not in rec:
+            notes.append(f"{path}: line {lineno} has no 'id'; ignored")
+            continue
+        by_id.pop(str(rec["id"]), None)  # re-insert so the order is that of the last write
+        by_id[str(rec["id"])] = rec
+    return list(by_id.values()), notes
+
+
+class PredictionWriter:
+    """Appends one JSON line per record, durably (flush + fsync each line)."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / PREDICTIONS
+        self._fh = open(self.path, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append ``record`` as one line and make it durable before returning."""
+        self._fh.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        """Close the file."""
+        self._fh.close()
+
+    def __enter__(self) -> "PredictionWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any] | None:
+    """The ``config.json`` of a run folder, or ``None`` when there is none."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}); delete it or use another --out folder") from None
+
+
+def write_config(run_dir: str | Path, config: dict[str, Any]) -> None:
+    """Write ``config.json`` atomically (temporary file + rename)."""
+    path = Path(run_dir) / CONFIG
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(config, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def check_resume(run_dir: str | Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Refuse to resume when the run's configuration differs (a mix of two runs would be meaningless)."""
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        if key in RESUMABLE_KEYS:
+            continue
+        a, b = old.get(key), new.get(key)
+        if key == "settings" and isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f"setting {k}: was {a.get(k)!r}, now {b.get(k)!r}"
+                      for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            diffs.append(f"{key}: was {a!r}, now {b!r}")
+    if diffs:
+        listed = "; ".join(diffs[:6]) + ("; ..." if len(diffs) > 6 else "")
+        raise ConfigError(f"{Path(run_dir)} holds a run with a different configuration ({listed}). "
+                          "Re-run with the same options to resume it, or choose another --out folder.")

@@ -1,0 +1,123 @@
+"""The ``i2cr`` command line.
+
+    i2cr link --mention M --context C [--image PATH] [--candidates FILE.json] [--set key=value ...]
+    i2cr kb ingest FILE.jsonl | i2cr kb search "Jordan" --context "..." -k 10
+    i2cr eval DATA.json --labels LABELS.json --out run/
+    i2cr report run/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tools.errors import I2CRError, InputError
+
+
+def parse_settings(pairs: list[str]) -> dict[str, Any]:
+    """``["max_rounds=2", "clue_order=ocr,caption"]`` → typed Context settings (unknown keys rejected)."""
+    from graph.context import coerce_setting
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise InputError(f"--set {pair!r}: expected key=value")
+        key = key.strip().replace("-", "_")
+        out[key] = coerce_setting(key, value, origin=f"--set {key}")
+    return out
+
+
+def read_json_file(path: str, what: str) -> Any:
+    """Load a JSON file or raise ``InputError`` naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{what}: file not found: {path}")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{what}: {path} is not valid JSON ({exc})") from None
+
+
+def _link(args: argparse.Namespace) -> int:
+    from graph import graph
+    from graph.context import Context
+
+    inputs: dict[str, Any] = {"mention": args.mention, "context": args.context}
+    if args.image:
+        inputs["image"] = args.image
+    if args.candidates:
+        cands = read_json_file(args.candidates, "--candidates")
+        if isinstance(cands, dict):  # an I2CR record: take its candidates (and image descriptions)
+            if "Candentity" not in cands and "candidates" not in cands:
+                raise InputError(f"--candidates: {args.candidates} holds an object without 'Candentity' or 'candidates'")
+            if cands.get("mention_imgdesc_Azure") and not args.image_desc:
+                inputs["image_desc"] = cands["mention_imgdesc_Azure"]
+            cands = cands.get("Candentity", cands.get("candidates"))
+        inputs["candidates"] = cands
+    if args.image_desc:
+        inputs["image_desc"] = read_json_file(args.image_desc, "--image-desc")
+    settings = parse_settings(args.set or [])
+    if args.model:
+        settings["linker_model"] = args.model
+    ctx = Context(**settings)
+    out = graph.invoke(inputs, context=ctx)
+    result = {
+        "mention": args.mention,
+        "entity": None if out["entity"] is None else {k: out["entity"].get(k) for k in ("qid", "name")},
+        "status": out["status"],
+        "stop_round": out["stop_round"],
+        "round1_entity": None if not out.get("round1_entity") else {k: out["round1_entity"].get(k) for k in ("qid", "name")},
+        "usage": out.get("usage"),
+        "clues": out.get("clues"),
+        "trace": out["trace"],
+    }
+    print(json.dumps(result, indent=None if args.compact else 2, ensure_ascii=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="i2cr", description="Multimodal entity linking with I2CR.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    link = sub.add_parser("link", help="link one mention and print the result as JSON")
+    link.add_argument("--mention", required=True)
+    link.add_argument("--context", default="", help="text around the mention")
+    link.add_argument("--image", help="image file that goes with the text")
+    link.add_argument("--candidates", help="JSON file: a list of {qid, name, desc}, or an I2CR record")
+    link.add_argument("--image-desc", help="JSON file with precomputed image descriptions (Azure format)")
+    link.add_argument("--model", help="linker model spec (shortcut for --set linker_model=...)")
+    link.add_argument("--set", action="append", metavar="KEY=VALUE", help="any setting of graph/context.py")
+    link.add_argument("--compact", action="store_true", help="print one line of JSON")
+    for name, help_ in (("kb", "knowledge base: ingest, search"), ("eval", "run a benchmark"),
+                        ("report", "summarise a benchmark run folder")):
+        sub.add_parser(name, help=help_, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``i2cr`` script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "kb":
+            from tools.kb_cli import main as kb_main
+
+            return kb_main(argv[1:])
+        if argv and argv[0] in ("eval", "report"):
+            from evals import cli as eval_cli
+
+            return (eval_cli.eval_main if argv[0] == "eval" else eval_cli.report_main)(argv[1:])
+        args = build_parser().parse_args(argv)
+        return _link(args)
+    except I2CRError as exc:
+        print(f"i2cr: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("i2cr: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

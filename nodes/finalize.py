@@ -1,0 +1,44 @@
+"""Final node: the linked entity, the status and the round the run stopped at."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from graph.context import Context, resolve_context
+from graph.state import State
+
+
+def _public(entity: dict | None) -> dict | None:
+    return None if entity is None else {k: entity[k] for k in ("qid", "name", "desc") if k in entity}
+
+
+def finalize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Settle the output.
+
+    verified → that round's answer (``text_verified`` in round 1, else
+    ``clue_verified:<clue>``); no image → the text answer (``text_only``); no
+    round verified → ``fallback``: the round-1 answer (reference) or, with
+    ``fallback="best"``, the answer the image agreed with most. ``nil`` when
+    the result is no entity.
+    """
+    ctx = resolve_context(runtime)
+    verdict = state.get("verdict")
+    if verdict == "verified":
+        entity = state.get("answer")
+        status = "text_verified" if state["round"] == 1 else f"clue_verified:{state.get('current_clue')}"
+    elif verdict == "no_visual":
+        entity, status = state.get("answer"), "text_only"
+    else:
+        entity, status = state.get("round1_entity"), "fallback"
+        if ctx.fallback == "best":
+            scored = [r for r in state.get("round_answers") or [] if r["entity"] and r["verification_score"] is not None]
+            if scored:
+                entity = max(scored, key=lambda r: r["verification_score"])["entity"]
+    if entity is None:
+        status = "nil"
+    entry = {"step": "final", "round": state["round"], "status": status,
+             "entity": {"qid": entity.get("qid"), "name": entity["name"]} if entity else None}
+    return {"entity": _public(entity), "status": status, "stop_round": state["round"],
+            "round1_entity": _public(state.get("round1_entity")), "trace": [*state["trace"], entry]}

@@ -1,0 +1,16 @@
+"""Visual clue node: the objects in the image."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from graph.context import Context, resolve_context
+from graph.state import State
+from nodes.clue_round import run_clue
+
+
+def clue_objects(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Extract the objects in the image and start the next linking round with it."""
+    return run_clue("objects", state, resolve_context(runtime))

@@ -1,0 +1,51 @@
+"""Stage 4: inter-modal verification.
+
+Does the image agree with the round's answer? The configured scorer
+(``tools/verify.py``) scores image against entity; passing ``τ`` ends the
+run early (text first: a verified round-1 answer needs no clues). Without an
+image the text answer stands. Otherwise the next visual clue is extracted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from graph.context import Context, resolve_context
+from graph.inputs import candidate_key
+from graph.state import State
+from nodes.routing import next_clue_step
+from tools.verify import get_scorer
+
+
+def verify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Score the round's answer against the image and decide: finish or gather another clue."""
+    ctx = resolve_context(runtime)
+    answer = state.get("answer")
+    entry: dict[str, Any] = {"step": "verify", "round": state["round"], "clue": state.get("current_clue"),
+                             "pick": {"qid": answer.get("qid"), "name": answer["name"]} if answer else None}
+    cache = dict(state.get("verification_cache") or {})
+    score = None
+    if not state.get("has_visual"):
+        verdict, entry["note"] = "no_visual", "no image: the text answer stands"
+    elif answer is None:
+        verdict, entry["note"] = "failed", "nil answer: nothing to verify against the image"
+    else:
+        scorer = get_scorer(ctx)
+        tau = ctx.verification_threshold if ctx.verification_threshold is not None else scorer.default_threshold
+        key = candidate_key(answer)
+        if key in cache:
+            score = cache[key]
+        else:
+            score = float(scorer.score(answer, image=state.get("image"), image_desc=state.get("image_desc"), ctx=ctx))
+            cache[key] = score
+        verdict = "verified" if score >= tau else "failed"
+        entry.update(verification_score=round(score, 4), verification_passed=verdict == "verified",
+                     verification_threshold=tau, scorer=scorer.name)
+    round_answers = [*(state.get("round_answers") or []),
+                     {"round": state["round"], "clue": state.get("current_clue"), "entity": answer,
+                      "verification_score": score, "verified": verdict == "verified"}]
+    next_step = "finalize" if verdict in ("verified", "no_visual") else next_clue_step(state, ctx)
+    return {"verdict": verdict, "next_step": next_step, "round_answers": round_answers,
+            "verification_cache": cache, "trace": [*state["trace"], entry]}

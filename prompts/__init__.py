@@ -1,0 +1,1 @@
+"""Prompt text, and nothing else: the nodes fill these templates."""

@@ -1,0 +1,44 @@
+"""Prompts of the text-linking node.
+
+The prompt is laid out so that everything that stays the same across the
+re-asks of one round (instructions, candidates, mention, context, clues) comes
+first and what changes (rejected picks, a complaint about an unusable answer)
+comes last: local runtimes such as llama.cpp then reuse the cached prefix.
+"""
+
+SYSTEM = (
+    "You are an entity linking system. Given a mention in a text and a numbered list of "
+    "candidate entities from a knowledge base, you choose the candidate the mention refers to. "
+    "Reply with the number of the candidate only."
+)
+
+SYSTEM_NIL = (
+    "You are an entity linking system. Given a mention in a text and a numbered list of "
+    "candidate entities from a knowledge base, you choose the candidate the mention refers to. "
+    "Reply with the number of the candidate only, or nil if none of them is the referent."
+)
+
+CANDIDATE_LINE = "{number}. {name}{desc}"
+
+USER = """Candidates:
+{candidates}
+
+Mention: {mention}
+Text: {context}
+{clues}{rejected}{retry}
+Which candidate does the mention "{mention}" refer to? {answer_format}"""
+
+CLUES = "Visual clues from the image that goes with the text:\n{lines}\n"
+CLUE_LINE = "- {label}: {text}"
+CLUE_LABELS = {
+    "ocr": "Text in the image",
+    "objects": "Objects in the image",
+    "scene": "Scene",
+    "caption": "Image caption",
+}
+
+REJECTED = "Already ruled out, do not choose: {numbers}.\n"
+RETRY = 'Your previous answer "{raw}" could not be used. Reply with a single candidate number.\n'
+
+ANSWER_FORMAT = "Answer with the number only."
+ANSWER_FORMAT_NIL = "Answer with the number only, or nil if none fits."

@@ -1,0 +1,248 @@
+"""The compiled graph driven through every path with fake models."""
+
+from __future__ import annotations
+
+import pytest
+from fakes import BagOfWordsEmbeddings, TableScorer, scripted
+from PIL import Image
+
+from graph import Context, build_graph, graph, link
+from tools.errors import ConfigError, InputError, ModelError
+
+CANDS = [
+    {"qid": "Q41421", "name": "Michael Jordan", "desc": "American basketball player for the Chicago Bulls"},
+    {"qid": "Q810", "name": "Jordan", "desc": "country in Western Asia"},
+    {"qid": "Q1", "name": "Jordan River", "desc": "river in the Middle East"},
+]
+INPUT = {"mention": "Jordan", "context": "Jordan scored 30 points for the Bulls", "candidates": CANDS}
+DESC = {"Caption": "a man holding a basketball", "OCR text": "BULLS 23",
+        "Objects": [{"object_name": "person"}, {"object_name": "person"}], "Tags": "basketball; sport; indoor"}
+
+
+def run(model, scorer=None, inputs=None, **settings):
+    ctx = Context(linker_model=model, embedding_model=BagOfWordsEmbeddings(),
+                  verifier=scorer or TableScorer({}), reflection_threshold=settings.pop("alpha", 0.0), **settings)
+    return graph.invoke({**INPUT, **(inputs or {})}, context=ctx)
+
+
+def links(out):
+    return [t for t in out["trace"] if t["step"] == "link"]
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (32, 32), "white").save(path)
+    return str(path)
+
+
+def test_round1_early_exit_when_image_agrees(image):
+    model = scripted("1")
+    scorer = TableScorer({"Michael Jordan": 0.9})
+    out = run(model, scorer, {"image": image, "image_desc": DESC})
+    assert out["entity"]["qid"] == "Q41421"
+    assert out["status"] == "text_verified" and out["stop_round"] == 1
+    assert out["usage"]["llm_calls"] == 1 and len(model.prompts) == 1
+    assert not out["clues"]
+    assert scorer.calls == ["Michael Jordan"]
+
+
+def test_rechoice_after_failed_reflection_excludes_the_pick():
+    # alpha between the two picks' scores: "Jordan River" (no word overlap with the bulls context) fails
+    model = scripted("3", "1")
+    out = run(model, alpha=0.3)
+    assert out["entity"]["name"] == "Michael Jordan"
+    assert len(model.prompts) == 2
+    assert "ruled out" not in model.prompts[0]
+    assert "Already ruled out, do not choose: 3 (Jordan River)" in model.prompts[1]
+    first, second = links(out)
+    assert first["reflection_passed"] is False and second["reflection_passed"] is True
+    assert first["reflection_score"] < 0.3 <= second["reflection_score"]
+    assert out["status"] == "text_only"
+
+
+def test_best_scoring_pick_kept_when_no_pick_passes():
+    model = scripted("3", "2", "1", "1")
+    out = run(model, alpha=0.99, max_rechoices=2)
+    assert len(model.prompts) == 3  # one ask + two re-choices
+    scores = {t["pick"]["name"]: t["reflection_score"] for t in links(out)}
+    assert out["entity"]["name"] == max(scores, key=scores.get) == "Michael Jordan"
+    assert "best-scoring pick kept" in links(out)[-1]["note"]
+
+
+def test_verification_fails_until_the_nth_clue(image):
+    # text round and OCR round pick the country; the objects round picks the player, whom the image confirms
+    model = scripted("2", "2", "1")
+    scorer = TableScorer({"Michael Jordan": 0.9, "Jordan": 0.1})
+    out = run(model, scorer, {"image": image, "image_desc": DESC})
+    assert out["status"] == "clue_verified:objects" and out["stop_round"] == 3
+    assert out["entity"]["name"] == "Michael Jordan"
+    assert [c["type"] for c in out["clues"]] == ["ocr", "objects"]
+    assert "BULLS 23" in model.prompts[1] and "person x2" in model.prompts[2]
+    assert "BULLS 23" not in model.prompts[0]
+    assert scorer.calls == ["Jordan", "Michael Jordan"]  # the repeated pick's score is reused
+
+
+def test_all_clues_fail_falls_back_to_round1_answer(image):
+    model = scripted("2", "1", "1", "1", "1")
+    out = run(model, TableScorer({}, default=0.1), {"image": image, "image_desc": DESC})
+    assert out["status"] == "fallback"
+    assert out["entity"]["name"] == "Jordan" == out["round1_entity"]["name"]
+    assert out["stop_round"] == 5 and len(model.prompts) == 5
+
+
+def test_fallback_best_takes_the_answer_the_image_agreed_with_most(image):
+    model = scripted("2", "1", "1", "1", "1")
+    scorer = TableScorer({"Jordan": 0.1, "Michael Jordan": 0.4})
+    out = run(model, scorer, {"image": image, "image_desc": DESC}, fallback="best")
+    assert out["status"] == "fallback" and out["entity"]["name"] == "Michael Jordan"
+
+
+def test_max_rounds_and_clue_order_are_configuration(image):
+    model = scripted("2", "2", "2")
+    out = run(model, TableScorer({}), {"image": image, "image_desc": DESC},
+              clue_order=["caption", "ocr"], max_rounds=1)
+    assert [c["type"] for c in out["clues"]] == ["caption"]
+    assert out["stop_round"] == 2 and len(model.prompts) == 2
+
+
+def test_newest_clue_only_when_not_accumulating(image):
+    model = scripted("2", "2", "2")
+    run(model, TableScorer({}), {"image": image, "image_desc": DESC}, accumulate_clues=False, max_rounds=2)
+    assert "person x2" in model.prompts[2] and "BULLS 23" not in model.prompts[2]
+    model = scripted("2", "2", "2")
+    run(model, TableScorer({}), {"image": image, "image_desc": DESC}, accumulate_clues=True, max_rounds=2)
+    assert "person x2" in model.prompts[2] and "BULLS 23" in model.prompts[2]
+
+
+def test_empty_clue_costs_no_round(image):
+    desc = {**DESC, "OCR text": ""}
+    model = scripted("2", "1")
+    out = run(model, TableScorer({"Michael Jordan": 0.9}), {"image": image, "image_desc": desc})
+    assert out["status"] == "clue_verified:objects" and out["stop_round"] == 2
+    assert any(t["step"] == "clue" and t["clue"] == "ocr" and "empty" in t["note"] for t in out["trace"])
+
+
+def test_no_image_text_answer_stands():
+    model = scripted("1")
+    scorer = TableScorer({})
+    out = run(model, scorer)
+    assert out["status"] == "text_only" and out["entity"]["name"] == "Michael Jordan"
+    assert out["stop_round"] == 1 and scorer.calls == [] and len(model.prompts) == 1
+
+
+def test_nil_answer():
+    out = run(scripted("nil"))
+    assert out["entity"] is None and out["status"] == "nil"
+
+
+def test_nil_not_offered_when_disallowed():
+    model = scripted("nil", "nil", "nil", "nil")
+    out = run(model, allow_nil=False, unparseable_fallback="nil")
+    assert "nil" not in model.prompts[0].split("Candidates:")[1]
+    assert out["entity"] is None and len(model.prompts) == 4
+
+
+@pytest.mark.parametrize("fallback,expected", [("top_candidate", "Michael Jordan"), ("nil", None)])
+def test_garbage_answers_never_invent_an_entity(fallback, expected):
+    model = scripted("I cannot say.", "42", "Scottie Pippen", "")
+    out = run(model, unparseable_fallback=fallback)
+    assert len(model.prompts) == 4
+    assert all(t["outcome"] == "unparseable" for t in links(out))
+    assert 'Your previous answer "I cannot say." could not be used' in model.prompts[1]
+    assert (out["entity"] or {}).get("name") == expected
+
+
+def test_messy_answers_are_parsed():
+    out = run(scripted("Candidate **2** (Jordan) is correct."))
+    assert out["entity"]["name"] == "Jordan"
+    out = run(scripted("The mention refers to Michael Jordan."))
+    assert out["entity"]["name"] == "Michael Jordan"
+
+
+def test_picking_an_excluded_candidate_is_a_failed_attempt():
+    model = scripted("3", "3", "1")
+    out = run(model, alpha=0.3)
+    assert [t["outcome"] for t in links(out)] == ["entity", "excluded", "entity"]
+    assert out["entity"]["name"] == "Michael Jordan"
+
+
+@pytest.mark.parametrize("inputs,message", [
+    ({"mention": "  "}, "mention: must be a non-empty string"),
+    ({"context": None}, "context: missing"),
+    ({"candidates": [{"qid": "Q1", "desc": "no name"}]}, "candidates[0]: candidate has no name"),
+    ({"candidates": "Jordan"}, "candidates: expected a list"),
+    ({"image": "/no/such/photo.jpg"}, "image: file not found: /no/such/photo.jpg"),
+    ({"image_desc": "{not a dict"}, "image_desc:"),
+])
+def test_invalid_input_is_a_clear_error(inputs, message):
+    with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        run(scripted("1"), inputs=inputs)
+
+
+def test_unreadable_image_is_a_clear_error(tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(InputError, match="not a readable image"):
+        run(scripted("1"), inputs={"image": str(bad)})
+
+
+def test_model_failure_names_the_model():
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+    class Broken(FakeListChatModel):
+        def _call(self, *a, **k):
+            raise ConnectionError("server said 503")
+
+    with pytest.raises(ModelError, match="linker_model 'Broken' failed: ConnectionError: server said 503"):
+        run(Broken(responses=["1"]))
+
+
+def test_bad_settings_are_clear_errors(monkeypatch):
+    with pytest.raises(ConfigError, match="clue_order"):
+        Context(clue_order=["ocr", "smell"])
+    with pytest.raises(ConfigError, match="linker_model: unknown provider 'anthropic'"):
+        graph.invoke(INPUT, context=Context(linker_model="anthropic:claude"))
+    monkeypatch.setenv("I2CR_MAX_ROUNDS", "two")
+    with pytest.raises(ConfigError, match="I2CR_MAX_ROUNDS"):
+        Context()
+
+
+def test_environment_overrides_defaults_but_not_explicit_values(monkeypatch):
+    monkeypatch.setenv("I2CR_LINKER_MODEL", "openai:gpt-4o-mini")
+    monkeypatch.setenv("I2CR_REFLECTION_THRESHOLD", "0.5")
+    monkeypatch.setenv("I2CR_CLUE_ORDER", "caption,ocr")
+    ctx = Context()
+    assert ctx.linker_model == "openai:gpt-4o-mini" and ctx.reflection_threshold == 0.5
+    assert ctx.clue_order == ["caption", "ocr"]
+    assert Context(reflection_threshold=0.7).reflection_threshold == 0.7
+
+
+def test_candidates_may_be_names_and_duplicates_are_dropped():
+    out = run(scripted("2"), inputs={"candidates": ["Michael Jordan", "Jordan", "Jordan"]})
+    assert out["entity"] == {"name": "Jordan"}
+
+
+def test_durable_run_with_checkpointer():
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    saver = InMemorySaver()
+    durable = build_graph(checkpointer=saver)
+    cfg = {"configurable": {"thread_id": "t1"}}
+    ctx = Context(linker_model=scripted("1"), embedding_model=BagOfWordsEmbeddings(), reflection_threshold=0.0)
+    out = durable.invoke(INPUT, cfg, context=ctx)
+    assert out["entity"]["name"] == "Michael Jordan"
+    state = durable.get_state(cfg)
+    assert state.values["status"] == "text_only" and not state.next
+
+
+def test_one_call_helper():
+    out = link("Jordan", "Jordan scored 30 points for the Bulls", candidates=CANDS,
+               linker_model=scripted("1"), embedding_model=BagOfWordsEmbeddings(), reflection_threshold=0.0)
+    assert out["entity"]["qid"] == "Q41421"
+
+
+def test_graph_shows_every_stage():
+    nodes = set(graph.get_graph().nodes)
+    assert {"retrieve_candidates", "link_on_text", "reflect", "verify", "clue_ocr", "clue_objects",
+            "clue_scene", "clue_caption", "finalize"} <= nodes

@@ -1,0 +1,542 @@
+"""Knowledge base of entities on Chroma, with hybrid (lexical + dense) retrieval.
+
+Storage — two Chroma collections, so the same code runs on an embedded store
+(``chromadb.PersistentClient``) or a Chroma server (``chromadb.HttpClient``):
+
+* ``<collection>``: one row per entity, id = qid, the dense embedding of
+  ``"name. desc"`` (from ``embedding_model``) and metadata ``{qid, name, desc,
+  aliases (JSON), image, hash}``. ``hash`` is a digest of the record: re-ingesting
+  an unchanged record is a no-op, a changed one is re-embedded and upserted.
+* ``<collection>__names``: one row per name and alias, id = ``qid#i``, whose
+  vector is a hashed character-trigram profile of the normalised name
+  (:func:`name_vector`) — a lexical index that lives in Chroma too.
+
+Search (:meth:`KnowledgeBase.search`) pulls the top ``depth`` entities by dense
+similarity of ``"mention. context"`` and the top ``depth`` names by trigram
+similarity of the mention, re-scores the union exactly (dense cosine from the
+stored vectors, exact trigram cosine of the mention against name and aliases)
+and fuses the two rankings with reciprocal-rank fusion. Names alone miss
+"Marx" among many Marxes; context alone misses rare names; the fusion keeps both.
+
+Writes are ordered names-first, entity-row last (the row carries the hash), in
+batches that commit as they go: an interrupted ingest loses nothing already
+written, and a re-run redoes only what is missing or changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+import sys
+import unicodedata
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+from langchain_core.embeddings import Embeddings
+
+from tools.errors import ConfigError, I2CRError, InputError, ModelError
+
+log = logging.getLogger(__name__)
+
+NAMES_SUFFIX = "__names"
+LEXICAL_DIM = 256
+LEXICAL_SCHEME = "char3-hash256-v1"
+LEXICAL_WEIGHT = 0.5  # weight of the name signal in the hybrid score (tuned on WikiMEL dev)
+ON_ERROR = ("skip", "fail")
+MODES = ("hybrid", "dense", "lexical")
+# HNSW settings, fixed at collection creation. Lighter than Chroma's defaults
+# (ef_construction 100) so that ingest stays ~3x faster on small machines; the
+# names index is only a candidate generator (exact re-scoring follows) so it is lighter still.
+DENSE_HNSW = {"space": "cosine", "ef_construction": 48, "max_neighbors": 16, "ef_search": 100}
+NAMES_HNSW = {"space": "cosine", "ef_construction": 32, "max_neighbors": 12, "ef_search": 100}
+
+
+# ---------------------------------------------------------------- lexical ----
+def normalize_name(text: str) -> str:
+    """Lower-case, strip accents and punctuation: ``"Périer, C."`` -> ``"perier c"``."""
+    text = unicodedata.normalize("NFKD", str(text))
+    text = "".join(ch for ch in text if not unicodedata.combining(ch)).lower()
+    return " ".join(re.findall(r"\w+", text))
+
+
+def trigrams(text: str) -> Counter:
+    """Character trigrams of each word of the normalised text, padded with spaces."""
+    grams: Counter = Counter()
+    for word in normalize_name(text).split():
+        padded = f" {word} "
+        grams.update(padded[i:i + 3] for i in range(len(padded) - 2))
+    return grams
+
+
+def trigram_cosine(a: Counter, b: Counter) -> float:
+    """Cosine of two trigram count profiles (0 when either is empty)."""
+    if not a or not b:
+        return 0.0
+    dot = sum(n * b.get(g, 0) for g, n in a.items())
+    return dot / math.sqrt(sum(n * n for n in a.values()) * sum(n * n for n in b.values()))
+
+
+def name_vector(text: str, dim: int = LEXICAL_DIM) -> np.ndarray:
+    """Unit vector of hashed, signed trigram counts: the lexical index's embedding of a name."""
+    vec = np.zeros(dim, dtype=np.float32)
+    for gram, n in trigrams(text).items():
+        h = zlib.crc32(gram.encode("utf-8"))
+        vec[h % dim] += n if (h >> 16) & 1 else -n
+    norm = float(np.linalg.norm(vec))
+    if norm == 0.0:  # no letters or digits: a fixed vector keeps Chroma happy
+        vec[0], norm = 1.0, 1.0
+    return vec / norm
+
+
+# ---------------------------------------------------------------- records ----
+def validate_record(obj: Any) -> dict[str, Any]:
+    """Return the clean record ``{qid, name, desc, aliases, image}``; ``ValueError`` says what is wrong."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    for key in ("qid", "name"):
+        if not isinstance(obj.get(key), str) or not obj[key].strip():
+            raise ValueError(f"'{key}' must be a non-empty string")
+    desc = obj.get("desc", "")
+    if desc is None:
+        desc = ""
+    if not isinstance(desc, str):
+        raise ValueError("'desc' must be a string")
+    aliases = obj.get("aliases") or []
+    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+        raise ValueError("'aliases' must be a list of strings")
+    image = obj.get("image")
+    if image is not None and not isinstance(image, str):
+        raise ValueError("'image' must be a string (path or URL)")
+    return {"qid": obj["qid"].strip(), "name": obj["name"].strip(), "desc": desc.strip(),
+            "aliases": [a.strip() for a in aliases if a.strip()], "image": image or ""}
+
+
+def record_hash(rec: dict[str, Any]) -> str:
+    """Digest of a clean record (what decides 'unchanged' on re-ingest)."""
+    blob = json.dumps([rec["qid"], rec["name"], rec["desc"], rec["aliases"], rec["image"]],
+                      ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha1(blob.encode("utf-8")).hexdigest()
+
+
+def entity_text(rec: dict[str, Any]) -> str:
+    """Text embedded for an entity: ``"name. desc"``."""
+    return f"{rec['name']}. {rec['desc']}".strip()
+
+
+def query_text(mention: str, context: str) -> str:
+    """Text embedded for a query: ``"mention. context"``."""
+    return f"{mention}. {context}".strip() if context else mention
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | ValueError]]:
+    """Yield ``(line number, clean record or ValueError)`` for each non-blank line of ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"KB file {path}: not found")
+    with path.open(encoding="utf-8") as fh:
+        for no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield no, validate_record(json.loads(line))
+            except json.JSONDecodeError as exc:
+                yield no, ValueError(f"invalid JSON ({exc.msg} at column {exc.colno})")
+            except ValueError as exc:
+                yield no, exc
+
+
+# ------------------------------------------------------------------ stats ----
+@dataclass
+class IngestStats:
+    """What one ingest did. ``errors`` lists ``(line or record number, reason)``."""
+
+    seen: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    errors: list[tuple[int, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seen": self.seen, "added": self.added, "updated": self.updated,
+                "unchanged": self.unchanged, "skipped": self.skipped,
+                "errors": [{"line": n, "error": e} for n, e in self.errors]}
+
+
+# ---------------------------------------------------------------- the KB -----
+def default_kb_path() -> Path:
+    """``<user data dir>/i2cr/kb``."""
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("i2cr")) / "kb"
+
+
+class KnowledgeBase:
+    """Entities in Chroma (embedded or server), searchable by mention and context.
+
+    Args:
+        path: persistent directory (embedded mode; default :func:`default_kb_path`).
+        host, port: a Chroma server (``chroma run``); when ``host`` is set, ``path`` is unused.
+        collection: collection name (3-512 chars of ``[a-zA-Z0-9._-]``).
+        embeddings: a spec (``embedded``, ``huggingface:...``, ``openai:...``) or a
+            LangChain ``Embeddings`` object.
+        base_url, api_key: for ``openai:`` specs.
+        client: an already-open Chroma client (overrides path/host).
+    """
+
+    def __init__(self, *, path: str | Path | None = None, host: str | None = None, port: int = 8000,
+                 collection: str = "entities", embeddings: str | Embeddings = "embedded",
+                 base_url: str | None = None, api_key: str | None = None, client: Any = None):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{1,500}[A-Za-z0-9]", collection or ""):
+            raise ConfigError(f"kb_collection: {collection!r} is not a valid Chroma collection name "
+                              "(3-500 characters of letters, digits, '.', '_', '-', starting and "
+                              "ending with a letter or digit)")
+        self.collection_name = collection
+        self.host, self.port = host, int(port)
+        self.path = None if host else Path(path).expanduser() if path else default_kb_path()
+        self._spec = embeddings
+        self._base_url, self._api_key = base_url, api_key
+        self._embeddings: Embeddings | None = embeddings if isinstance(embeddings, Embeddings) else None
+        self.model_name = (embeddings if isinstance(embeddings, str)
+                           else getattr(embeddings, "model", None) or getattr(embeddings, "model_name", None)
+                           or type(embeddings).__name__)
+        self.client = client or self._connect()
+        self._entities = None
+        self._names = None
+        self._qcache: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def from_context(cls, ctx: Any, embeddings: str | Embeddings | None = None) -> "KnowledgeBase":
+        """Open the KB a ``Context`` (or any object with ``kb_*`` fields) points to."""
+        return cls(path=getattr(ctx, "kb_path", None), host=getattr(ctx, "kb_host", None),
+                   port=getattr(ctx, "kb_port", 8000), collection=getattr(ctx, "kb_collection", "entities"),
+                   embeddings=embeddings or getattr(ctx, "embedding_model", "embedded"),
+                   base_url=getattr(ctx, "openai_base_url", None), api_key=getattr(ctx, "openai_api_key", None))
+
+    # ------------------------------------------------------------ plumbing --
+    @property
+    def where(self) -> str:
+        """Human-readable location of the store, for messages."""
+        return f"Chroma server {self.host}:{self.port}" if self.host else f"{self.path}"
+
+    def _connect(self) -> Any:
+        import chromadb
+        from chromadb.config import Settings
+
+        settings = Settings(anonymized_telemetry=False)
+        try:
+            if self.host:
+                client = chromadb.HttpClient(host=self.host, port=self.port, settings=settings)
+                client.heartbeat()
+                return client
+            self.path.mkdir(parents=True, exist_ok=True)
+            return chromadb.PersistentClient(path=str(self.path), settings=settings)
+        except I2CRError:
+            raise
+        except Exception as exc:
+            setting = "kb_host/kb_port" if self.host else "kb_path"
+            raise ConfigError(f"{setting}: cannot open the knowledge base at {self.where}: "
+                              f"{type(exc).__name__}: {exc}") from exc
+
+    def _collections(self, create: bool) -> bool:
+        """Open (or create) both collections; False when they do not exist and ``create`` is False."""
+        if self._entities is not None:
+            return True
+        try:
+            existing = {getattr(c, "name", c) for c in self.client.list_collections()}
+        except Exception as exc:
+            raise ConfigError(f"knowledge base at {self.where}: cannot list collections: {exc}") from exc
+        name, names = self.collection_name, self.collection_name + NAMES_SUFFIX
+        if name not in existing or names not in existing:
+            if not create:
+                return False
+            meta = {"i2cr_embedding_model": str(self.model_name), "i2cr_lexical": LEXICAL_SCHEME}
+            self._entities = self.client.get_or_create_collection(
+                name, metadata=meta, configuration={"hnsw": dict(DENSE_HNSW)}, embedding_function=None)
+            self._names = self.client.get_or_create_collection(
+                names, metadata={"i2cr_lexical": LEXICAL_SCHEME}, configuration={"hnsw": dict(NAMES_HNSW)},
+                embedding_function=None)
+        else:
+            self._entities = self.client.get_collection(name, embedding_function=None)
+            self._names = self.client.get_collection(names, embedding_function=None)
+        built_with = (self._entities.metadata or {}).get("i2cr_embedding_model")
+        if built_with and built_with != str(self.model_name):
+            raise ConfigError(f"embedding_model: the knowledge base '{name}' at {self.where} was built with "
+                              f"'{built_with}', not '{self.model_name}'; use the same model or ingest into "
+                              "another collection (--collection / kb_collection)")
+        return True
+
+    @property
+    def embeddings(self) -> Embeddings:
+        """The dense embedder (loaded on first use)."""
+        if self._embeddings is None:
+            from tools.embeddings import load_embeddings
+
+            self._embeddings = load_embeddings(self._spec, base_url=self._base_url, api_key=self._api_key)
+        return self._embeddings
+
+    def _embed(self, texts: list[str], query: bool = False) -> np.ndarray:
+        try:
+            raw = self.embeddings.embed_query(texts[0]) if query else self.embeddings.embed_documents(texts)
+        except I2CRError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"embedding_model '{self.model_name}' failed: {type(exc).__name__}: {exc}") from exc
+        vecs = np.atleast_2d(np.asarray(raw, dtype=np.float32))
+        return vecs / np.linalg.norm(vecs, axis=1, keepdims=True).clip(min=1e-12)
+
+    def _query_vector(self, text: str) -> np.ndarray:
+        """Unit query embedding of ``text`` (a few recent ones are cached: graph rounds repeat them)."""
+        if text not in self._qcache:
+            if len(self._qcache) >= 256:
+                self._qcache.pop(next(iter(self._qcache)))
+            self._qcache[text] = self._embed([text], query=True)[0]
+        return self._qcache[text]
+
+    def count(self) -> int:
+        """Entities stored (0 when the collection does not exist yet)."""
+        return self._entities.count() if self._collections(create=False) else 0
+
+    # -------------------------------------------------------------- ingest --
+    def ingest(self, records: Iterable[dict[str, Any] | tuple[int, Any]], *, batch_size: int = 256,
+               on_error: str = "skip", progress: bool | Any = False, total: int | None = None,
+               report: Callable[[int, str], None] | None = None) -> IngestStats:
+        """Add or update ``records`` in batches; return :class:`IngestStats`.
+
+        ``records`` yields dicts, or ``(line number, dict | Exception)`` pairs as
+        :func:`read_jsonl` does. A malformed record is skipped and reported
+        (``report(line, reason)``, default: a log warning) when ``on_error='skip'``;
+        with ``on_error='fail'`` every record is checked first and an
+        ``InputError`` listing the bad lines is raised before anything is written.
+        Each batch is committed before the next is read: when the source fails
+        mid-way, what came before it (the pending partial batch included) is kept.
+        """
+        if on_error not in ON_ERROR:
+            raise ConfigError(f"on_error: expected one of {list(ON_ERROR)}, got {on_error!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size: expected a positive integer, got {batch_size!r}")
+        report = report or (lambda no, msg: log.warning("line %d: skipped: %s", no, msg))
+        items: Iterable[tuple[int, Any]] = _numbered(records)
+        if on_error == "fail":
+            items = list(items)
+            bad = [(no, str(r)) for no, r in items if isinstance(r, Exception)]
+            if bad:
+                shown = "; ".join(f"line {n}: {m}" for n, m in bad[:5])
+                more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+                raise InputError(f"{len(bad)} malformed record(s), nothing ingested: {shown}{more}")
+            total = total or len(items)
+        self._collections(create=True)
+        stats = IngestStats()
+        bar = progress if progress not in (True, False) else None
+        if progress is True:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="entity", desc=f"ingest -> {self.collection_name}", file=sys.stderr,
+                       mininterval=0.1 if sys.stderr.isatty() else 30)
+        batch: dict[str, dict[str, Any]] = {}
+        try:
+            for no, rec in items:
+                stats.seen += 1
+                if isinstance(rec, Exception):
+                    stats.skipped += 1
+                    stats.errors.append((no, str(rec)))
+                    report(no, str(rec))
+                    if bar is not None:
+                        bar.update(1)
+                    continue
+                batch[rec["qid"]] = rec  # a qid repeated in a batch: the last one wins
+                if len(batch) >= batch_size:
+                    self._write(batch, stats, bar)
+                    batch = {}
+        finally:
+            if batch:  # commit what was read, also when the source failed mid-way
+                self._write(batch, stats, bar)
+            if bar is not None and progress is True:
+                bar.close()
+        return stats
+
+    def ingest_file(self, path: str | Path, **kwargs: Any) -> IngestStats:
+        """:meth:`ingest` the JSONL file at ``path`` (errors carry its line numbers)."""
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"KB file {path}: not found")
+        if kwargs.get("total") is None:
+            with path.open("rb") as fh:
+                kwargs["total"] = sum(1 for line in fh if line.strip())
+        return self.ingest(read_jsonl(path), **kwargs)
+
+    def _write(self, batch: dict[str, dict[str, Any]], stats: IngestStats, bar: Any) -> None:
+        """Upsert the new or changed records of one batch (names first, entity rows last)."""
+        ids = list(batch)
+        hashes = {qid: record_hash(rec) for qid, rec in batch.items()}
+        old = self._entities.get(ids=ids, include=["metadatas"])
+        old_meta = {i: (m or {}) for i, m in zip(old["ids"], old["metadatas"])}
+        todo = [q for q in ids if old_meta.get(q, {}).get("hash") != hashes[q]]
+        stats.unchanged += len(ids) - len(todo)
+        if todo:
+            recs = [batch[q] for q in todo]
+            vectors = self._embed([entity_text(r) for r in recs])
+            changed = [q for q in todo if q in old_meta]
+            stale = [f"{q}#{i}" for q in changed  # name rows of aliases the new record no longer has
+                     for i in range(1 + len(batch[q]["aliases"]), 1 + len(json.loads(old_meta[q].get("aliases") or "[]")))]
+            if stale:
+                self._names.delete(ids=stale)
+            name_ids, name_vecs = [], []
+            for r in recs:
+                for i, nm in enumerate([r["name"], *r["aliases"]]):
+                    name_ids.append(f"{r['qid']}#{i}")
+                    name_vecs.append(name_vector(nm))
+            self._chunked(self._names.upsert, ids=name_ids, embeddings=np.asarray(name_vecs, np.float32))
+            # every key every time: Chroma's upsert merges metadata, a missing key would keep its old value
+            metas = [{"name": r["name"], "desc": r["desc"], "hash": hashes[r["qid"]], "image": r["image"],
+                      "aliases": json.dumps(r["aliases"], ensure_ascii=False) if r["aliases"] else ""}
+                     for r in recs]
+            self._chunked(self._entities.upsert, ids=todo, embeddings=vectors, metadatas=metas)
+            stats.updated += len(changed)
+            stats.added += len(todo) - len(changed)
+        if bar is not None:
+            bar.update(len(ids))
+
+    def _chunked(self, fn: Callable[..., Any], *, ids: list[str], embeddings: Any,
+                 metadatas: list[dict] | None = None) -> None:
+        """Call ``fn`` on slices no larger than the client's maximum batch size."""
+        try:
+            limit = int(self.client.get_max_batch_size())
+        except Exception:
+            limit = 1000
+        for s in range(0, len(ids), limit):
+            try:
+                fn(ids=ids[s:s + limit], embeddings=embeddings[s:s + limit],
+                   metadatas=metadatas[s:s + limit] if metadatas else None)
+            except Exception as exc:
+                if "dimension" in str(exc).lower():
+                    raise ConfigError(f"embedding_model '{self.model_name}': {exc}; the collection "
+                                      f"'{self.collection_name}' holds vectors of another size") from exc
+                raise
+
+    # -------------------------------------------------------------- search --
+    def search(self, mention: str, context: str = "", k: int = 10, *, mode: str = "hybrid",
+               depth: int | None = None) -> list[dict[str, Any]]:
+        """Top ``k`` entities for ``mention`` in ``context``, best first.
+
+        Each result is ``{qid, name, desc, aliases, image, score, dense, lexical, rank}``:
+        ``dense`` = cosine(mention. context, name. desc), ``lexical`` = trigram cosine
+        of the mention with the best-matching name or alias, ``score`` = the fused
+        score (reciprocal-rank fusion in ``hybrid`` mode, else the single signal).
+        ``depth`` = candidates pulled from each index before fusion (default max(50, 5k)).
+        """
+        if not isinstance(mention, str) or not mention.strip():
+            raise InputError("mention: empty; give the entity mention to look up")
+        if mode not in MODES:
+            raise ConfigError(f"mode: expected one of {list(MODES)}, got {mode!r}")
+        if not isinstance(k, int) or k < 1:
+            raise ConfigError(f"top_k: expected a positive integer, got {k!r}")
+        if not self._collections(create=False):
+            raise self._empty_error()
+        depth = depth or max(50, 5 * k)
+        ids: dict[str, None] = {}
+        qvec = None
+        if mode != "lexical":
+            qvec = self._query_vector(query_text(mention, context or ""))
+            res = self._entities.query(query_embeddings=[qvec], n_results=depth, include=[])
+            ids.update(dict.fromkeys(res["ids"][0]))
+        if mode != "dense":
+            res = self._names.query(query_embeddings=[name_vector(mention)], n_results=depth, include=[])
+            ids.update(dict.fromkeys(i.rsplit("#", 1)[0] for i in res["ids"][0]))
+        if not ids:
+            raise self._empty_error()
+        got = self._entities.get(ids=list(ids), include=["metadatas", "embeddings"] if qvec is not None else ["metadatas"])
+        dense = np.zeros(len(got["ids"]), dtype=np.float32)
+        if qvec is not None and len(got["ids"]):
+            emb = np.asarray(got["embeddings"], dtype=np.float32)
+            dense = emb @ qvec / np.linalg.norm(emb, axis=1).clip(min=1e-12)
+        mgrams = _profile(mention)
+        rows = []
+        for i, qid in enumerate(got["ids"]):
+            meta = got["metadatas"][i] or {}
+            aliases = json.loads(meta.get("aliases") or "[]")
+            lex = max(_cosine(mgrams, _profile(nm)) for nm in [meta.get("name", ""), *aliases])
+            rows.append({"qid": qid, "name": meta.get("name", ""), "desc": meta.get("desc", ""),
+                         "aliases": aliases, "image": meta.get("image", ""), "dense": float(dense[i]),
+                         "lexical": lex})
+        _fuse(rows, mode)
+        rows.sort(key=lambda r: (-r["score"], -r["dense"], -r["lexical"], r["qid"]))
+        for rank, row in enumerate(rows[:k], 1):
+            row["rank"] = rank
+        return rows[:k]
+
+    def _empty_error(self) -> InputError:
+        return InputError(f"the knowledge base '{self.collection_name}' at {self.where} is empty or "
+                          "missing; fill it first with: i2cr kb ingest ENTITIES.jsonl")
+
+
+@lru_cache(maxsize=200_000)
+def _profile(name: str) -> tuple[dict[str, int], float]:
+    """Trigram counts of a name and their norm (cached: candidate names repeat across queries)."""
+    grams = trigrams(name)
+    return dict(grams), math.sqrt(sum(n * n for n in grams.values()))
+
+
+def _cosine(a: tuple[dict[str, int], float], b: tuple[dict[str, int], float]) -> float:
+    if not a[1] or not b[1]:
+        return 0.0
+    small, big = (a[0], b[0]) if len(a[0]) <= len(b[0]) else (b[0], a[0])
+    return sum(n * big.get(g, 0) for g, n in small.items()) / (a[1] * b[1])
+
+
+def _fuse(rows: list[dict[str, Any]], mode: str) -> None:
+    """Set each row's ``score``: ``LEXICAL_WEIGHT * lexical + (1 - LEXICAL_WEIGHT) * dense`` in hybrid mode."""
+    for r in rows:
+        r["score"] = (LEXICAL_WEIGHT * r["lexical"] + (1 - LEXICAL_WEIGHT) * r["dense"]
+                      if mode == "hybrid" else r[mode])
+
+
+def _unit(vec: Any) -> np.ndarray:
+    v = np.asarray(vec, dtype=np.float32)
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+def _numbered(records: Iterable[Any]) -> Iterator[tuple[int, dict[str, Any] | Exception]]:
+    """Turn dicts into ``(position, clean record or ValueError)``; pass ``(n, x)`` pairs through."""
+    for pos, item in enumerate(records, 1):
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], int):
+            no, rec = item
+            if isinstance(rec, Exception):
+                yield no, rec
+                continue
+        else:
+            no, rec = pos, item
+        try:
+            yield no, validate_record(rec)
+        except ValueError as exc:
+            yield no, exc
+
+
+# ------------------------------------------------------------ graph entry ----
+_open: dict[tuple, KnowledgeBase] = {}
+
+
+def open_kb(ctx: Any) -> KnowledgeBase:
+    """The (cached) :class:`KnowledgeBase` a context points to."""
+    key = (getattr(ctx, "kb_path", None), getattr(ctx, "kb_host", None), getattr(ctx, "kb_port", 8000),
+           getattr(ctx, "kb_collection", "entities"), str(getattr(ctx, "embedding_model", "embedded")),
+           getattr(ctx, "openai_base_url", None))
+    if key not in _open:
+        _open[key] = KnowledgeBase.from_context(ctx)
+    return _open[key]
+
+
+def retrieve_candidates(mention: str, context: str, ctx: Any) -> list[dict[str, Any]]:
+    """Top ``ctx.top_k`` KB candidates ``{qid, name, desc, score, ...}`` for the graph's retrieval node.
+
+    Raises ``InputError`` when the KB is empty or missing (run ``i2cr kb ingest``).
+    """
+    return open_kb(ctx).search(mention, context or "", k=int(getattr(ctx, "top_k", 10)))

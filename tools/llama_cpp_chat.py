@@ -1,0 +1,121 @@
+"""A LangChain chat model over a local GGUF file run by llama.cpp (``llama-cpp-python``).
+
+One ``llama_cpp.Llama`` is loaded per GGUF file and shared by every chat model
+on it (different temperatures or answer lengths do not load the weights
+twice). A lock per ``Llama`` serialises calls from concurrent graph threads:
+llama.cpp keeps one KV cache, and it reuses the longest common token prefix
+of the previous prompt, so consecutive re-asks with the same long prompt only
+evaluate their new tail.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from pydantic import ConfigDict, Field
+
+from tools.errors import ModelError
+
+N_CTX = 8192  # the linker prompt with 10 described candidates and 4 clues is ~1-2k tokens
+SEED = 0
+
+
+class _SharedLlama:
+    """A loaded ``Llama`` and the lock that serialises its use."""
+
+    def __init__(self, llama: Any):
+        self.llama = llama
+        self.lock = threading.Lock()
+
+
+@lru_cache(maxsize=4)
+def _shared_llama(path: str, n_ctx: int, n_threads: int) -> _SharedLlama:
+    from llama_cpp import Llama
+
+    llama = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
+                  seed=SEED, verbose=False)
+    return _SharedLlama(llama)
+
+
+def _role(message: BaseMessage) -> str:
+    if isinstance(message, SystemMessage):
+        return "system"
+    if isinstance(message, HumanMessage):
+        return "user"
+    if isinstance(message, AIMessage):
+        return "assistant"
+    raise ValueError(f"unsupported message type {type(message).__name__} (use system, human or AI messages)")
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):
+        return "".join(b.get("text", "") if isinstance(b, dict) else str(b) for b in content)
+    return str(content)
+
+
+class LlamaCppChatModel(BaseChatModel):
+    """Chat completions from a GGUF file with llama.cpp's own chat template (from the file)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    model_path: str
+    model_name: str = "embedded"
+    temperature: float = 0.0
+    max_tokens: int = 16
+    seed: int = SEED
+    n_ctx: int = N_CTX
+    n_threads: int = Field(default_factory=lambda: os.cpu_count() or 1)
+
+    @property
+    def _llm_type(self) -> str:
+        return "llama-cpp"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "model_path": self.model_path, "temperature": self.temperature,
+                "max_tokens": self.max_tokens, "seed": self.seed, "n_ctx": self.n_ctx}
+
+    def _shared(self) -> _SharedLlama:
+        return _shared_llama(self.model_path, self.n_ctx, self.n_threads)
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: Any = None, **kwargs: Any) -> ChatResult:
+        chat = [{"role": _role(m), "content": _text(m.content)} for m in messages]
+        temperature = float(kwargs.get("temperature", self.temperature))
+        params: dict[str, Any] = dict(messages=chat, max_tokens=int(kwargs.get("max_tokens", self.max_tokens)),
+                                      temperature=temperature, seed=self.seed, stop=stop or [])
+        if temperature == 0:  # llama.cpp samples greedily at temperature 0; pin the rest too
+            params.update(top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
+        shared = self._shared()
+        with shared.lock:
+            out = shared.llama.create_chat_completion(**params)
+        choice = out["choices"][0]
+        usage = out.get("usage") or {}
+        n_in, n_out = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+        message = AIMessage(
+            content=choice["message"].get("content") or "",
+            usage_metadata={"input_tokens": n_in, "output_tokens": n_out, "total_tokens": n_in + n_out},
+            response_metadata={"model_name": self.model_name, "finish_reason": choice.get("finish_reason")},
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)],
+                          llm_output={"model_name": self.model_name, "token_usage": usage})
+
+
+def load_llama_cpp_chat_model(path: str | Path, *, model_name: str, temperature: float,
+                              max_tokens: int, n_ctx: int = N_CTX) -> LlamaCppChatModel:
+    """A ``LlamaCppChatModel`` on ``path``, its weights loaded now (errors name ``model_name``)."""
+    model = LlamaCppChatModel(model_path=str(path), model_name=model_name, temperature=temperature,
+                              max_tokens=max_tokens, n_ctx=n_ctx)
+    try:
+        model._shared()
+    except Exception as exc:
+        raise ModelError(f"linker_model '{model_name}': llama.cpp could not load {path}: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    return model
