@@ -25,7 +25,7 @@ $(VENV)/.i2cr-installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[test,vision,eval]"
+	$(PIP) install -q -e ".[test,eval]"
 	touch $@
 
 setup-embedded: setup $(VENV)/.i2cr-embedded

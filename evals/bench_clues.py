@@ -2,7 +2,9 @@
 
 For each tool: *cold* = first call in a fresh process (model loading included,
 imports excluded), *warm* = median of ``--repeat`` further calls with the
-per-image caches cleared (what each new image costs). Images: a generated
+per-image caches cleared (what each new image costs). Wall time and the
+process's CPU time (all threads) are both reported: on a shared machine the
+CPU time is the steadier figure. Images: a generated
 640x480 picture (a poster with text over a drawn outdoor scene) plus any
 ``--images``; matplotlib's and scikit-learn's sample photos are added when
 those packages are installed.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import tempfile
@@ -69,24 +72,27 @@ def clear_image_caches() -> None:
     imagenet._classify_cached.cache_clear()
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.perf_counter()
+def timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+    """Wall seconds, CPU seconds of this process (all threads) and the result of ``fn()``."""
+    start, cpu = time.perf_counter(), time.process_time()
     result = fn()
-    return time.perf_counter() - start, result
+    return time.perf_counter() - start, time.process_time() - cpu, result
 
 
 def bench(name: str, fn: Callable[[str], Any], images: list[str], repeat: int) -> dict[str, Any]:
     """Cold time on the first image, then warm times over every image ``repeat`` times."""
-    cold, result = timed(lambda: fn(images[0]))
-    warm, outputs = [], {}
+    cold, cold_cpu, result = timed(lambda: fn(images[0]))
+    warm, warm_cpu, outputs = [], [], {}
     for _ in range(repeat):
         for image in images:
             clear_image_caches()
-            seconds, result = timed(lambda: fn(image))
+            seconds, cpu, result = timed(lambda: fn(image))
             warm.append(seconds)
+            warm_cpu.append(cpu)
             outputs[Path(image).name] = getattr(result, "text", result)
-    return {"tool": name, "cold_s": round(cold, 3), "warm_median_s": round(statistics.median(warm), 3),
-            "warm_max_s": round(max(warm), 3), "calls": len(warm), "outputs": outputs}
+    return {"tool": name, "cold_s": round(cold, 3), "cold_cpu_s": round(cold_cpu, 3),
+            "warm_median_s": round(statistics.median(warm), 3), "warm_max_s": round(max(warm), 3),
+            "warm_median_cpu_s": round(statistics.median(warm_cpu), 3), "calls": len(warm), "outputs": outputs}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
 
+    load = os.getloadavg()
     t0 = time.perf_counter()
     import torch  # noqa: F401  (import cost reported apart from the tools)
 
@@ -139,14 +146,16 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(bench(f"caption (huggingface:{args.captioner})", lambda p: caption.extract(p, cap_ctx, {}),
                           images, args.repeat))
 
-    result = {"images": images, "import_s": round(import_s, 3), "repeat": args.repeat, "rows": rows,
+    result = {"load_average": load, "images": images, "import_s": round(import_s, 3), "repeat": args.repeat, "rows": rows,
               "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     print(f"images: {len(images)} ({', '.join(Path(i).name for i in images)}); imports {import_s:.2f} s; "
           f"peak RSS {result['peak_rss_mib']} MiB\n")
-    print("| tool | cold (first call, loads models) | warm median | warm max |")
-    print("| --- | ---: | ---: | ---: |")
+    print(f"load average before the run: {load[0]:.1f} on {os.cpu_count()} cores\n")
+    print("| tool | cold wall (first call, loads models) | warm wall median | warm wall max | warm CPU median |")
+    print("| --- | ---: | ---: | ---: | ---: |")
     for row in rows:
-        print(f"| {row['tool']} | {row['cold_s']:.2f} s | {row['warm_median_s']:.2f} s | {row['warm_max_s']:.2f} s |")
+        print(f"| {row['tool']} | {row['cold_s']:.2f} s | {row['warm_median_s']:.2f} s | {row['warm_max_s']:.2f} s "
+              f"| {row['warm_median_cpu_s']:.2f} s |")
     print()
     for row in rows:
         for image, text in row["outputs"].items():

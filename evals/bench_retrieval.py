@@ -140,11 +140,17 @@ def phase_syn_ingest(a: argparse.Namespace) -> dict[str, Any]:
     shutil.rmtree(path, ignore_errors=True)
     kb = KnowledgeBase(path=path, embeddings=RandomEmbeddings())
     t = time.perf_counter()
-    stats = kb.ingest(synthetic_records(a.size), batch_size=a.batch_size, total=a.size,
-                      progress=bool(a.progress))
+
+    def records():  # stop early (at a batch boundary) after --max-seconds, if given
+        for i, rec in enumerate(synthetic_records(a.size)):
+            if a.max_seconds and i % a.batch_size == 0 and time.perf_counter() - t > a.max_seconds:
+                return
+            yield rec
+
+    stats = kb.ingest(records(), batch_size=a.batch_size, total=a.size, progress=bool(a.progress))
     dt = time.perf_counter() - t
-    out = {"size": a.size, "added": stats.added, "ingest_s": dt, "ingest_per_s": stats.added / dt,
-           "disk_mb": du_mb(path), "peak_rss_mb": peak_rss_mb()}
+    out = {"size": a.size, "added": stats.added, "reached": kb.count(), "ingest_s": dt,
+           "ingest_per_s": stats.added / dt, "disk_mb": du_mb(path), "peak_rss_mb": peak_rss_mb()}
     (Path(a.workdir) / f"syn_{a.size}.ingest.json").write_text(json.dumps(out))
     return out
 
@@ -157,7 +163,7 @@ def phase_syn_query(a: argparse.Namespace) -> dict[str, Any]:
     kb.search("warm up", "", k=10)
     first = (time.perf_counter() - t) * 1000
     rng = np.random.default_rng(3)
-    picks = set(rng.integers(0, a.size, size=a.queries).tolist())
+    picks = set(rng.integers(0, kb.count(), size=a.queries).tolist())
     recs = [r for i, r in enumerate(synthetic_records(max(picks) + 1)) if i in picks]
     lat, found = [], 0
     for r in recs:
@@ -166,7 +172,7 @@ def phase_syn_query(a: argparse.Namespace) -> dict[str, Any]:
         res = kb.search(mention, "a person mentioned in the news", k=10)
         lat.append((time.perf_counter() - t) * 1000)
         found += any(x["qid"] == r["qid"] for x in res)
-    return {"size": a.size, "queries": len(recs), "first_query_ms": first, "query_p50_ms": pct(lat, 50),
+    return {"size": a.size, "entities": kb.count(), "queries": len(recs), "first_query_ms": first, "query_p50_ms": pct(lat, 50),
             "query_p95_ms": pct(lat, 95), "surname_recall10": found / len(recs), "peak_rss_mb": peak_rss_mb()}
 
 
@@ -212,7 +218,9 @@ def tables(res: dict[str, Any]) -> str:
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for s in res["synthetic"]:
             i, q = s["ingest"], s["query"]
-            lines.append(f"| {i['size']:,} | {i['ingest_s']:.0f} | {i['ingest_per_s']:.0f} | {q['query_p50_ms']:.1f} "
+            size = f"{i['size']:,}" if i.get("reached", i["size"]) >= i["size"] else \
+                f"{i['reached']:,} of {i['size']:,} (stopped)"
+            lines.append(f"| {size} | {i['ingest_s']:.0f} | {i['ingest_per_s']:.0f} | {q['query_p50_ms']:.1f} "
                          f"| {q['query_p95_ms']:.1f} | {q['first_query_ms']:.0f} | {i['disk_mb']:.0f} "
                          f"| {i['peak_rss_mb']:.0f} | {q['peak_rss_mb']:.0f} | {q['surname_recall10']:.0%} |")
     return "\n".join(lines)
@@ -232,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dump", default=None, help="write WikiMEL per-mention candidate scores here (tuning)")
     p.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--max-seconds", type=float, default=0,
+                   help="stop each synthetic ingest after this long (0 = never) and measure what was reached")
     p.add_argument("--progress", type=int, default=0, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.phase:
@@ -246,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         for size in [int(s) for s in a.sizes.split(",") if s.strip()]:
             done = Path(a.workdir) / f"syn_{size}.ingest.json"
             ing = (json.loads(done.read_text()) if a.reuse and done.exists()
-                   else run_phase("syn-ingest", a, size=size, progress=1))
+                   else run_phase("syn-ingest", a, size=size, progress=1, **{"max-seconds": a.max_seconds}))
             res["synthetic"].append({"ingest": ing, "query": run_phase("syn-query", a, size=size)})
             if a.out:
                 Path(a.out).write_text(json.dumps(res, indent=1))

@@ -11,23 +11,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
-from tools.errors import I2CRError, InputError
-
-
-def parse_settings(pairs: list[str]) -> dict[str, Any]:
-    """``["max_rounds=2"]`` → typed Context settings; unknown keys and bad values raise ``ConfigError``."""
-    from graph.context import coerce_setting
-
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise InputError(f"--set {pair!r}: expected key=value")
-        key = key.strip().replace("-", "_")
-        out[key] = coerce_setting(key, value, origin=f"--set {key}")
-    return out
+from graph.cli import parse_settings
+from tools.errors import I2CRError
 
 
 def eval_parser() -> argparse.ArgumentParser:

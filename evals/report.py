@@ -24,6 +24,10 @@ def _pct(x: float) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{100 * x:.1f}%"
 
 
+def _or(value: Any, default: str) -> Any:
+    return default if value is None else value
+
+
 def _ci(row: dict) -> str:
     return "n/a" if math.isnan(row["lo"]) else f"[{100 * row['lo']:.1f}, {100 * row['hi']:.1f}]"
 
@@ -130,7 +134,7 @@ def render(s: dict[str, Any], config: dict[str, Any], notes: list[str], records:
     L.append(f"- Images found: {s['with_image']}; precomputed image descriptions: {s['with_desc']}")
     L.append(f"- Linker `{st.get('linker_model')}`, embedder `{st.get('embedding_model')}`, verifier "
              f"`{st.get('verifier')}`; clue order {st.get('clue_order')}, max_rounds {st.get('max_rounds')}, "
-             f"alpha {st.get('reflection_threshold')}, tau {st.get('verification_threshold') or 'scorer default'}, "
+             f"alpha {st.get('reflection_threshold')}, tau {_or(st.get('verification_threshold'), 'scorer default')}, "
              f"fallback {st.get('fallback')} (all settings: `config.json`)\n")
 
     L.append("## Top-1 accuracy\n")
@@ -182,7 +186,8 @@ def render(s: dict[str, Any], config: dict[str, Any], notes: list[str], records:
     L.append("\n## Cost per mention\n")
     ok = s["cost"]["seconds"]["n"]
     L.append(f"Over the {ok} mention(s) that ran without error. Seconds are wall-clock per mention "
-             f"(concurrency {config.get('concurrency', 1)}).\n")
+             f"(concurrency {config.get('concurrency', 1)}); the first mention of each process also loads the models, "
+             "which p50 ignores.\n")
     L.append("| | mean | p50 | p95 | total |")
     L.append("|---|---:|---:|---:|---:|")
     names = {"llm_calls": "LLM calls", "prompt_tokens": "prompt tokens", "completion_tokens": "completion tokens",

@@ -13,6 +13,7 @@ written with its error and the run goes on.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import threading
 import time
@@ -120,17 +121,18 @@ def evaluate_one(graph: Any, ex: Example, ctx: Context, score_baselines: Callabl
     except Exception as exc:  # a bug or an unexpected model failure: record it, keep going
         out, error = {}, f"{type(exc).__name__}: {exc}"
     seconds = time.perf_counter() - start
+    wrong = None if ex.gold is None else False
     usage = out.get("usage") or {}
     pred = baselines.public(out.get("entity"))
     round1 = baselines.public(out.get("round1_entity"))
     rec.update({
         "prediction": pred,
-        "correct": (False if error else match(pred, ex.gold)),
+        "correct": wrong if error else match(pred, ex.gold),
         "correct_qid": (False if error and match_qid(None, ex.gold) is not None else match_qid(pred, ex.gold)),
         "status": out.get("status"),
         "stop_round": out.get("stop_round"),
         "round1": round1,
-        "round1_correct": (False if error else match(round1, ex.gold)),
+        "round1_correct": wrong if error else match(round1, ex.gold),
         "llm_calls": int(usage.get("llm_calls", 0)),
         "prompt_tokens": int(usage.get("input_tokens", 0)),
         "completion_tokens": int(usage.get("output_tokens", 0)),
@@ -158,7 +160,8 @@ def build_config(ds: Dataset, *, labels: Any, images: Any, sample: int | None, s
         "dataset_sha256": _sha256(ds.path),
         "format": ds.format,
         "labels": None if labels is None or isinstance(labels, dict) else str(Path(labels).resolve()),
-        "labels_sha256": None if labels is None or isinstance(labels, dict) else _sha256(labels),
+        "labels_sha256": (None if labels is None else _sha256(labels) if not isinstance(labels, dict) else
+                          hashlib.sha256(json.dumps(labels, sort_keys=True, default=str).encode()).hexdigest()),
         "images": None if images is None else str(Path(images).resolve()),
         "sample": sample,
         "seed": seed,
@@ -218,8 +221,8 @@ def run_eval(dataset: str | Path, labels: str | Path | dict | None = None, out: 
             writer.write(rec)
             written += 1
             tally.add(rec)
-            bar.update(1)
             bar.set_postfix_str(tally.postfix(), refresh=False)
+            bar.update(1)
             if on_record is not None:
                 on_record(rec)
 

@@ -71,6 +71,20 @@ class Context:
         default="rapidocr",
         metadata={"description": "OCR engine: 'rapidocr' (models inside the wheel) or 'tesseract'."},
     )
+    ocr_min_confidence: float = field(
+        default=0.7,
+        metadata={"description": "OCR lines below this confidence are dropped."},
+    )
+    object_min_confidence: float | None = field(
+        default=None,
+        metadata={"description": "Detections below this confidence are dropped. Empty = the tool's own "
+                  "(0.5 closed-set detectors, 0.1 open-vocabulary, 0.05 ImageNet classifier)."},
+    )
+    object_labels: list[str] | None = field(
+        default=None,
+        metadata={"description": "Labels for open-vocabulary detectors (OWL-ViT/OWLv2). Empty = the "
+                  "shipped list tools/clues/data/object_labels.txt."},
+    )
     openai_base_url: str | None = field(
         default=None,
         metadata={"description": "Base URL for 'openai:' specs (vLLM, Ollama, llama.cpp server...). "
@@ -202,9 +216,9 @@ def coerce_setting(name: str, raw: str, *, origin: str | None = None) -> Any:
             raise ValueError("expected true or false")
         if isinstance(default, int):
             return int(text)
-        if isinstance(default, float) or name == "verification_threshold":
+        if isinstance(default, float) or name in ("verification_threshold", "object_min_confidence"):
             return float(text) if text else None
-        if isinstance(default, list):
+        if isinstance(default, list) or name == "object_labels":
             return json.loads(text) if text.startswith("[") else [c.strip() for c in text.split(",") if c.strip()]
     except ValueError as exc:
         raise ConfigError(f"{label}={raw!r}: {exc}") from None

@@ -206,6 +206,47 @@ def test_huggingface_detector_from_local_path(tiny_detector, scene_image):
     assert all(d["confidence"] >= 0.5 for d in strict.details["detections"])
 
 
+@pytest.fixture(scope="module")
+def tiny_owlvit(tmp_path_factory) -> str:
+    """A random-weight OWL-ViT (open-vocabulary detector) with a character-level CLIP tokenizer, saved locally."""
+    import string
+
+    import torch
+    from transformers import (CLIPTokenizer, OwlViTConfig, OwlViTForObjectDetection, OwlViTImageProcessor,
+                              OwlViTProcessor)
+
+    root = tmp_path_factory.mktemp("owlvit")
+    chars = list(string.ascii_lowercase + string.digits + ".,'-")
+    vocab: dict[str, int] = {}
+    for token in chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]:
+        vocab.setdefault(token, len(vocab))
+    (root / "vocab.json").write_text(json.dumps(vocab))
+    (root / "merges.txt").write_text("#version: 0.2\n")
+    processor = OwlViTProcessor(
+        image_processor=OwlViTImageProcessor(size={"height": 32, "width": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt")))
+    torch.manual_seed(0)
+    special = dict(bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                   pad_token_id=vocab["<|endoftext|>"])
+    config = OwlViTConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=16, **special),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=32)
+    OwlViTForObjectDetection(config).save_pretrained(root / "tiny-owlvit")
+    processor.save_pretrained(root / "tiny-owlvit")
+    return str(root / "tiny-owlvit")
+
+
+def test_open_vocabulary_detector_uses_the_label_list(tiny_owlvit, scene_image):
+    settings = ctx(object_model=f"huggingface:{tiny_owlvit}", object_min_confidence=0.0, object_labels="person, flag")
+    clue = objects.extract(scene_image, settings, {})
+    assert clue.source == f"huggingface:{tiny_owlvit} (zero-shot-object-detection)"
+    assert clue.details["detections"] and {d["label"] for d in clue.details["detections"]} <= {"person", "flag"}
+    assert objects.object_labels(ctx())[:2] == ["person", "face"]  # the shipped list when none is set
+
+
 def test_unloadable_detector_is_a_model_error_naming_it(tmp_path, scene_image):
     with pytest.raises(ModelError, match="object_model 'huggingface:.*nothing-here"):
         objects.extract(scene_image, ctx(object_model=f"huggingface:{tmp_path / 'nothing-here'}"), {})

@@ -194,7 +194,7 @@ def test_model_failure_names_the_model():
         def _call(self, *a, **k):
             raise ConnectionError("server said 503")
 
-    with pytest.raises(ModelError, match="linker_model 'Broken' failed: ConnectionError: server said 503"):
+    with pytest.raises(ModelError, match="linker_model 'Broken' failed: .*server said 503"):
         run(Broken(responses=["1"]))
 
 

@@ -76,14 +76,6 @@ def trigrams(text: str) -> Counter:
     return grams
 
 
-def trigram_cosine(a: Counter, b: Counter) -> float:
-    """Cosine of two trigram count profiles (0 when either is empty)."""
-    if not a or not b:
-        return 0.0
-    dot = sum(n * b.get(g, 0) for g, n in a.items())
-    return dot / math.sqrt(sum(n * n for n in a.values()) * sum(n * n for n in b.values()))
-
-
 def name_vector(text: str, dim: int = LEXICAL_DIM) -> np.ndarray:
     """Unit vector of hashed, signed trigram counts: the lexical index's embedding of a name."""
     vec = np.zeros(dim, dtype=np.float32)
@@ -446,14 +438,16 @@ class KnowledgeBase:
         qvec = None
         if mode != "lexical":
             qvec = self._query_vector(query_text(mention, context or ""))
-            res = self._entities.query(query_embeddings=[qvec], n_results=depth, include=[])
+            res = self._chroma(self._entities.query, query_embeddings=[qvec], n_results=depth, include=[])
             ids.update(dict.fromkeys(res["ids"][0]))
         if mode != "dense":
-            res = self._names.query(query_embeddings=[name_vector(mention)], n_results=depth, include=[])
+            res = self._chroma(self._names.query, query_embeddings=[name_vector(mention)], n_results=depth,
+                               include=[])
             ids.update(dict.fromkeys(i.rsplit("#", 1)[0] for i in res["ids"][0]))
         if not ids:
             raise self._empty_error()
-        got = self._entities.get(ids=list(ids), include=["metadatas", "embeddings"] if qvec is not None else ["metadatas"])
+        got = self._chroma(self._entities.get, ids=list(ids),
+                           include=["metadatas", "embeddings"] if qvec is not None else ["metadatas"])
         dense = np.zeros(len(got["ids"]), dtype=np.float32)
         if qvec is not None and len(got["ids"]):
             emb = np.asarray(got["embeddings"], dtype=np.float32)
@@ -473,7 +467,16 @@ class KnowledgeBase:
             row["rank"] = rank
         return rows[:k]
 
+    def _chroma(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        """Call a Chroma collection method; a failure becomes a ConfigError naming the store."""
+        try:
+            return fn(**kwargs)
+        except Exception as exc:
+            raise ConfigError(f"knowledge base '{self.collection_name}' at {self.where}: {fn.__name__} "
+                              f"failed: {type(exc).__name__}: {exc}") from exc
+
     def _empty_error(self) -> InputError:
+        """The error telling the user to fill the KB."""
         return InputError(f"the knowledge base '{self.collection_name}' at {self.where} is empty or "
                           "missing; fill it first with: i2cr kb ingest ENTITIES.jsonl")
 
@@ -486,6 +489,7 @@ def _profile(name: str) -> tuple[dict[str, int], float]:
 
 
 def _cosine(a: tuple[dict[str, int], float], b: tuple[dict[str, int], float]) -> float:
+    """Cosine of two :func:`_profile` results (0 when either is empty)."""
     if not a[1] or not b[1]:
         return 0.0
     small, big = (a[0], b[0]) if len(a[0]) <= len(b[0]) else (b[0], a[0])
@@ -497,11 +501,6 @@ def _fuse(rows: list[dict[str, Any]], mode: str) -> None:
     for r in rows:
         r["score"] = (LEXICAL_WEIGHT * r["lexical"] + (1 - LEXICAL_WEIGHT) * r["dense"]
                       if mode == "hybrid" else r[mode])
-
-
-def _unit(vec: Any) -> np.ndarray:
-    v = np.asarray(vec, dtype=np.float32)
-    return v / max(float(np.linalg.norm(v)), 1e-12)
 
 
 def _numbered(records: Iterable[Any]) -> Iterator[tuple[int, dict[str, Any] | Exception]]:

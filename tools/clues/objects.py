@@ -91,20 +91,22 @@ def _cascades() -> dict:
 
 def detect_faces_people(img) -> dict[str, list[list[int]]]:
     """Boxes ``[x0, y0, x1, y1]`` of frontal faces and of people (full or upper bodies) found by Haar cascades."""
-    import cv2
     import numpy as np
 
     with _lock:
-        cascades = _cascades()
+        cascades = _cascades()  # ModelError with the install hint when OpenCV is missing
+    import cv2
+
     gray = cv2.equalizeHist(cv2.cvtColor(np.asarray(img), cv2.COLOR_RGB2GRAY))
     side = min(gray.shape)
     small = max(24, side // 15)
-    faces = cascades["face"].detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(small, small))
-    full = cascades["fullbody"].detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
-                                                 minSize=(max(24, side // 12), max(48, side // 6)))
-    # the upper-body cascade fires on textures: demand many neighbours
-    upper = cascades["upperbody"].detectMultiScale(gray, scaleFactor=1.1, minNeighbors=10,
-                                                   minSize=(max(32, side // 8), max(32, side // 8)))
+    with _lock:  # one CascadeClassifier object is not safe to share between threads
+        faces = cascades["face"].detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(small, small))
+        full = cascades["fullbody"].detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
+                                                     minSize=(max(24, side // 12), max(48, side // 6)))
+        # the upper-body cascade fires on textures: demand many neighbours
+        upper = cascades["upperbody"].detectMultiScale(gray, scaleFactor=1.1, minNeighbors=10,
+                                                       minSize=(max(32, side // 8), max(32, side // 8)))
     people = _merge([*_boxes(full), *_boxes(upper)])
     return {"faces": _boxes(faces), "people": people}
 

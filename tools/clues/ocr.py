@@ -23,7 +23,7 @@ from tools.clues.base import Clue
 from tools.clues.image_io import load_image
 from tools.errors import ConfigError, ModelError
 
-OCR_MIN_CONFIDENCE = 0.6
+OCR_MIN_CONFIDENCE = 0.7
 ENGINES = ("rapidocr", "tesseract")
 _lock = threading.Lock()
 
@@ -50,8 +50,9 @@ def extract(image_path: str, ctx: Any, gathered: dict[str, Clue]) -> Clue:
 
 
 def _has_word(text: str) -> bool:
-    """True when ``text`` holds a letter or digit (drops '***', '|||' and other texture read as text)."""
-    return any(ch.isalnum() for ch in text)
+    """True when at least half of ``text``'s characters are letters or digits (drops '***', '**K', '|||')."""
+    chars = [ch for ch in text if not ch.isspace()]
+    return bool(chars) and sum(ch.isalnum() for ch in chars) * 2 >= len(chars)
 
 
 def reading_order(lines: list[dict]) -> list[dict]:
