@@ -77,13 +77,15 @@ def phase_wikimel_ingest(a: argparse.Namespace) -> dict[str, Any]:
     dt = time.perf_counter() - t
     t = time.perf_counter()
     again = kb.ingest_file(Path(a.data) / "kb_entities.jsonl", batch_size=a.batch_size)
-    return {"entities": kb.count(), "added": stats.added, "ingest_s": dt, "ingest_per_s": stats.added / dt,
-            "reingest_s": time.perf_counter() - t, "reingest_unchanged": again.unchanged,
-            "disk_mb": du_mb(path), "peak_rss_mb": peak_rss_mb()}
+    out = {"entities": kb.count(), "added": stats.added, "ingest_s": dt, "ingest_per_s": stats.added / dt,
+           "reingest_s": time.perf_counter() - t, "reingest_unchanged": again.unchanged,
+           "disk_mb": du_mb(path), "peak_rss_mb": peak_rss_mb()}
+    (Path(a.workdir) / "wikimel.ingest.json").write_text(json.dumps(out))
+    return out
 
 
 def phase_wikimel_query(a: argparse.Namespace) -> dict[str, Any]:
-    from tools.kb import KnowledgeBase
+    from tools.kb import KnowledgeBase, query_text
 
     data = json.loads((Path(a.data) / "WikiMEL_dev.json").read_text())
     labels = json.loads((Path(a.data) / "WikiMEL_dev_label.json").read_text())
@@ -92,11 +94,15 @@ def phase_wikimel_query(a: argparse.Namespace) -> dict[str, Any]:
     hits = {m: {k: 0 for k in ks} for m in ("hybrid", "dense", "lexical")}
     lists = 0
     lat: list[float] = []
+    emb: list[float] = []
     kb.search("warm up", "", k=10)
     dump = []
     for key, ex in data.items():
         gold = labels[key]
         lists += any(c["name"] == gold for c in ex["Candentity"])
+        t = time.perf_counter()  # the query embedding, timed apart (search() reuses it from its cache)
+        kb._query_vector(query_text(ex["mention"], ex["mention_context"]))
+        emb.append((time.perf_counter() - t) * 1000)
         for mode in hits:
             t = time.perf_counter()
             res = kb.search(ex["mention"], ex["mention_context"], k=max(ks), mode=mode)
@@ -113,7 +119,8 @@ def phase_wikimel_query(a: argparse.Namespace) -> dict[str, Any]:
     n = len(data)
     return {"mentions": n, "lists_recall": lists / n,
             "recall": {m: {k: v / n for k, v in h.items()} for m, h in hits.items()},
-            "query_p50_ms": pct(lat, 50), "query_p95_ms": pct(lat, 95), "peak_rss_mb": peak_rss_mb()}
+            "search_p50_ms": pct(lat, 50), "search_p95_ms": pct(lat, 95),
+            "embed_p50_ms": pct(emb, 50), "embed_p95_ms": pct(emb, 95), "peak_rss_mb": peak_rss_mb()}
 
 
 SYL = ["ka", "ro", "mi", "ta", "na", "ke", "shi", "lo", "ber", "an", "son", "vi", "el", "dra", "mar",
@@ -172,7 +179,8 @@ def phase_syn_query(a: argparse.Namespace) -> dict[str, Any]:
         res = kb.search(mention, "a person mentioned in the news", k=10)
         lat.append((time.perf_counter() - t) * 1000)
         found += any(x["qid"] == r["qid"] for x in res)
-    return {"size": a.size, "entities": kb.count(), "queries": len(recs), "first_query_ms": first, "query_p50_ms": pct(lat, 50),
+    return {"size": a.size, "entities": kb.count(), "queries": len(recs), "first_query_ms": first,
+            "query_p50_ms": pct(lat, 50),
             "query_p95_ms": pct(lat, 95), "surname_recall10": found / len(recs), "peak_rss_mb": peak_rss_mb()}
 
 
@@ -211,7 +219,8 @@ def tables(res: dict[str, Any]) -> str:
                   f"ingest {w['added']} entities in {w['ingest_s']:.1f} s ({w['ingest_per_s']:.0f} entities/s, "
                   f"embedding included); re-ingest (all unchanged) {w['reingest_s']:.1f} s; disk {w['disk_mb']:.0f} MiB; "
                   f"peak RSS ingest {w['peak_rss_mb']:.0f} MiB, query {q['peak_rss_mb']:.0f} MiB; "
-                  f"query (hybrid, embedding included) p50 {q['query_p50_ms']:.1f} ms, p95 {q['query_p95_ms']:.1f} ms", ""]
+                  f"query embedding p50 {q['embed_p50_ms']:.0f} ms (p95 {q['embed_p95_ms']:.0f}); hybrid search "
+                  f"given the embedding p50 {q['search_p50_ms']:.1f} ms (p95 {q['search_p95_ms']:.1f})", ""]
     if res.get("synthetic"):
         lines += ["| entities | ingest s | ingest entities/s | query p50 ms | query p95 ms | first query ms "
                   "| disk MiB | peak RSS ingest MiB | peak RSS query MiB | surname R@10 |",
@@ -235,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--sizes", default="10000,100000,1000000")
     p.add_argument("--queries", type=int, default=200)
-    p.add_argument("--reuse", action="store_true", help="keep synthetic KBs already ingested in --workdir")
+    p.add_argument("--reuse", action="store_true", help="keep KBs already ingested in --workdir (query phases only)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--dump", default=None, help="write WikiMEL per-mention candidate scores here (tuning)")
     p.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
@@ -250,7 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     Path(a.workdir).mkdir(parents=True, exist_ok=True)
     res: dict[str, Any] = {"machine": {"cpus": os.cpu_count()}}
     if a.what in ("wikimel", "all"):
-        res["wikimel"] = {"ingest": run_phase("wikimel-ingest", a), "query": run_phase("wikimel-query", a)}
+        done = Path(a.workdir) / "wikimel.ingest.json"
+        ing = (json.loads(done.read_text()) if a.reuse and done.exists() and (Path(a.workdir) / "wikimel_kb").is_dir()
+               else run_phase("wikimel-ingest", a))
+        res["wikimel"] = {"ingest": ing, "query": run_phase("wikimel-query", a)}
     if a.what in ("synthetic", "all"):
         res["synthetic"] = []
         for size in [int(s) for s in a.sizes.split(",") if s.strip()]:

@@ -38,7 +38,7 @@ def reflect(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     excluded = list(state.get("excluded") or [])
 
     if last["outcome"] == "nil":
-        entry["note"] = (entry.get("note", "") + " nil accepted: nothing to reflect on").strip()
+        entry["note"] = "; ".join(filter(None, [entry.get("note"), "nil accepted: nothing to reflect on"]))
         return {**_settle(None, "nil", state), "trace": trace}
 
     if last["outcome"] == "entity":
@@ -65,7 +65,7 @@ def reflect(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         answer, note = candidates[0], "no usable answer from the linker: top-ranked candidate kept"
     else:
         answer, note = None, "no usable answer from the linker: nil"
-    entry["note"] = (entry.get("note", "") + " " + note).strip()
+    entry["note"] = "; ".join(filter(None, [entry.get("note"), note]))
     return {**_settle(answer, note, state), "trace": trace}
 
 

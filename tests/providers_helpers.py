@@ -11,7 +11,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 WORDS = ("the a of and to in is was for on with as by at from it that this river city king film band "
          "player team club album song paris london berlin john mary smith french german english "
@@ -187,9 +187,3 @@ def _fake_vector(text: str, dim: int) -> list[float]:
             vec[ord(ch) % dim] += 1.0
     return vec
 
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """``fn()`` and the seconds it took."""
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in this module may reach a model hub
@@ -14,7 +15,7 @@ import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 
 sys.path.insert(0, str(Path(__file__).parent))
-from providers_helpers import FakeOpenAI, save_tiny_llama, timed, write_tiny_gguf  # noqa: E402
+from providers_helpers import FakeOpenAI, save_tiny_llama, write_tiny_gguf  # noqa: E402
 
 from tools import embedded_llm, hf_local  # noqa: E402
 from tools.errors import ConfigError, ModelError  # noqa: E402
@@ -86,7 +87,7 @@ def test_dequantized_gguf_is_cached(tiny_gguf: Path, tmp_path: Path, monkeypatch
 
 # ---- openai: against a local fake server ---------------------------------------------------
 
-@pytest.fixture(autouse=False)
+@pytest.fixture
 def no_openai_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
         monkeypatch.delenv(var, raising=False)
@@ -125,8 +126,10 @@ def test_openai_persistent_error_is_a_model_error(no_openai_env: None) -> None:
 def test_openai_timeout_is_a_model_error(no_openai_env: None) -> None:
     with FakeOpenAI(delay=3.0) as server:
         model = load_chat_model("openai:slow-model", base_url=server.base_url, timeout=0.3, max_retries=0)
+        start = time.perf_counter()
         with pytest.raises(ModelError, match=r"openai:slow-model.*timed out"):
-            _, seconds = timed(lambda: invoke_model(model, MESSAGES, spec="openai:slow-model"))
+            invoke_model(model, MESSAGES, spec="openai:slow-model")
+    assert time.perf_counter() - start < 2.5, "the client must give up at its timeout, not wait for the server"
 
 
 def test_openai_without_key_or_url_is_a_config_error(no_openai_env: None) -> None:
@@ -241,6 +244,13 @@ def test_llama_cpp_chat_on_a_tiny_gguf(tiny_gguf: Path) -> None:
     text2, _ = invoke_model(model, MESSAGES, spec="embedded:tiny")
     assert isinstance(text1, str) and text1 == text2
     assert usage["input_tokens"] > 10 and 0 < usage["output_tokens"] <= 5
+    # graph branches may call it from several threads at once: the shared Llama is used by one at a time
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = [MESSAGES, [HumanMessage("a b c")]] * 4
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda m: invoke_model(model, m, spec="embedded:tiny")[0], prompts))
+    assert answers[0::2] == [text1] * 4 and len(set(answers[1::2])) == 1
 
 
 def test_llama_cpp_bad_file_is_a_model_error(tmp_path: Path) -> None:

@@ -183,7 +183,7 @@ def load_gguf_dequantized(path: Path, *, spec: str, cache: Path, temperature: fl
             tokenizer = AutoTokenizer.from_pretrained(cache)
             model = AutoModelForCausalLM.from_pretrained(cache, dtype=torch.float32)
         else:
-            log.warning("%s: dequantizing %s with transformers (llama-cpp-python is not installed); "
+            log.warning("%s: dequantizing %s with transformers (llama-cpp-python is not in use); "
                         "the result is cached in %s", spec, path.name, cache)
             model, tokenizer = load_model_and_tokenizer(str(path))
             if _is_dequantized(model):  # packed GGUF layers (the `kernels` package) load fast: nothing to cache

@@ -1,0 +1,73 @@
+"""``i2cr link`` end to end through the real ``openai:`` route against a local chat-completions server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from providers_helpers import FakeOpenAI
+
+from graph.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORD = str(ROOT / "evals" / "data" / "example_wikimel_25999.json")
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_link_prints_entity_status_round_and_trace(capsys):
+    with FakeOpenAI(reply="1") as server:
+        code, out, err = run_cli(
+            capsys, "link", "--mention", "Stoltenberg", "--context", "Stoltenberg speaks at a service.",
+            "--candidates", RECORD, "--model", "openai:tiny-test-model",
+            "--set", f"openai_base_url={server.base_url}", "--set", "embedding_model=openai:tiny-embed",
+            "--set", "reflection_threshold=0", "--set", "verification_threshold=0")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["entity"] == {"qid": "Q57665", "name": "Jens Stoltenberg"}
+    assert result["status"] == "text_verified" and result["stop_round"] == 1
+    steps = [t["step"] for t in result["trace"]]
+    assert steps == ["retrieve", "link", "verify", "final"]
+    assert result["trace"][1]["reflection_score"] is not None
+    assert result["trace"][2]["verification_score"] is not None
+    chat = [r for r in server.requests if r["path"].endswith("/chat/completions")]
+    assert chat[0]["model"] == "tiny-test-model" and chat[0]["temperature"] == 0
+    assert "1. Jens Stoltenberg" in chat[0]["messages"][-1]["content"]
+    assert result["usage"] == {"llm_calls": 1, "input_tokens": 11, "output_tokens": 1}
+
+
+def test_link_reports_bad_input_in_one_line(capsys, tmp_path):
+    bad = tmp_path / "cands.json"
+    bad.write_text("[{\"qid\": \"Q1\"}]")
+    code, out, err = run_cli(capsys, "link", "--mention", "X", "--context", "", "--candidates", str(bad))
+    assert code == 2 and out == ""
+    assert err.strip() == "i2cr: error: candidates[0]: candidate has no name (got {'qid': 'Q1'})"
+    code, _, err = run_cli(capsys, "link", "--mention", "X", "--context", "", "--candidates", str(tmp_path / "nope"))
+    assert code == 2 and "--candidates: file not found" in err
+    bad.write_text("{oops")
+    code, _, err = run_cli(capsys, "link", "--mention", "X", "--context", "", "--candidates", str(bad))
+    assert code == 2 and "is not valid JSON" in err
+    code, _, err = run_cli(capsys, "link", "--mention", "X", "--set", "max_rounds=many")
+    assert code == 2 and "--set max_rounds='many'" in err
+
+
+def test_script_exit_status_and_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "graph.cli", "link", "--mention", "X", "--context", "y",
+                           "--image", str(tmp_path / "missing.jpg")], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2
+    assert "image: file not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_model_server_down_names_the_model(capsys):
+    with FakeOpenAI(fail_first=-1) as server:
+        code, _, err = run_cli(
+            capsys, "link", "--mention", "Stoltenberg", "--context", "x", "--candidates", RECORD,
+            "--model", "openai:down-model", "--set", f"openai_base_url={server.base_url}",
+            "--set", "max_retries=1", "--set", "embedding_model=openai:e")
+    assert code == 2 and "down-model" in err and "Traceback" not in err
