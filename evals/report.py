@@ -75,6 +75,7 @@ def summarize(records: list[dict], config: dict[str, Any]) -> dict[str, Any]:
         "exits": M.exit_groups(records),
         "clue_use": M.clue_use_by_round(records),
         "cost": M.cost_table(records),
+        "recall": M.accuracy(r["gold_in_candidates"] for r in scored if "gold_in_candidates" in r),
         "nil_gold": sum(1 for r in scored if r["gold"].get("nil")),
         "with_image": sum(1 for r in records if r.get("has_image")),
         "with_desc": sum(1 for r in records if r.get("has_image_desc")),
@@ -152,6 +153,8 @@ def render(s: dict[str, Any], config: dict[str, Any], notes: list[str], records:
     row("text round alone (round 1)", s["round1"])
     row("first candidate", s["first"])
     row(f"embedding similarity (`{st.get('embedding_model')}`)", s["embedding"])
+    if s["recall"]["n"]:
+        row("*gold among the candidates (upper bound)*", s["recall"])
     if s["embedding_missing"]:
         L.append(f"\nEmbedding baseline unavailable on {s['embedding_missing']} mention(s): {s['embedding_reason']}")
     if "wikimel" in str(dataset).lower():

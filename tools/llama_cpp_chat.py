@@ -21,10 +21,20 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import ConfigDict, Field
 
-from tools.errors import ModelError
+from tools.errors import ConfigError, ModelError
 
 N_CTX = 8192  # the linker prompt with 10 described candidates and 4 clues is ~1-2k tokens
 SEED = 0
+
+
+def default_threads() -> int:
+    """``$I2CR_LLAMA_THREADS`` if set (a busy shared machine can do better with fewer), else all cores."""
+    raw = os.environ.get("I2CR_LLAMA_THREADS", "").strip()
+    if raw:
+        if not raw.isdigit() or int(raw) < 1:
+            raise ConfigError(f"I2CR_LLAMA_THREADS={raw!r}: expected a positive integer")
+        return int(raw)
+    return os.cpu_count() or 1
 
 
 class _SharedLlama:
@@ -71,7 +81,7 @@ class LlamaCppChatModel(BaseChatModel):
     max_tokens: int = 16
     seed: int = SEED
     n_ctx: int = N_CTX
-    n_threads: int = Field(default_factory=lambda: os.cpu_count() or 1)
+    n_threads: int = Field(default_factory=lambda: default_threads())
 
     @property
     def _llm_type(self) -> str:
