@@ -46,7 +46,7 @@ class Attempt(TypedDict, total=False):
     attempt: int
     raw: str
     pick: Optional[dict[str, str]]
-    outcome: str  # "entity" | "nil" | "unparseable" | "excluded"
+    outcome: str  # "entity" | "nil" | "unparseable"
     reflection_score: Optional[float]
     reflection_passed: Optional[bool]
     verification_score: Optional[float]

@@ -29,11 +29,21 @@ def _desc(candidate: dict, limit: int) -> str:
     return f" — {desc}"
 
 
+def shown_candidates(state: State) -> list[dict]:
+    """The candidates offered in this attempt: all but those reflection ruled out this round."""
+    excluded = set(state.get("excluded") or [])
+    return [c for c in state["candidates"] if candidate_key(c) not in excluded]
+
+
 def build_messages(state: State, ctx: Context) -> list:
-    """The chat messages for the current attempt."""
-    candidates = state["candidates"]
+    """The chat messages for the current attempt.
+
+    Ruled-out picks are removed from the numbered list (small models answer a
+    number they were told to avoid) and named at the end of the prompt.
+    """
+    shown = shown_candidates(state)
     lines = [P.CANDIDATE_LINE.format(number=i + 1, name=c["name"], desc=_desc(c, ctx.max_desc_chars))
-             for i, c in enumerate(candidates)]
+             for i, c in enumerate(shown)]
     clues = state.get("clues") or []
     if clues and not ctx.accumulate_clues:
         clues = clues[-1:]
@@ -41,12 +51,9 @@ def build_messages(state: State, ctx: Context) -> list:
     if clues:
         clue_block = P.CLUES.format(lines="\n".join(
             P.CLUE_LINE.format(label=P.CLUE_LABELS.get(c["type"], c["type"]), text=c["text"]) for c in clues))
-    keys = [candidate_key(c) for c in candidates]
-    excluded = state.get("excluded") or []
-    rejected = ""
-    if excluded:
-        numbers = ", ".join(f"{keys.index(k) + 1} ({candidates[keys.index(k)]['name']})" for k in excluded if k in keys)
-        rejected = P.REJECTED.format(numbers=numbers)
+    by_key = {candidate_key(c): c for c in state["candidates"]}
+    excluded = [by_key[k]["name"] for k in state.get("excluded") or [] if k in by_key]
+    rejected = P.REJECTED.format(names="; ".join(excluded)) if excluded else ""
     attempts = state.get("attempts") or []
     retry = ""
     if attempts and attempts[-1]["outcome"] == "unparseable":
@@ -76,16 +83,13 @@ def link_on_text(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     usage["llm_calls"] = usage.get("llm_calls", 0) + 1
     usage["input_tokens"] = usage.get("input_tokens", 0) + tokens["input_tokens"]
     usage["output_tokens"] = usage.get("output_tokens", 0) + tokens["output_tokens"]
-    answer = parse_answer(raw, [c["name"] for c in candidates], qids=[c.get("qid") for c in candidates],
+    shown = shown_candidates(state)
+    answer = parse_answer(raw, [c["name"] for c in shown], qids=[c.get("qid") for c in shown],
                           allow_nil=ctx.allow_nil)
-    key = candidate_key(candidates[answer.index]) if answer.kind == "entity" else None
     outcome = answer.kind
-    if key is not None and key in (state.get("excluded") or []):
-        outcome, note = "excluded", "picked a candidate already ruled out: counted as a failed attempt"
-        key = None
-    else:
-        note = {"unparseable": "answer could not be mapped to a candidate: counted as a failed attempt"}.get(outcome, "")
-    pick = candidates[answer.index] if outcome == "entity" else None
+    pick = shown[answer.index] if outcome == "entity" else None
+    key = candidate_key(pick) if pick else None
+    note = {"unparseable": "answer could not be mapped to an offered candidate: counted as a failed attempt"}.get(outcome, "")
     entry.update(raw=raw, outcome=outcome, model=describe(ctx.linker_model),
                  pick={"qid": pick.get("qid"), "name": pick["name"]} if pick else None)
     if note:

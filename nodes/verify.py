@@ -16,7 +16,7 @@ from graph.context import Context, resolve_context
 from graph.inputs import candidate_key
 from graph.state import State
 from nodes.routing import next_clue_step
-from tools.verify import get_scorer
+from tools.verify import get_scorer, text_scorer
 
 
 def verify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -33,6 +33,8 @@ def verify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         verdict, entry["note"] = "failed", "nil answer: nothing to verify against the image"
     else:
         scorer = get_scorer(ctx)
+        if not state.get("image") and getattr(scorer, "needs_image", False):
+            scorer = text_scorer()  # only a precomputed description: compare it as text, with its own tau
         tau = ctx.verification_threshold if ctx.verification_threshold is not None else scorer.default_threshold
         key = candidate_key(answer)
         if key in cache:

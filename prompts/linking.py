@@ -2,8 +2,10 @@
 
 The prompt is laid out so that everything that stays the same across the
 re-asks of one round (instructions, candidates, mention, context, clues) comes
-first and what changes (rejected picks, a complaint about an unusable answer)
-comes last: local runtimes such as llama.cpp then reuse the cached prefix.
+first and what changes (a complaint about an unusable answer) comes last: local
+runtimes such as llama.cpp then reuse the cached prefix. A pick ruled out by
+reflection is dropped from the numbered list (small models answer a number they
+were told to avoid) and named near the end.
 """
 
 SYSTEM = (
@@ -37,7 +39,7 @@ CLUE_LABELS = {
     "caption": "Image caption",
 }
 
-REJECTED = "Already ruled out, do not choose: {numbers}.\n"
+REJECTED = "Ruled out already (no longer in the list): {names}.\n"
 RETRY = 'Your previous answer "{raw}" could not be used. Reply with a single candidate number.\n'
 
 ANSWER_FORMAT = "Answer with the number only."

@@ -53,8 +53,9 @@ def test_rechoice_after_failed_reflection_excludes_the_pick():
     out = run(model, alpha=0.3)
     assert out["entity"]["name"] == "Michael Jordan"
     assert len(model.prompts) == 2
-    assert "ruled out" not in model.prompts[0]
-    assert "Already ruled out, do not choose: 3 (Jordan River)" in model.prompts[1]
+    assert "Ruled out" not in model.prompts[0] and "3. Jordan River" in model.prompts[0]
+    assert "Ruled out already (no longer in the list): Jordan River." in model.prompts[1]
+    assert "Jordan River —" not in model.prompts[1] and "2. Jordan — country" in model.prompts[1]
     first, second = links(out)
     assert first["reflection_passed"] is False and second["reflection_passed"] is True
     assert first["reflection_score"] < 0.3 <= second["reflection_score"]
@@ -160,11 +161,13 @@ def test_messy_answers_are_parsed():
     assert out["entity"]["name"] == "Michael Jordan"
 
 
-def test_picking_an_excluded_candidate_is_a_failed_attempt():
-    model = scripted("3", "3", "1")
-    out = run(model, alpha=0.3)
-    assert [t["outcome"] for t in links(out)] == ["entity", "excluded", "entity"]
-    assert out["entity"]["name"] == "Michael Jordan"
+def test_numbers_refer_to_the_list_shown_in_each_attempt():
+    # "1" first means Michael Jordan; once he is ruled out, "1" means Jordan and "3" exists no more
+    model = scripted("1", "3", "1")
+    out = run(model, alpha=0.99, max_rechoices=2)
+    assert [t["outcome"] for t in links(out)] == ["entity", "unparseable", "entity"]
+    assert [t["pick"] and t["pick"]["name"] for t in links(out)] == ["Michael Jordan", None, "Jordan"]
+    assert out["entity"]["name"] == "Michael Jordan"  # best reflection score of the two picks
 
 
 @pytest.mark.parametrize("inputs,message", [
@@ -246,3 +249,15 @@ def test_graph_shows_every_stage():
     nodes = set(graph.get_graph().nodes)
     assert {"retrieve_candidates", "link_on_text", "reflect", "verify", "clue_ocr", "clue_objects",
             "clue_scene", "clue_caption", "finalize"} <= nodes
+
+
+def test_image_only_scorer_hands_description_only_records_to_the_text_scorer(image):
+    clip_like = TableScorer({"Michael Jordan": 0.99})
+    clip_like.needs_image = True
+    out = run(scripted("1", "1", "1", "1", "1"), clip_like, {"image_desc": DESC})
+    verifies = [t for t in out["trace"] if t["step"] == "verify"]
+    assert clip_like.calls == []
+    assert verifies[0]["scorer"] == "embedded:clue-text-embedding"
+    assert verifies[0]["verification_threshold"] == 0.2
+    out = run(scripted("1"), clip_like, {"image": image, "image_desc": DESC})
+    assert clip_like.calls == ["Michael Jordan"] and out["status"] == "text_verified"

@@ -164,6 +164,7 @@ def test_retrieve_candidates_and_empty_kb(tmp_path, fake):
                           top_k=3, embedding_model=fake, openai_base_url=None, openai_api_key=None)
     with pytest.raises(InputError, match="i2cr kb ingest"):
         retrieve_candidates("Marx", "", ctx)
+    assert not (tmp_path / "kb2").exists()  # a search leaves no empty store behind
     KnowledgeBase.from_context(ctx).ingest(RECORDS)
     found = retrieve_candidates("Groucho Marx", "a comedian", ctx)
     assert len(found) == 3 and found[0]["qid"] == "Q9002"

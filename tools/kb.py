@@ -201,7 +201,7 @@ class KnowledgeBase:
         self.model_name = (embeddings if isinstance(embeddings, str)
                            else getattr(embeddings, "model", None) or getattr(embeddings, "model_name", None)
                            or type(embeddings).__name__)
-        self.client = client or self._connect()
+        self._client = client or (self._connect() if host else None)  # a local store opens on first use
         self._entities = None
         self._names = None
         self._qcache: dict[str, np.ndarray] = {}
@@ -220,7 +220,15 @@ class KnowledgeBase:
         """Human-readable location of the store, for messages."""
         return f"Chroma server {self.host}:{self.port}" if self.host else f"{self.path}"
 
+    @property
+    def client(self) -> Any:
+        """The Chroma client (a local store is created on the first write or read that needs it)."""
+        if self._client is None:
+            self._client = self._connect()
+        return self._client
+
     def _connect(self) -> Any:
+        """Open the Chroma client for ``host``/``port`` or ``path``; ConfigError naming the setting on failure."""
         import chromadb
         from chromadb.config import Settings
 
@@ -243,6 +251,8 @@ class KnowledgeBase:
         """Open (or create) both collections; False when they do not exist and ``create`` is False."""
         if self._entities is not None:
             return True
+        if not create and self._client is None and self.path is not None and not self.path.exists():
+            return False  # do not leave an empty store behind a search or count
         try:
             existing = {getattr(c, "name", c) for c in self.client.list_collections()}
         except Exception as exc:

@@ -7,6 +7,8 @@
   and description, cosine in the text-embedding space of ``ctx.embedding_model``.
 * ``clip:<hub id | local path>`` — a CLIP-family model through transformers
   (``tools/verifiers/clip.py``), cosine of image and entity text (reference τ 0.31).
+  It needs an image file (``needs_image``); records with only a precomputed
+  description are verified by the text scorer, with its own τ.
 * ``judge:<chat model spec>`` — a vision-capable chat model asked for a 0–1
   score (``tools/verifiers/judge.py``).
 
@@ -84,6 +86,11 @@ class TextEmbeddingScorer:
             return 0.0
         embedder = get_embedder(ctx.embedding_model, base_url=ctx.openai_base_url, api_key=ctx.openai_api_key)
         return embedder.cosine(text, [entity_text(entity)])[0]
+
+
+def text_scorer() -> Scorer:
+    """The shared offline text scorer (also used for image-less records by image-only scorers)."""
+    return _scorer("embedded", "")
 
 
 def get_scorer(ctx: Any) -> Scorer:

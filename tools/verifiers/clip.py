@@ -7,10 +7,11 @@ and are cached per name; :func:`load_clip` is shared with the scene tool.
 The entity text is "name. description", truncated to the text encoder's
 maximum length (77 tokens for CLIP). The reference threshold is tau = 0.31.
 
-Without an image file, but with a precomputed image description, the score
-falls back to the embedded text scorer (description vs entity text, cosine in
-text-embedding space, whose own threshold 0.3 is close to 0.31); with
-neither it is 0.0.
+CLIP needs an image file (``needs_image``): for a record with only a
+precomputed description, the verify node uses the embedded text scorer and
+its own threshold instead (CLIP's text-to-text cosines are not comparable with
+its image-to-text ones). Called directly without an image, ``score`` does the
+same; with neither image nor description it is 0.0.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ class ClipScorer:
     """``score`` = cosine(CLIP image embedding, CLIP text embedding of the entity)."""
 
     default_threshold = 0.31
+    needs_image = True
 
     def __init__(self, name: str):
         self.model_name = name
