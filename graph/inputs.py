@@ -38,6 +38,10 @@ def normalize_candidates(raw: Any, *, where: str = "candidates") -> list[dict]:
             cand["desc"] = str(desc)
         if isinstance(item.get("score"), (int, float)):
             cand["score"] = float(item["score"])
+        if isinstance(item.get("image"), str) and item["image"]:
+            cand["image"] = item["image"]  # an entity image (knowledge bases may carry one)
+        if isinstance(item.get("aliases"), list):
+            cand["aliases"] = [str(a) for a in item["aliases"] if str(a).strip()]
         key = candidate_key(cand)
         if key not in seen:
             seen.add(key)

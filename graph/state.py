@@ -19,6 +19,8 @@ class Candidate(TypedDict, total=False):
     name: Required[str]
     desc: str
     score: float
+    aliases: list[str]
+    image: str
 
 
 class InputState(TypedDict, total=False):

@@ -67,7 +67,7 @@ def _open(a: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``i2cr kb`` with ``argv``; return the exit code (0 ok, 1 user error, 130 interrupted)."""
+    """Run ``i2cr kb`` with ``argv``; return the exit code (0 ok, 2 user error, 130 interrupted)."""
     a = _parser().parse_args(argv)
     try:
         kb, ctx = _open(a)
@@ -95,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
             n = kb.count()
             print(json.dumps({"count": n}) if a.json else n)
         return 0
-    except (I2CRError, ValueError) as exc:  # ValueError: a bad I2CR_* setting (graph/context.py)
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except I2CRError as exc:  # bad input, setting (incl. I2CR_* variables), model or server
+        print(f"i2cr: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; batches already written are kept — re-run to continue", file=sys.stderr)
         return 130

