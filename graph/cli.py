@@ -1,9 +1,12 @@
 """The ``i2cr`` command line.
 
     i2cr link --mention M --context C [--image PATH] [--candidates FILE.json] [--set key=value ...]
-    i2cr kb ingest FILE.jsonl | i2cr kb search "Jordan" --context "..." -k 10
-    i2cr eval DATA.json --labels LABELS.json --out run/
+    i2cr kb ingest FILE.jsonl | i2cr kb search "Jordan" --context "..." -k 10 | i2cr kb count
+    i2cr eval DATA.json --labels LABELS.json [--sample N --seed S] [--limit N] [--images DIR]
+              [--concurrency C] [--set key=value ...] [--retry-errors] --out run/
     i2cr report run/
+
+Errors print one line (``i2cr: error: ...``) and exit with status 2.
 """
 
 from __future__ import annotations

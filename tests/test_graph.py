@@ -261,3 +261,20 @@ def test_image_only_scorer_hands_description_only_records_to_the_text_scorer(ima
     assert verifies[0]["verification_threshold"] == 0.2
     out = run(scripted("1"), clip_like, {"image": image, "image_desc": DESC})
     assert clip_like.calls == ["Michael Jordan"] and out["status"] == "text_verified"
+
+
+def test_without_candidates_the_knowledge_base_is_searched(tmp_path):
+    from tools.kb import KnowledgeBase
+
+    emb = BagOfWordsEmbeddings()
+    kb = KnowledgeBase(path=tmp_path / "kb", embeddings=emb)
+    kb.ingest([{"qid": c["qid"], "name": c["name"], "desc": c["desc"]} for c in CANDS], progress=False)
+    ctx = dict(kb_path=str(tmp_path / "kb"), top_k=2)
+    model = scripted("1")
+    out = run(model, inputs={"candidates": None}, **ctx)
+    retrieve = out["trace"][0]
+    assert retrieve["note"] == "2 candidates from knowledge base"
+    assert out["entity"]["qid"] in {c["qid"] for c in CANDS}
+    assert model.prompts[0].count(" — ") == 2  # top_k candidates offered
+    with pytest.raises(InputError, match="i2cr kb ingest"):
+        run(scripted("1"), inputs={"candidates": None}, kb_path=str(tmp_path / "empty"))
