@@ -174,7 +174,10 @@ def test_retrieve_candidates_and_empty_kb(tmp_path, fake):
 # --------------------------------------------------------------------- CLI ---
 def test_cli_ingest_and_search(tmp_path, fake, monkeypatch, capsys):
     from tools import embeddings as emb_mod
-    from tools.kb_cli import main
+    from graph.cli import main as i2cr_main
+
+    def main(argv):
+        return i2cr_main(["kb", *argv])
 
     monkeypatch.setattr(emb_mod, "load_embeddings", lambda *a, **k: fake)
     f = write_jsonl(tmp_path / "e.jsonl", RECORDS + ["[1, 2]"])

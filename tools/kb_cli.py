@@ -16,7 +16,6 @@ import json
 import sys
 from typing import Any
 
-from tools.errors import I2CRError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,7 +66,10 @@ def _open(a: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``i2cr kb`` with ``argv``; return the exit code (0 ok, 2 user error, 130 interrupted)."""
+    """Run ``i2cr kb`` with ``argv``; return the exit code (0 ok, 130 interrupted).
+
+    Errors (``I2CRError``) propagate to ``graph.cli.main``, which prints them in one line and exits 2.
+    """
     a = _parser().parse_args(argv)
     try:
         kb, ctx = _open(a)
@@ -95,13 +97,12 @@ def main(argv: list[str] | None = None) -> int:
             n = kb.count()
             print(json.dumps({"count": n}) if a.json else n)
         return 0
-    except I2CRError as exc:  # bad input, setting (incl. I2CR_* variables), model or server
-        print(f"i2cr: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted; batches already written are kept — re-run to continue", file=sys.stderr)
         return 130
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from graph.cli import main as i2cr_main
+
+    sys.exit(i2cr_main(["kb", *sys.argv[1:]]))
