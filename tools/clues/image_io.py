@@ -47,8 +47,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def image_key(path: str) -> tuple[str, int, int]:
-    """Cache key of an image file: absolute path, size and modification time."""
-    stat = os.stat(path)
+    """Cache key of an image file: absolute path, size and modification time (``InputError`` if missing)."""
+    try:
+        stat = os.stat(path)
+    except OSError as exc:
+        raise InputError(f"image: file not found: {path} ({exc.strerror})") from None
     return os.path.abspath(path), stat.st_size, stat.st_mtime_ns
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from tools.clues.image_io import image_key, load_image
-from tools.errors import ModelError
+from tools.errors import InputError, ModelError
 
 _lock = threading.Lock()
 
@@ -116,39 +116,39 @@ class ClipScorer:
     def _model(self):
         return load_clip(self.model_name)
 
-    def image_embedding(self, image: str) -> np.ndarray:
-        """Unit CLIP embedding of an image file (cached per file version)."""
-        img = load_image(image)
-        key = image_key(image)
+    def _cached(self, cache: dict, key: Any, limit: int, compute: Any, what: str) -> np.ndarray:
+        """``cache[key]``, computing it with ``compute()`` on a miss (model errors name ``what``)."""
         with self._cache_lock:
-            if key in self._image_cache:
-                return self._image_cache[key]
-        model, processor = self._model()
+            if key in cache:
+                return cache[key]
         try:
-            vec = embed_images(model, processor, [img])[0]
+            vec = compute()
+        except (InputError, ModelError):
+            raise
         except Exception as exc:
-            raise ModelError(f"verifier '{self.name}' failed on image {image}: {type(exc).__name__}: {exc}") from exc
+            raise ModelError(f"verifier '{self.name}' failed on {what}: {type(exc).__name__}: {exc}") from exc
         with self._cache_lock:
-            if len(self._image_cache) > 4096:
-                self._image_cache.clear()
-            self._image_cache[key] = vec
+            if len(cache) > limit:
+                cache.clear()
+            cache[key] = vec
         return vec
+
+    def image_embedding(self, image: str) -> np.ndarray:
+        """Unit CLIP embedding of an image file (cached per file version; the file is read on a miss only)."""
+        def compute() -> np.ndarray:
+            img = load_image(image)
+            model, processor = self._model()
+            return embed_images(model, processor, [img])[0]
+
+        return self._cached(self._image_cache, image_key(image), 4096, compute, f"image {image}")
 
     def text_embedding(self, text: str) -> np.ndarray:
         """Unit CLIP embedding of a text (cached)."""
-        with self._cache_lock:
-            if text in self._text_cache:
-                return self._text_cache[text]
-        model, processor = self._model()
-        try:
-            vec = embed_texts(model, processor, [text])[0]
-        except Exception as exc:
-            raise ModelError(f"verifier '{self.name}' failed on text: {type(exc).__name__}: {exc}") from exc
-        with self._cache_lock:
-            if len(self._text_cache) > 50_000:
-                self._text_cache.clear()
-            self._text_cache[text] = vec
-        return vec
+        def compute() -> np.ndarray:
+            model, processor = self._model()
+            return embed_texts(model, processor, [text])[0]
+
+        return self._cached(self._text_cache, text, 50_000, compute, "text")
 
     def score(self, entity: dict, *, image: str | None, image_desc: dict | None, ctx: Any) -> float:
         from tools.verify import TextEmbeddingScorer, entity_text
