@@ -145,7 +145,12 @@ def phase_syn_ingest(a: argparse.Namespace) -> dict[str, Any]:
     from tools.kb import KnowledgeBase
 
     path = Path(a.workdir) / f"syn_{a.size}"
-    shutil.rmtree(path, ignore_errors=True)
+    done = Path(a.workdir) / f"syn_{a.size}.ingest.json"
+    before = {"ingest_s": 0.0, "added": 0, "sittings": 0}
+    if a.resume and path.is_dir() and done.is_file():  # continue a stopped ingest: unchanged rows are skipped
+        before.update(json.loads(done.read_text()))
+    else:
+        shutil.rmtree(path, ignore_errors=True)
     kb = KnowledgeBase(path=path, embeddings=RandomEmbeddings())
     t = time.perf_counter()
 
@@ -157,8 +162,10 @@ def phase_syn_ingest(a: argparse.Namespace) -> dict[str, Any]:
 
     stats = kb.ingest(records(), batch_size=a.batch_size, total=a.size, progress=bool(a.progress))
     dt = time.perf_counter() - t
-    out = {"size": a.size, "added": stats.added, "reached": kb.count(), "ingest_s": dt,
-           "ingest_per_s": stats.added / dt, "disk_mb": du_mb(path), "peak_rss_mb": peak_rss_mb()}
+    added, total_s = before["added"] + stats.added, before["ingest_s"] + dt
+    out = {"size": a.size, "added": added, "reached": kb.count(), "ingest_s": total_s,
+           "ingest_per_s": added / total_s, "disk_mb": du_mb(path), "peak_rss_mb": peak_rss_mb(),
+           "sittings": before.get("sittings", 1 if before["added"] else 0) + 1, "last_sitting_per_s": stats.added / dt}
     (Path(a.workdir) / f"syn_{a.size}.ingest.json").write_text(json.dumps(out))
     return out
 
@@ -196,7 +203,7 @@ def run_phase(name: str, a: argparse.Namespace, **extra: Any) -> dict[str, Any]:
            "--data", str(a.data), "--embedding-model", a.embedding_model, "--batch-size", str(a.batch_size),
            "--queries", str(a.queries)]
     for k, v in extra.items():
-        cmd += [f"--{k}", str(v)]
+        cmd += [f"--{k}"] if v is True else [f"--{k}", str(v)]
     if a.dump and name == "wikimel-query":
         cmd += ["--dump", a.dump]
     print("$", " ".join(cmd), file=sys.stderr, flush=True)
@@ -253,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--max-seconds", type=float, default=0,
                    help="stop each synthetic ingest after this long (0 = never) and measure what was reached")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a synthetic ingest stopped by --max-seconds or a kill (times add up)")
     p.add_argument("--progress", type=int, default=0, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.phase:
@@ -270,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         for size in [int(s) for s in a.sizes.split(",") if s.strip()]:
             done = Path(a.workdir) / f"syn_{size}.ingest.json"
             ing = (json.loads(done.read_text()) if a.reuse and done.exists()
-                   else run_phase("syn-ingest", a, size=size, progress=1, **{"max-seconds": a.max_seconds}))
+                   else run_phase("syn-ingest", a, size=size, progress=1, **{"max-seconds": a.max_seconds},
+                                  **({"resume": True} if a.resume else {})))
             res["synthetic"].append({"ingest": ing, "query": run_phase("syn-query", a, size=size)})
             if a.out:
                 Path(a.out).write_text(json.dumps(res, indent=1))
