@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from graph.context import Context
+from graph.progress import emit
 from graph.state import State
 from nodes.routing import next_clue_step
 from tools.clues import Clue, extract_clue
@@ -22,6 +23,7 @@ def run_clue(clue_type: str, state: State, ctx: Context) -> dict[str, Any]:
     gathered = {c["type"]: Clue.from_dict(c) for c in state.get("clues") or []}
     clue_index = state.get("clue_index", 0) + 1
     entry: dict[str, Any] = {"step": "clue", "round": state["round"] + 1, "clue": clue_type}
+    emit("clue_start", round=entry["round"], clue=clue_type)
     try:
         clue = extract_clue(clue_type, image=state.get("image"), image_desc=state.get("image_desc"),
                             ctx=ctx, gathered=gathered)
@@ -29,9 +31,11 @@ def run_clue(clue_type: str, state: State, ctx: Context) -> dict[str, Any]:
         raise
     except Exception as exc:  # one image defeating one tool must not end the run
         entry.update(round=state["round"], note=f"{clue_type} tool failed: {type(exc).__name__}: {exc}; skipped")
+        emit("clue", clue=clue_type, text="", source=None, empty=True, note=entry["note"])
         return {"clue_index": clue_index, "next_step": next_clue_step(state, ctx, clue_index),
                 "trace": [*state["trace"], entry]}
     entry.update(text=clue.text, source=clue.source)
+    emit("clue", clue=clue_type, text=clue.text, source=clue.source, empty=not clue.text)
     if not clue.text:
         entry.update(round=state["round"], note="empty clue: skipped, no round spent")
         return {"clue_index": clue_index, "next_step": next_clue_step(state, ctx, clue_index),

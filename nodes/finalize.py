@@ -7,6 +7,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from graph.context import Context, resolve_context
+from graph.progress import emit
 from graph.state import State
 
 
@@ -40,5 +41,6 @@ def finalize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         status = "nil"
     entry = {"step": "final", "round": state["round"], "status": status,
              "entity": {"qid": entity.get("qid"), "name": entity["name"]} if entity else None}
+    emit("final", status=status, entity=entry["entity"], stop_round=state["round"])
     return {"entity": _public(entity), "status": status, "stop_round": state["round"],
             "round1_entity": _public(state.get("round1_entity")), "trace": [*state["trace"], entry]}

@@ -13,6 +13,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
 from graph.context import Context, resolve_context
+from graph.progress import emit
 from graph.inputs import candidate_key
 from graph.state import State
 from prompts import linking as P
@@ -94,5 +95,7 @@ def link_on_text(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
                  pick={"qid": pick.get("qid"), "name": pick["name"]} if pick else None)
     if note:
         entry["note"] = note
+    emit("pick", round=state["round"], attempt=entry["attempt"], outcome=outcome, pick=entry["pick"],
+         answer=raw[:80])
     attempts.append({"key": key, "outcome": outcome, "raw": raw, "score": None})
     return {"attempts": attempts, "usage": usage, "trace": [*state["trace"], entry]}

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from langgraph.runtime import Runtime
 
 from graph.context import Context, resolve_context
+from graph.progress import emit
 from graph.inputs import candidate_key
 from graph.state import State
 from tools.embeddings import get_embedder
@@ -51,6 +52,9 @@ def reflect(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         if passed:
             return {**_settle(by_key[last["key"]], "passed reflection", state), "trace": trace}
         excluded.append(last["key"])
+        emit("excluded", round=state["round"], qid=by_key[last["key"]].get("qid"), name=by_key[last["key"]]["name"],
+             score=round(score, 4), threshold=ctx.reflection_threshold,
+             reason=f"reflection score {score:.3f} < alpha {ctx.reflection_threshold}: ruled out for this round")
 
     remaining = [c for c in candidates if candidate_key(c) not in excluded]
     if len(attempts) <= ctx.max_rechoices and remaining:

@@ -11,6 +11,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from graph.context import Context, resolve_context
+from graph.progress import emit
 from graph.inputs import normalize_candidates, validate_input
 from graph.state import State
 
@@ -26,6 +27,7 @@ def retrieve_candidates(state: State, runtime: Runtime[Context]) -> dict[str, An
         found = kb_retrieve(clean["mention"], clean["context"], ctx)
         clean["candidates"] = normalize_candidates(found, where="knowledge base result")
         source = "knowledge base"
+    emit("candidates", count=len(clean["candidates"]), source=source)
     has_visual = bool(clean["image"]) or bool(clean["image_desc"])
     return {
         **clean,

@@ -13,6 +13,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from graph.context import Context, resolve_context
+from graph.progress import emit
 from graph.inputs import candidate_key
 from graph.state import State
 from nodes.routing import next_clue_step
@@ -49,5 +50,7 @@ def verify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
                      {"round": state["round"], "clue": state.get("current_clue"), "entity": answer,
                       "verification_score": score, "verified": verdict == "verified"}]
     next_step = "finalize" if verdict in ("verified", "no_visual") else next_clue_step(state, ctx)
+    emit("verification", round=state["round"], pick=entry["pick"], score=score, verdict=verdict,
+         threshold=entry.get("verification_threshold"), passed=verdict == "verified", next=next_step)
     return {"verdict": verdict, "next_step": next_step, "round_answers": round_answers,
             "verification_cache": cache, "trace": [*state["trace"], entry]}
