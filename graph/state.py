@@ -3,41 +3,48 @@
 ``InputState`` is what a caller gives, ``OutputState`` what the graph returns;
 ``State`` adds the bookkeeping of rounds and attempts. Rounds are numbered from
 1: round 1 is the text round, round ``n`` > 1 the (n-1)-th visual-clue round.
+
+Every field carries its description as ``Annotated[..., Field(description=...)]``:
+that is what the JSON schemas served by ``langgraph dev`` (and shown as forms in
+LangGraph Studio) pick up; a docstring under a field would be lost.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
+from pydantic import Field
 from typing_extensions import NotRequired, Required, TypedDict
+
+
+def doc(text: str) -> Any:
+    """The description of a state field, in the form LangGraph's JSON schemas read."""
+    return Field(description=text)
 
 
 class Candidate(TypedDict, total=False):
     """A knowledge-base entity: ``name`` is required, ``qid`` and ``desc`` are optional."""
 
-    qid: str
-    name: Required[str]
-    desc: str
-    score: float
-    aliases: list[str]
-    image: str
+    qid: Annotated[str, doc("Wikidata id, e.g. 'Q41421'.")]
+    name: Required[Annotated[str, doc("Entity name (required).")]]
+    desc: Annotated[str, doc("Short description of the entity.")]
+    score: Annotated[float, doc("Retrieval score, when the candidate came from the knowledge base.")]
+    aliases: Annotated[list[str], doc("Other names of the entity.")]
+    image: Annotated[str, doc("Path or URL of an image of the entity.")]
 
 
 class InputState(TypedDict, total=False):
     """What a caller gives the graph."""
 
-    mention: Required[str]
-    """The surface form to link, e.g. "Jordan"."""
-    context: str
-    """The text around the mention (a sentence, a caption)."""
-    image: Optional[str]
-    """Path of the image that goes with the text, if any."""
-    candidates: Optional[list[Candidate]]
-    """Candidate entities; when absent, they are retrieved from the knowledge base."""
-    image_desc: Optional[dict[str, Any]]
-    """Precomputed image descriptions (e.g. WikiMEL's ``mention_imgdesc_Azure``), used as clues."""
-    id: Optional[str]
-    """A caller's id for the input, echoed in the output."""
+    mention: Required[Annotated[str, doc('The surface form to link, e.g. "Jordan".')]]
+    context: Annotated[str, doc("The text around the mention (a sentence, a caption); may be empty.")]
+    image: Annotated[Optional[str], doc("Path of the image that goes with the text, if any.")]
+    candidates: Annotated[Optional[list[Candidate]], doc(
+        "Candidate entities ({qid?, name, desc?} or plain names); when absent, "
+        "they are retrieved from the knowledge base.")]
+    image_desc: Annotated[Optional[dict[str, Any]], doc(
+        "Precomputed image descriptions (e.g. WikiMEL's mention_imgdesc_Azure), used as clues.")]
+    id: Annotated[Optional[str], doc("A caller's id for the input, echoed in the output.")]
 
 
 class Attempt(TypedDict, total=False):
@@ -60,43 +67,35 @@ class Attempt(TypedDict, total=False):
 class OutputState(TypedDict, total=False):
     """What the graph returns (besides the input fields)."""
 
-    entity: Optional[Candidate]
-    """The linked entity, or ``None`` for nil."""
-    status: str
-    """``text_verified`` | ``clue_verified:<clue>`` | ``text_only`` (no image) | ``fallback`` | ``nil``."""
-    stop_round: int
-    """Round the graph stopped at (1 = text round)."""
-    trace: list[dict[str, Any]]
-    """Every attempt: pick, reflection score, verification score, clue used."""
-    clues: list[dict[str, Any]]
-    """Visual clues gathered, in order (type, text, source, details)."""
-    usage: dict[str, Any]
-    """LLM calls and tokens spent on this input."""
-    round1_entity: Optional[Candidate]
-    """The text round's answer (the reference fallback)."""
+    entity: Annotated[Optional[Candidate], doc("The linked entity {qid, name, desc}, or null for nil.")]
+    status: Annotated[str, doc(
+        "text_verified | clue_verified:<clue> | text_only (no image) | fallback (no round verified) "
+        "| reviewed (a person decided) | nil.")]
+    stop_round: Annotated[int, doc("Round the graph stopped at (1 = text round, n > 1 = clue round n-1).")]
+    trace: Annotated[list[dict[str, Any]], doc(
+        "Every step in order: retrieval, each linker attempt (pick, reflection score), "
+        "each verification (score, threshold, scorer), each clue, the final answer.")]
+    clues: Annotated[list[dict[str, Any]], doc("Visual clues gathered, in order (type, text, source, details).")]
+    usage: Annotated[dict[str, Any], doc("LLM calls and input/output tokens spent on this input.")]
+    round1_entity: Annotated[Optional[Candidate], doc("The text round's answer (the reference fallback).")]
 
 
 class State(InputState, OutputState, total=False):
     """Everything the nodes share."""
 
-    round: int
-    clue_index: int
-    """Position in ``clue_order`` of the next clue to try."""
-    excluded: list[str]
-    """Keys of the picks rejected by reflection in the current round."""
-    attempts: list[dict[str, Any]]
-    """This round's attempts: ``{"key", "score", "outcome", "raw"}``."""
-    answer: Optional[Candidate]
-    """The current round's answer after reflection (``None`` = nil)."""
-    answer_note: str
-    settled: bool
-    """Whether reflection has fixed the current round's answer."""
-    round_answers: list[dict[str, Any]]
-    """Per round: ``{"round", "clue", "entity", "verification_score", "verified"}``."""
-    has_visual: bool
-    verdict: Literal["verified", "failed", "no_visual"]
-    next_step: str
-    """The node a conditional edge goes to next (decided by the node before it)."""
-    verification_cache: dict[str, float]
-    """Verification score per candidate key (the image does not change between rounds)."""
-    current_clue: NotRequired[Optional[str]]
+    round: Annotated[int, doc("Current round (1 = text round).")]
+    clue_index: Annotated[int, doc("Position in clue_order of the next clue to try.")]
+    excluded: Annotated[list[str], doc("Keys of the picks rejected by reflection in the current round.")]
+    attempts: Annotated[list[dict[str, Any]], doc(
+        "This round's linker attempts: {key, score, outcome, raw}.")]
+    answer: Annotated[Optional[Candidate], doc("The current round's answer after reflection (null = nil).")]
+    answer_note: Annotated[str, doc("How reflection settled the current round's answer.")]
+    settled: Annotated[bool, doc("Whether reflection has fixed the current round's answer.")]
+    round_answers: Annotated[list[dict[str, Any]], doc(
+        "Per round: {round, clue, entity, verification_score, verified}.")]
+    has_visual: Annotated[bool, doc("Whether there is an image or an image description to verify against.")]
+    verdict: Annotated[Literal["verified", "failed", "no_visual"], doc("Outcome of the latest verification.")]
+    next_step: Annotated[str, doc("The node a conditional edge goes to next (decided by the node before it).")]
+    verification_cache: Annotated[dict[str, float], doc(
+        "Verification score per candidate key (the image does not change between rounds).")]
+    current_clue: NotRequired[Annotated[Optional[str], doc("The clue type of the current round (null in round 1).")]]
