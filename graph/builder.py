@@ -4,6 +4,7 @@
                                                           └→ verify ─┬→ finalize → END
                                                                      └→ clue_<next> ─→ link_on_text
                                                                         (empty clue → next clue / finalize)
+    finalize ─(human_review and status fallback)→ review → END
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from nodes.objects import clue_objects
 from nodes.ocr import clue_ocr
 from nodes.reflect import after_reflection, reflect
 from nodes.retrieve import retrieve_candidates
+from nodes.review import needs_review, review
 from nodes.routing import CLUE_NODES, route_next_step
 from nodes.scene import clue_scene
 from nodes.verify import verify
@@ -50,6 +52,7 @@ def build_graph(checkpointer: Any = None, **compile_kwargs: Any):
     for name, fn in CLUE_FUNCTIONS.items():
         builder.add_node(name, fn)
     builder.add_node("finalize", finalize)
+    builder.add_node("review", review)
 
     builder.add_edge(START, "retrieve_candidates")
     builder.add_edge("retrieve_candidates", "link_on_text")
@@ -59,7 +62,8 @@ def build_graph(checkpointer: Any = None, **compile_kwargs: Any):
     builder.add_conditional_edges("verify", route_next_step, clue_targets)
     for name in CLUE_FUNCTIONS:
         builder.add_conditional_edges(name, route_next_step, ["link_on_text", *(t for t in clue_targets if t != name)])
-    builder.add_edge("finalize", END)
+    builder.add_conditional_edges("finalize", needs_review, ["review", END])
+    builder.add_edge("review", END)
     graph = builder.compile(checkpointer=checkpointer, **compile_kwargs)
     graph.name = "I2CR entity linker"
     return graph

@@ -142,6 +142,13 @@ class Context:
         metadata={"description": "Answer of a round in which the linker never gave a usable "
                   "pick: the first (top-ranked) candidate, or nil."},
     )
+    human_review: bool = field(
+        default=False,
+        metadata={"description": "Pause for a person when no round verified (status 'fallback'): the run "
+                  "interrupts with the proposed answer and the candidates, and is resumed with "
+                  "'accept', 'nil' or a candidate's qid or name. Needs a checkpointer (the "
+                  "LangGraph server and Studio have one)."},
+    )
     use_precomputed_clues: bool = field(
         default=True,
         metadata={"description": "Use image descriptions the record carries (e.g. WikiMEL's "
