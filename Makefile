@@ -14,6 +14,10 @@ demo: setup-embedded
 	$(BIN)/i2cr link --mention "Stoltenberg" \
 	  --context "Stoltenberg speaks at a service commemorating the one year anniversary of the 2011 attacks." \
 	  --candidates evals/data/example_wikimel_25999.json
+	@echo "--- a mention the text alone does not settle: the embedded LLM is asked ---"
+	$(BIN)/i2cr link --mention "Rudd" \
+	  --context "Rudd at an event held at Chatham House in London during 2015" \
+	  --candidates evals/data/example_wikimel_21374.json
 
 test: setup
 	$(BIN)/python -m pytest

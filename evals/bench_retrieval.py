@@ -146,9 +146,9 @@ def phase_syn_ingest(a: argparse.Namespace) -> dict[str, Any]:
 
     path = Path(a.workdir) / f"syn_{a.size}"
     done = Path(a.workdir) / f"syn_{a.size}.ingest.json"
-    before = {"ingest_s": 0.0, "added": 0, "sittings": 0}
+    before: dict[str, Any] = {"ingest_s": 0.0, "added": 0, "sittings": 0}
     if a.resume and path.is_dir() and done.is_file():  # continue a stopped ingest: unchanged rows are skipped
-        before.update(json.loads(done.read_text()))
+        before.update({"sittings": 1, **json.loads(done.read_text())})
     else:
         shutil.rmtree(path, ignore_errors=True)
     kb = KnowledgeBase(path=path, embeddings=RandomEmbeddings())
@@ -165,7 +165,7 @@ def phase_syn_ingest(a: argparse.Namespace) -> dict[str, Any]:
     added, total_s = before["added"] + stats.added, before["ingest_s"] + dt
     out = {"size": a.size, "added": added, "reached": kb.count(), "ingest_s": total_s,
            "ingest_per_s": added / total_s, "disk_mb": du_mb(path), "peak_rss_mb": peak_rss_mb(),
-           "sittings": before.get("sittings", 1 if before["added"] else 0) + 1, "last_sitting_per_s": stats.added / dt}
+           "sittings": before["sittings"] + 1, "last_sitting_per_s": stats.added / dt}
     (Path(a.workdir) / f"syn_{a.size}.ingest.json").write_text(json.dumps(out))
     return out
 

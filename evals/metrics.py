@@ -149,3 +149,24 @@ def cost_table(records: list[dict]) -> dict[str, dict[str, float]]:
     """Per-mention cost statistics over the records that ran without error."""
     ok = [r for r in records if not r.get("error")]
     return {f: describe(r.get(f) for r in ok) for f in COST_FIELDS}
+
+
+def gate_groups(records: list[dict]) -> list[dict[str, Any]]:
+    """Fused-linker runs: mentions whose round 1 was decided without the LLM vs with it (empty otherwise)."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        first = next((t for t in r.get("trace") or [] if t.get("step") == "link" and t.get("round") == 1), None)
+        if not first or "gated" not in first:
+            continue
+        groups.setdefault("decided without the LLM" if first["gated"] else "LLM asked", []).append(r)
+    total = sum(len(v) for v in groups.values())
+    return [{"group": name, "count": len(rs), "share": len(rs) / total,
+             "acc": M_acc([rec_correct(r) for r in rs]),
+             "round1_acc": M_acc([None if r.get("error") else match(r.get("round1"), r["gold"]) for r in rs])}
+            for name, rs in sorted(groups.items())]
+
+
+def M_acc(flags: list[bool | None]) -> float | None:
+    """Share of True among the scored flags (``None`` when there are none)."""
+    vals = [f for f in flags if f is not None]
+    return sum(vals) / len(vals) if vals else None

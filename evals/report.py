@@ -75,6 +75,7 @@ def summarize(records: list[dict], config: dict[str, Any]) -> dict[str, Any]:
         "exits": M.exit_groups(records),
         "clue_use": M.clue_use_by_round(records),
         "cost": M.cost_table(records),
+        "gate": M.gate_groups(scored),
         "recall": M.accuracy(r["gold_in_candidates"] for r in scored if "gold_in_candidates" in r),
         "nil_gold": sum(1 for r in scored if r["gold"].get("nil")),
         "with_image": sum(1 for r in records if r.get("has_image")),
@@ -185,6 +186,13 @@ def render(s: dict[str, Any], config: dict[str, Any], notes: list[str], records:
     for g in s["exits"]:
         L.append(f"| {g['status']} | {g['stop_round'] if g['stop_round'] is not None else '—'} | {g['count']} | "
                  f"{_pct(g['share'])} | {_pct(g['acc'])} |")
+
+    if s.get("gate"):
+        L.append("\n## Text-first gate (fused linker, round 1)\n")
+        L.append("| Round 1 | Mentions | Share | Top-1 of group (final answer) | Top-1 of group (round 1) |")
+        L.append("|---|---:|---:|---:|---:|")
+        for g in s["gate"]:
+            L.append(f"| {g['group']} | {g['count']} | {_pct(g['share'])} | {_pct(g['acc'])} | {_pct(g['round1_acc'])} |")
 
     L.append("\n## Cost per mention\n")
     ok = s["cost"]["seconds"]["n"]

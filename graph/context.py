@@ -97,6 +97,38 @@ class Context:
     )
 
     # ---- method -------------------------------------------------------------
+    linker_mode: Literal["fused", "llm"] = field(
+        default="fused",
+        metadata={"description": "'fused' (default): each round scores every candidate with learned weights "
+                  "over cheap text/clue evidence, asks the LLM once (candidate letters' log-probabilities) "
+                  "only when that is not decisive, and re-chooses from the same distribution. 'llm': the "
+                  "reference loop, one LLM answer per attempt, re-asked with the pick excluded."},
+    )
+    gate_threshold: float = field(
+        default=0.9,
+        metadata={"description": "Fused mode: when the text evidence gives the top candidate at least this "
+                  "probability the LLM is not asked (1.0 = always ask, 0 = never)."},
+    )
+    confidence_threshold: float = field(
+        default=0.5,
+        metadata={"description": "Fused mode's reflection: the pick's fused probability must reach this "
+                  "(it replaces the cosine alpha, which is one of the fused features)."},
+    )
+    llm_in_clue_rounds: bool = field(
+        default=True,
+        metadata={"description": "Fused mode: also ask the LLM (with the clues) in clue rounds that are not "
+                  "decisive; False = clue rounds use the cheap evidence only."},
+    )
+    fusion_weights: str | None = field(
+        default=None,
+        metadata={"description": "Weights file of the fused scorer (written by evals/fit_fusion.py). "
+                  "Empty = the packaged tools/data/fusion_weights.json."},
+    )
+    llm_weight: float | None = field(
+        default=None,
+        metadata={"description": "Weight of the LLM's log-probabilities in the fused score. Empty = the "
+                  "weights file's value."},
+    )
     top_k: int = field(default=10, metadata={"description": "Candidates retrieved from the knowledge base."})
     reflection_threshold: float = field(
         default=0.5,
@@ -193,6 +225,12 @@ class Context:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0 or (name in ("top_k", "max_tokens") and value < 1):
                 raise ConfigError(f"{name}: expected a {'positive' if name in ('top_k', 'max_tokens') else 'non-negative'} integer, got {value!r}")
+        if self.linker_mode not in ("fused", "llm"):
+            raise ConfigError(f"linker_mode: expected 'fused' or 'llm', got {self.linker_mode!r}")
+        for name in ("gate_threshold", "confidence_threshold"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+                raise ConfigError(f"{name}: expected a number between 0 and 1, got {value!r}")
         if self.fallback not in ("text", "best"):
             raise ConfigError(f"fallback: expected 'text' or 'best', got {self.fallback!r}")
         if self.unparseable_fallback not in ("top_candidate", "nil"):
@@ -223,7 +261,7 @@ def coerce_setting(name: str, raw: str, *, origin: str | None = None) -> Any:
             raise ValueError("expected true or false")
         if isinstance(default, int):
             return int(text)
-        if isinstance(default, float) or name in ("verification_threshold", "object_min_confidence"):
+        if isinstance(default, float) or name in ("verification_threshold", "object_min_confidence", "llm_weight"):
             return float(text) if text else None
         if isinstance(default, list) or name == "object_labels":
             return json.loads(text) if text.startswith("[") else [c.strip() for c in text.split(",") if c.strip()]

@@ -16,6 +16,7 @@ from graph.context import Context, resolve_context
 from graph.progress import emit
 from graph.inputs import candidate_key
 from graph.state import State
+from nodes.link_fused import fused_pick
 from prompts import linking as P
 from tools.answers import parse_answer
 from tools.models import describe, invoke_model, load_chat_model
@@ -77,6 +78,8 @@ def link_on_text(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         entry.update(raw="", outcome="nil", pick=None, note="no candidates: nil without asking the model")
         attempts.append({"key": None, "outcome": "nil", "raw": "", "score": None})
         return {"attempts": attempts, "trace": [*state["trace"], entry]}
+    if ctx.linker_mode == "fused":
+        return _link_fused(state, ctx, entry, attempts, usage)
     model = load_chat_model(ctx.linker_model, base_url=ctx.openai_base_url, api_key=ctx.openai_api_key,
                             temperature=ctx.temperature, max_tokens=ctx.max_tokens,
                             timeout=ctx.request_timeout, max_retries=ctx.max_retries)
@@ -99,3 +102,16 @@ def link_on_text(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
          answer=raw[:80])
     attempts.append({"key": key, "outcome": outcome, "raw": raw, "score": None})
     return {"attempts": attempts, "usage": usage, "trace": [*state["trace"], entry]}
+
+
+def _link_fused(state: State, ctx: Context, entry: dict[str, Any], attempts: list, usage: dict) -> dict[str, Any]:
+    """``linker_mode='fused'``: pick the best candidate of the round's scored distribution."""
+    pick, dist, info = fused_pick(state, ctx, usage)
+    key = candidate_key(pick) if pick else None
+    outcome = "entity" if pick else "unparseable"
+    entry.update(outcome=outcome, mode="fused", pick={"qid": pick.get("qid"), "name": pick["name"]} if pick else None,
+                 **info)
+    emit("pick", round=state["round"], attempt=entry["attempt"], outcome=outcome, pick=entry["pick"],
+         confidence=info["confidence"], gated=info["gated"])
+    attempts.append({"key": key, "outcome": outcome, "raw": "", "score": None, "confidence": info["confidence"]})
+    return {"attempts": attempts, "usage": usage, "round_scores": dist, "trace": [*state["trace"], entry]}

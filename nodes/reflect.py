@@ -43,18 +43,25 @@ def reflect(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         return {**_settle(None, "nil", state), "trace": trace}
 
     if last["outcome"] == "entity":
-        embedder = get_embedder(ctx.embedding_model, base_url=ctx.openai_base_url, api_key=ctx.openai_api_key)
-        score = embedder.cosine(reflection_query(state), [entity_text(by_key[last["key"]])])[0]
+        if ctx.linker_mode == "fused":  # the fused probability already weighs the cosine with the other evidence
+            score, threshold, measure = float(last.get("confidence") or 0.0), ctx.confidence_threshold, "confidence"
+        else:
+            embedder = get_embedder(ctx.embedding_model, base_url=ctx.openai_base_url, api_key=ctx.openai_api_key)
+            score = embedder.cosine(reflection_query(state), [entity_text(by_key[last["key"]])])[0]
+            threshold, measure = ctx.reflection_threshold, "alpha"
         last["score"] = score
-        passed = score >= ctx.reflection_threshold
-        entry.update(reflection_score=round(score, 4), reflection_passed=passed,
-                     reflection_threshold=ctx.reflection_threshold)
+        passed = score >= threshold
+        entry.update(reflection_score=round(score, 4), reflection_passed=passed, reflection_threshold=threshold)
         if passed:
             return {**_settle(by_key[last["key"]], "passed reflection", state), "trace": trace}
+        if ctx.linker_mode == "fused":  # the next candidates of the same distribution score lower still
+            note = f"confidence {score:.3f} below {threshold}: kept, the round's most probable candidate"
+            entry["note"] = "; ".join(filter(None, [entry.get("note"), note]))
+            return {**_settle(by_key[last["key"]], note, state), "trace": trace}
         excluded.append(last["key"])
         emit("excluded", round=state["round"], qid=by_key[last["key"]].get("qid"), name=by_key[last["key"]]["name"],
-             score=round(score, 4), threshold=ctx.reflection_threshold,
-             reason=f"reflection score {score:.3f} < alpha {ctx.reflection_threshold}: ruled out for this round")
+             score=round(score, 4), threshold=threshold,
+             reason=f"reflection score {score:.3f} < {measure} {threshold}: ruled out for this round")
 
     remaining = [c for c in candidates if candidate_key(c) not in excluded]
     if len(attempts) <= ctx.max_rechoices and remaining:
@@ -63,7 +70,8 @@ def reflect(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     scored = [a for a in attempts if a["outcome"] == "entity" and a["score"] is not None]
     if scored:
         best = max(scored, key=lambda a: a["score"])
-        note = f"no pick reached alpha={ctx.reflection_threshold}: best-scoring pick kept ({best['score']:.3f})"
+        threshold = ctx.confidence_threshold if ctx.linker_mode == "fused" else ctx.reflection_threshold
+        note = f"no pick reached {threshold}: best-scoring pick kept ({best['score']:.3f})"
         answer = by_key[best["key"]]
     elif ctx.unparseable_fallback == "top_candidate" and candidates:
         answer, note = candidates[0], "no usable answer from the linker: top-ranked candidate kept"

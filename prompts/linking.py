@@ -44,3 +44,23 @@ RETRY = 'Your previous answer "{raw}" could not be used. Reply with a single can
 
 ANSWER_FORMAT = "Answer with the number only."
 ANSWER_FORMAT_NIL = "Answer with the number only, or nil if none fits."
+
+# ---- fused linker (linker_mode="fused"): one lettered choice, scored from the answer's first token ----
+# Laid out for prefix caching: instructions, candidates, mention and text first; the visual
+# clues of later rounds and the question last.
+
+CHOICE_SYSTEM = (
+    "You are an entity linking system. Given a mention in a text and a lettered list of "
+    "candidate entities from a knowledge base, you choose the candidate the mention refers to. "
+    "Reply with the letter of the candidate only."
+)
+
+CHOICE_LINE = "{label}. {name}{desc}"
+
+CHOICE_USER = """Candidates:
+{candidates}
+
+Mention: {mention}
+Text: {context}
+{clues}
+Which candidate does the mention "{mention}" refer to? Answer with the letter only."""

@@ -117,8 +117,10 @@ class FakeOpenAI:
     are slept before answering. Each request body is kept in ``requests``.
     """
 
-    def __init__(self, *, fail_first: int = 0, delay: float = 0.0, reply: str = "2", dim: int = 8):
+    def __init__(self, *, fail_first: int = 0, delay: float = 0.0, reply: str = "2", dim: int = 8,
+                 top_logprobs: dict[str, float] | None = None):
         self.fail_first, self.delay, self.reply, self.dim = fail_first, delay, reply, dim
+        self.top_logprobs = top_logprobs  # answered when a request asks for logprobs
         self.requests: list[dict] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -149,9 +151,13 @@ class FakeOpenAI:
                     for i, t in enumerate(texts)]
             return 200, {"object": "list", "data": data, "model": body.get("model"),
                          "usage": {"prompt_tokens": 1, "total_tokens": 1}}
+        choice: dict = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": self.reply}}
+        if body.get("logprobs") and self.top_logprobs:
+            top = [{"token": t, "logprob": lp, "bytes": None} for t, lp in self.top_logprobs.items()]
+            choice["logprobs"] = {"content": [{"token": self.reply, "logprob": max(self.top_logprobs.values()),
+                                               "bytes": None, "top_logprobs": top}]}
         return 200, {"id": "x", "object": "chat.completion", "created": 0, "model": body.get("model"),
-                     "choices": [{"index": 0, "finish_reason": "stop",
-                                  "message": {"role": "assistant", "content": self.reply}}],
+                     "choices": [choice],
                      "usage": {"prompt_tokens": 11, "completion_tokens": 1, "total_tokens": 12}}
 
     def _handler(self) -> type:

@@ -27,7 +27,7 @@ def test_link_prints_entity_status_round_and_trace(capsys):
             capsys, "link", "--mention", "Stoltenberg", "--context", "Stoltenberg speaks at a service.",
             "--candidates", RECORD, "--model", "openai:tiny-test-model",
             "--set", f"openai_base_url={server.base_url}", "--set", "embedding_model=openai:tiny-embed",
-            "--set", "reflection_threshold=0", "--set", "verification_threshold=0")
+            "--set", "reflection_threshold=0", "--set", "verification_threshold=0", "--set", "linker_mode=llm")
     assert code == 0, err
     result = json.loads(out)
     assert result["entity"] == {"qid": "Q57665", "name": "Jens Stoltenberg"}
@@ -69,5 +69,11 @@ def test_model_server_down_names_the_model(capsys):
         code, _, err = run_cli(
             capsys, "link", "--mention", "Stoltenberg", "--context", "x", "--candidates", RECORD,
             "--model", "openai:down-model", "--set", f"openai_base_url={server.base_url}",
-            "--set", "max_retries=1", "--set", "embedding_model=openai:e")
+            "--set", "max_retries=1", "--set", "embedding_model=openai:e", "--set", "linker_mode=llm")
     assert code == 2 and "down-model" in err and "Traceback" not in err
+    with FakeOpenAI(fail_first=-1) as server:  # the fused linker embeds first: the embedder is named
+        code, _, err = run_cli(
+            capsys, "link", "--mention", "Stoltenberg", "--context", "x", "--candidates", RECORD,
+            "--model", "openai:down-model", "--set", f"openai_base_url={server.base_url}",
+            "--set", "max_retries=1", "--set", "embedding_model=openai:down-embedder")
+    assert code == 2 and "embedding_model 'openai:down-embedder' failed" in err and "Traceback" not in err

@@ -37,7 +37,7 @@ class FlakyScorer(TableScorer):
 
 
 def context(model, scorer=None, **settings):
-    return Context(linker_model=model, embedding_model=BagOfWordsEmbeddings(), verifier=scorer or TableScorer({}),
+    return Context(linker_mode="llm", linker_model=model, embedding_model=BagOfWordsEmbeddings(), verifier=scorer or TableScorer({}),
                    reflection_threshold=0.0, **settings)
 
 

@@ -29,7 +29,7 @@ WIKIMEL, WIKIMEL_LABELS = DATA / "wikimel_small.json", DATA / "wikimel_small_lab
 
 
 def fake_context(model=None, **settings) -> Context:
-    return Context(linker_model=model or scripted("1"), embedding_model=BagOfWordsEmbeddings(),
+    return Context(linker_mode="llm", linker_model=model or scripted("1"), embedding_model=BagOfWordsEmbeddings(),
                    verifier=TableScorer({"Michael Jordan": 0.9, "George Washington": 0.9}),
                    reflection_threshold=0.0, **settings)
 
@@ -306,7 +306,7 @@ class Slow(ScriptedChatModel):
         time.sleep(0.1)
         return super()._call(*args, **kwargs)
 
-ctx = Context(linker_model=Slow(responses=["1"], prompts=[]), embedding_model=BagOfWordsEmbeddings(),
+ctx = Context(linker_mode="llm", linker_model=Slow(responses=["1"], prompts=[]), embedding_model=BagOfWordsEmbeddings(),
               verifier=TableScorer({{"Michael Jordan": 0.9, "George Washington": 0.9}}), reflection_threshold=0.0)
 run_eval(sys.argv[1], None, sys.argv[2], context=ctx, progress=False, report=False)
 """
@@ -333,7 +333,7 @@ def test_kill_minus_nine_then_resume(tmp_path):
     proc.wait()
     killed_with = len(read_predictions(run)[0])
     assert 5 <= killed_with < 40
-    ctx = Context(linker_model=Slow(responses=["1"], prompts=[]), embedding_model=BagOfWordsEmbeddings(),
+    ctx = Context(linker_mode="llm", linker_model=Slow(responses=["1"], prompts=[]), embedding_model=BagOfWordsEmbeddings(),
                   verifier=TableScorer({"Michael Jordan": 0.9, "George Washington": 0.9}), reflection_threshold=0.0)
     summary = run_eval(data, None, run, context=ctx, progress=False, report=False)
     ids = [r["id"] for r in lines(run)]

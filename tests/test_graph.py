@@ -20,7 +20,7 @@ DESC = {"Caption": "a man holding a basketball", "OCR text": "BULLS 23",
 
 
 def run(model, scorer=None, inputs=None, **settings):
-    ctx = Context(linker_model=model, embedding_model=BagOfWordsEmbeddings(),
+    ctx = Context(linker_mode="llm", linker_model=model, embedding_model=BagOfWordsEmbeddings(),
                   verifier=scorer or TableScorer({}), reflection_threshold=settings.pop("alpha", 0.0), **settings)
     return graph.invoke({**INPUT, **(inputs or {})}, context=ctx)
 
@@ -205,7 +205,7 @@ def test_bad_settings_are_clear_errors(monkeypatch):
     with pytest.raises(ConfigError, match="clue_order"):
         Context(clue_order=["ocr", "smell"])
     with pytest.raises(ConfigError, match="linker_model: unknown provider 'anthropic'"):
-        graph.invoke(INPUT, context=Context(linker_model="anthropic:claude"))
+        graph.invoke(INPUT, context=Context(linker_mode="llm", linker_model="anthropic:claude"))
     monkeypatch.setenv("I2CR_MAX_ROUNDS", "two")
     with pytest.raises(ConfigError, match="I2CR_MAX_ROUNDS"):
         Context()
@@ -232,7 +232,7 @@ def test_durable_run_with_checkpointer():
     saver = InMemorySaver()
     durable = build_graph(checkpointer=saver)
     cfg = {"configurable": {"thread_id": "t1"}}
-    ctx = Context(linker_model=scripted("1"), embedding_model=BagOfWordsEmbeddings(), reflection_threshold=0.0)
+    ctx = Context(linker_mode="llm", linker_model=scripted("1"), embedding_model=BagOfWordsEmbeddings(), reflection_threshold=0.0)
     out = durable.invoke(INPUT, cfg, context=ctx)
     assert out["entity"]["name"] == "Michael Jordan"
     state = durable.get_state(cfg)

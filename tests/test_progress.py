@@ -20,7 +20,7 @@ INPUT = {"mention": "Jordan", "context": "Jordan scored 30 points for the Bulls"
 
 
 def events(model, scorer=None, inputs=None, **settings):
-    ctx = Context(linker_model=model, embedding_model=BagOfWordsEmbeddings(), verifier=scorer or TableScorer({}),
+    ctx = Context(linker_mode="llm", linker_model=model, embedding_model=BagOfWordsEmbeddings(), verifier=scorer or TableScorer({}),
                   **settings)
     return list(graph.stream({**INPUT, **(inputs or {})}, context=ctx, stream_mode="custom"))
 
@@ -51,7 +51,7 @@ def test_events_follow_the_run():
 
 
 def test_events_arrive_with_the_node_updates():
-    ctx = Context(linker_model=scripted("1"), embedding_model=BagOfWordsEmbeddings(), reflection_threshold=0.0)
+    ctx = Context(linker_mode="llm", linker_model=scripted("1"), embedding_model=BagOfWordsEmbeddings(), reflection_threshold=0.0)
     parts = list(graph.stream(INPUT, context=ctx, stream_mode=["updates", "custom"]))
     order = [(mode, data["event"] if mode == "custom" else next(iter(data))) for mode, data in parts]
     assert order == [("custom", "candidates"), ("updates", "retrieve_candidates"), ("custom", "pick"),
@@ -60,7 +60,7 @@ def test_events_arrive_with_the_node_updates():
 
 
 def test_no_events_unless_asked_and_emit_is_a_no_op_outside_a_run():
-    ctx = Context(linker_model=scripted("1"), embedding_model=BagOfWordsEmbeddings(), reflection_threshold=0.0)
+    ctx = Context(linker_mode="llm", linker_model=scripted("1"), embedding_model=BagOfWordsEmbeddings(), reflection_threshold=0.0)
     modes = {mode for mode, _ in graph.stream(INPUT, context=ctx, stream_mode=["updates", "values"])}
     assert modes == {"updates", "values"}
     assert emit("pick", round=1) is None  # no graph run: nothing to write to, no error

@@ -71,8 +71,9 @@ def _load(provider: str, name: str, base_url: str | None, api_key: str | None, s
 class CachedEmbedder:
     """Wraps ``Embeddings`` with a text -> unit-vector cache (entity texts repeat across rounds)."""
 
-    def __init__(self, embeddings: Embeddings, maxsize: int = 50_000):
+    def __init__(self, embeddings: Embeddings, maxsize: int = 50_000, name: str = ""):
         self.embeddings = embeddings
+        self.name = name or type(embeddings).__name__
         self.maxsize = maxsize
         self._cache: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
@@ -84,7 +85,7 @@ class CachedEmbedder:
             try:
                 vectors = np.asarray(self.embeddings.embed_documents(missing), dtype=np.float32)
             except Exception as exc:
-                raise ModelError(f"embedding model failed: {type(exc).__name__}: {exc}") from exc
+                raise ModelError(f"embedding_model '{self.name}' failed: {type(exc).__name__}: {exc}") from exc
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
             with self._lock:
                 if len(self._cache) + len(missing) > self.maxsize:
@@ -106,5 +107,5 @@ def get_embedder(spec: str | Embeddings, *, base_url: str | None = None, api_key
     emb = load_embeddings(spec, base_url=base_url, api_key=api_key)
     with _lock:
         if id(emb) not in _cached:
-            _cached[id(emb)] = CachedEmbedder(emb)
+            _cached[id(emb)] = CachedEmbedder(emb, name=spec if isinstance(spec, str) else "")
         return _cached[id(emb)]

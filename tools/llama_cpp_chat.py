@@ -117,6 +117,51 @@ class LlamaCppChatModel(BaseChatModel):
         return ChatResult(generations=[ChatGeneration(message=message)],
                           llm_output={"model_name": self.model_name, "token_usage": usage})
 
+    def label_logprobs(self, messages: list[BaseMessage], labels: list[str]) -> tuple[dict[str, float], int]:
+        """Log-probabilities of each of ``labels`` as the first answer token, from one forward pass.
+
+        The chat template of the GGUF renders the prompt (generation prompt
+        included); the tokens it shares with the previous call stay in the KV
+        cache, so only the new tail is evaluated. Returns the log-softmax over
+        the labels' first tokens and the number of prompt tokens.
+        """
+        import numpy as np
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        shared = self._shared()
+        llama = shared.llama
+        chat = [{"role": _role(m), "content": _text(m.content)} for m in messages]
+        template = llama.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ModelError(f"linker_model '{self.model_name}': the GGUF has no chat template")
+        eos, bos = llama.token_eos(), llama.token_bos()
+        fmt = Jinja2ChatFormatter(template=template,
+                                  eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
+                                  bos_token=llama._model.token_get_text(bos) if bos != -1 else "")
+        prompt = fmt(messages=chat).prompt
+        tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        label_ids = []
+        for label in labels:
+            ids = llama.tokenize(label.encode("utf-8"), add_bos=False, special=False)
+            label_ids.append(ids[0])
+        with shared.lock:
+            common = 0
+            for a, b in zip(llama._input_ids.tolist(), tokens):
+                if a != b:
+                    break
+                common += 1
+            keep = min(common, len(tokens) - 1)  # at least one token is evaluated, for fresh logits
+            if keep <= 0:
+                llama.reset()
+            else:
+                llama.n_tokens = keep  # eval() drops the KV cache beyond this point
+            llama.eval(tokens[keep:])
+            logits = np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(llama.n_vocab(),)).astype(np.float64)
+        chosen = logits[label_ids]
+        chosen = chosen - chosen.max()
+        logp = chosen - np.log(np.exp(chosen).sum())
+        return dict(zip(labels, logp.tolist())), len(tokens)
+
 
 def load_llama_cpp_chat_model(path: str | Path, *, model_name: str, temperature: float,
                               max_tokens: int, n_ctx: int = N_CTX) -> LlamaCppChatModel:

@@ -1,0 +1,121 @@
+"""Stage 2, fused mode (the default): text linking as one scored distribution.
+
+Each round scores every candidate once: a learned combination of cheap
+evidence (``tools/features.py``: dense similarity, list rank, name agreement,
+gender and life-date consistency, and the visual clues gathered so far),
+weights from ``tools/fusion.py``. When the top candidate's probability reaches
+``gate_threshold`` the text evidence is decisive and the LLM is not asked
+(the text-first gate). Otherwise the linker model is asked once, candidates
+lettered, and the log-probability of each letter as its answer is added to
+the scores (``llm_weight``). Re-choices after a failed reflection take the
+next candidate of the same distribution: no further call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from langchain_core.messages import HumanMessage, SystemMessage
+
+from graph.context import Context
+from graph.inputs import candidate_key
+from graph.state import State
+from prompts import linking as P
+from tools.choice import label_distribution, labels_for
+from tools.embeddings import get_embedder
+from tools.features import candidate_features
+from tools.fusion import load_weights, softmax
+from tools.models import describe, load_chat_model
+
+
+def compact_desc(candidate: dict, limit: int) -> str:
+    """The description without its leading ``Name: <name>.`` (the name is shown already), cut to ``limit``."""
+    desc = " ".join(str(candidate.get("desc") or "").split())
+    name = str(candidate.get("name") or "")
+    for prefix in (f"Name: {name}.", f"Name: {name}"):
+        if desc.startswith(prefix):
+            desc = desc[len(prefix):].strip()
+            break
+    if len(desc) > limit:
+        desc = desc[:limit].rsplit(" ", 1)[0] + "..."
+    return f" — {desc}" if desc else ""
+
+
+def round_clues(state: State, ctx: Context) -> list[dict]:
+    """The clues the linker sees this round (all so far, or the newest only)."""
+    clues = state.get("clues") or []
+    return clues if ctx.accumulate_clues else clues[-1:]
+
+
+def choice_messages(state: State, ctx: Context, labels: list[str]) -> list:
+    """The lettered prompt: what stays the same across rounds first, the clues and question last."""
+    cands = state["candidates"][:len(labels)]
+    lines = [P.CHOICE_LINE.format(label=lab, name=c["name"], desc=compact_desc(c, ctx.max_desc_chars))
+             for lab, c in zip(labels, cands)]
+    clues = round_clues(state, ctx)
+    block = P.CLUES.format(lines="\n".join(
+        P.CLUE_LINE.format(label=P.CLUE_LABELS.get(c["type"], c["type"]), text=c["text"]) for c in clues)) if clues else ""
+    user = P.CHOICE_USER.format(candidates="\n".join(lines), mention=state["mention"],
+                                context=state.get("context") or "(none)", clues=block)
+    return [SystemMessage(P.CHOICE_SYSTEM), HumanMessage(user)]
+
+
+def score_round(state: State, ctx: Context, usage: dict[str, Any]) -> dict[str, Any]:
+    """This round's distribution over the candidates (and whether the LLM was asked)."""
+    cands = state["candidates"]
+    clues = round_clues(state, ctx)
+    clue_text = ". ".join(c["text"] for c in clues if c.get("text"))
+    ocr_text = " ".join(c["text"] for c in clues if c.get("type") == "ocr" and c.get("text"))
+    embedder = get_embedder(ctx.embedding_model, base_url=ctx.openai_base_url, api_key=ctx.openai_api_key)
+    feats = candidate_features(state["mention"], state.get("context") or "", cands, embedder, clue_text, ocr_text)
+    weights = load_weights(ctx.fusion_weights)
+    scores = weights.logits(feats, with_clues=bool(clue_text))
+    prior = softmax(scores)
+    out: dict[str, Any] = {"round": state["round"], "keys": [candidate_key(c) for c in cands],
+                           "prior": [round(float(p), 4) for p in prior], "llm": None}
+    asked = len(cands) > 1 and prior.max() < ctx.gate_threshold and (state["round"] == 1 or ctx.llm_in_clue_rounds)
+    if asked:
+        labels = labels_for(len(cands))
+        model = load_chat_model(ctx.linker_model, base_url=ctx.openai_base_url, api_key=ctx.openai_api_key,
+                                temperature=ctx.temperature, max_tokens=ctx.max_tokens,
+                                timeout=ctx.request_timeout, max_retries=ctx.max_retries)
+        logp, call = label_distribution(model, choice_messages(state, ctx, labels), labels,
+                                        [c["name"] for c in cands[:len(labels)]], spec=ctx.linker_model)
+        w = weights.llm_weight if ctx.llm_weight is None else ctx.llm_weight
+        llm = np.full(len(cands), min(logp))  # candidates beyond the 26 letters get the lowest score
+        llm[:len(logp)] = logp
+        scores = scores + w * llm
+        usage["llm_calls"] = usage.get("llm_calls", 0) + 1
+        usage["input_tokens"] = usage.get("input_tokens", 0) + int(call.get("input_tokens", 0))
+        usage["output_tokens"] = usage.get("output_tokens", 0) + int(call.get("output_tokens", 0))
+        out["llm"] = {"model": describe(ctx.linker_model), "method": call["method"],
+                      "logprobs": [round(float(x), 3) for x in llm], "raw": call.get("raw")}
+    probs = softmax(scores)
+    out["probs"] = [round(float(p), 4) for p in probs]
+    out["gated"] = not asked
+    return out
+
+
+def fused_pick(state: State, ctx: Context, usage: dict[str, Any]) -> tuple[dict | None, dict[str, Any], dict]:
+    """The best not-yet-excluded candidate of this round's distribution, the distribution, and trace fields."""
+    dist = state.get("round_scores")
+    reused = bool(dist) and dist.get("round") == state["round"] and dist.get("keys") == [
+        candidate_key(c) for c in state["candidates"]]
+    if not reused:
+        dist = score_round(state, ctx, usage)
+    excluded = set(state.get("excluded") or [])
+    order = sorted(range(len(dist["keys"])), key=lambda i: -dist["probs"][i])
+    best = next((i for i in order if dist["keys"][i] not in excluded), None)
+    pick = state["candidates"][best] if best is not None else None
+    top = [{"name": state["candidates"][i]["name"], "p": dist["probs"][i]} for i in order[:3]]
+    info: dict[str, Any] = {"confidence": dist["probs"][best] if best is not None else None, "top": top,
+                            "gated": dist["gated"]}
+    if reused:
+        info["note"] = "re-choice from this round's distribution: no model call"
+    elif dist["gated"]:
+        info["note"] = (f"text evidence decisive (top p={max(dist['prior']):.3f} >= gate {ctx.gate_threshold}): "
+                        "LLM not asked") if len(dist["keys"]) > 1 else "one candidate: LLM not asked"
+    else:
+        info["llm"] = {k: v for k, v in dist["llm"].items() if k != "logprobs"}
+    return pick, dist, info

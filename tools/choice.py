@@ -1,0 +1,89 @@
+"""The linker model's distribution over lettered candidates, from one call.
+
+* llama.cpp (the embedded default): the logits of the first answer token, read
+  after one forward pass over the prompt (prefix reused from the last call).
+* OpenAI-compatible servers: ``logprobs`` / ``top_logprobs`` of a one-token answer.
+* Any other chat model (transformers pipelines, fakes): the sampled answer,
+  parsed, as a smoothed one-hot distribution.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+
+from tools.errors import ModelError
+from tools.models import describe, invoke_model
+
+LABELS = string.ascii_uppercase
+SAMPLED_MASS = 0.9  # probability given to a sampled (not scored) answer
+FLOOR = -12.0  # log-probability of a label the server left out of its top list
+
+
+def labels_for(n: int) -> list[str]:
+    """``A``, ``B``, ... for ``n`` candidates (at most 26 are lettered)."""
+    return list(LABELS[:min(n, len(LABELS))])
+
+
+def _from_text(raw: str, labels: list[str], names: list[str]) -> int | None:
+    """Index of the candidate a free-text answer names (a letter first, else a name)."""
+    text = raw.strip().strip("*().:'\"` ").upper()
+    if text[:1] in labels and (len(text) == 1 or not text[1].isalpha()):
+        return labels.index(text[0])
+    low = raw.lower()
+    hits = [i for i, n in enumerate(names) if n and n.lower() in low]
+    return hits[0] if len(hits) == 1 else None
+
+
+def label_distribution(model: BaseChatModel, messages: list, labels: list[str], names: list[str], *,
+                       spec: Any) -> tuple[list[float], dict[str, Any]]:
+    """Log-probabilities of ``labels`` and a record of the call (method, tokens, raw answer)."""
+    scorer = getattr(model, "label_logprobs", None)
+    if callable(scorer):
+        try:
+            logp, n_in = scorer(messages, labels)
+        except ModelError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"linker_model '{describe(spec)}' failed: {type(exc).__name__}: {exc}") from exc
+        return [logp[lab] for lab in labels], {"method": "logits", "input_tokens": n_in, "output_tokens": 0}
+    if _is_openai(model):
+        got = _openai_logprobs(model, messages, labels, spec)
+        if got is not None:
+            return got
+    raw, usage = invoke_model(model, messages, spec=spec)
+    idx = _from_text(raw, labels, names)
+    n = len(labels)
+    if idx is None or n == 1:
+        logp = [-math.log(n)] * n
+    else:
+        logp = [math.log(SAMPLED_MASS) if i == idx else math.log((1 - SAMPLED_MASS) / (n - 1)) for i in range(n)]
+    return logp, {"method": "sampled", "raw": raw, "parsed": labels[idx] if idx is not None else None, **usage}
+
+
+def _is_openai(model: Any) -> bool:
+    return type(model).__name__ in ("ChatOpenAI", "AzureChatOpenAI")
+
+
+def _openai_logprobs(model: Any, messages: list, labels: list[str], spec: Any) -> tuple[list[float], dict] | None:
+    """``top_logprobs`` of a one-token answer; ``None`` when the server returns none."""
+    bound = model.bind(logprobs=True, top_logprobs=20, max_tokens=1)
+    try:
+        reply = bound.invoke(messages)
+    except Exception as exc:
+        raise ModelError(f"linker_model '{describe(spec)}' failed: {type(exc).__name__}: {exc}") from exc
+    content = ((reply.response_metadata or {}).get("logprobs") or {}).get("content") or []
+    if not content or not content[0].get("top_logprobs"):
+        return None
+    best: dict[str, float] = {}
+    for item in content[0]["top_logprobs"]:
+        tok = str(item.get("token", "")).strip().upper()
+        if tok in labels:
+            best[tok] = max(best.get(tok, FLOOR), float(item.get("logprob", FLOOR)))
+    meta = reply.usage_metadata or {}
+    return ([best.get(lab, FLOOR) for lab in labels],
+            {"method": "logprobs", "raw": str(reply.content), "input_tokens": int(meta.get("input_tokens") or 0),
+             "output_tokens": int(meta.get("output_tokens") or 0)})

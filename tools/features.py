@@ -1,0 +1,143 @@
+"""Cheap per-candidate evidence for the fused linker (no LLM call).
+
+For one mention, :func:`candidate_features` returns one row per candidate:
+
+* dense similarity of mention+context with the entity's name+description
+  (absolute, gap to the best other candidate, rank among the candidates);
+* the candidate's position in the list it came with (benchmark or retrieval order);
+* name agreement: mention tokens found in the entity name, name tokens found
+  in the text, exact and surname matches;
+* consistency of the entity's facts with the text: gender (pronouns and
+  nouns vs ``Sex:``), life dates (years in the text vs ``Birth:``/``Death:``);
+* with visual clues: dense similarity of the clue text with the entity,
+  gender cues in the clues, entity name tokens in the OCR text.
+
+Every feature is a plain number computed from the input; which matter, and how
+much, is learned by ``evals/fit_fusion.py`` (weights in ``tools/data/``).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Any
+
+import numpy as np
+
+from tools.verify import entity_text
+
+TEXT_FEATURES = (
+    "dense", "dense_gap", "dense_top", "list_first", "list_rank_inv",
+    "mention_in_name", "name_in_text", "name_exact", "surname_match",
+    "gender_text", "years_alive", "years_unborn", "years_dead", "died_before_1900", "no_desc",
+)
+CLUE_FEATURES = ("clue_dense", "clue_dense_gap", "clue_dense_top", "gender_clue", "name_in_ocr")
+ALL_FEATURES = TEXT_FEATURES + CLUE_FEATURES
+
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_YEAR = re.compile(r"(?<!\d)(1[0-9]{3}|20[0-9]{2})(?!\d)")
+_MALE = {"he", "him", "his", "himself", "man", "men", "boy", "mr", "king", "father", "son", "brother",
+         "husband", "actor", "gentleman", "sir", "prince", "lord"}
+_FEMALE = {"she", "her", "hers", "herself", "woman", "women", "girl", "mrs", "ms", "miss", "queen", "mother",
+           "daughter", "sister", "wife", "actress", "lady", "princess"}
+_SEX = re.compile(r"\bSex:\s*(male|female)", re.IGNORECASE)
+_BIRTH = re.compile(r"\bBirth:\s*(-?\d{1,4})")
+_DEATH = re.compile(r"\bDeath:\s*(-?\d{1,4})")
+
+
+def _fold(text: str) -> str:
+    """Lower case without accents."""
+    text = unicodedata.normalize("NFKD", str(text or ""))
+    return "".join(ch for ch in text if not unicodedata.combining(ch)).lower()
+
+
+def tokens(text: str) -> list[str]:
+    """Accent-folded lower-case word tokens."""
+    return _WORD.findall(_fold(text))
+
+
+def gender_cue(text: str) -> int:
+    """+1 male, -1 female, 0 unknown or mixed, from pronouns and nouns in ``text``."""
+    words = tokens(text)
+    male = sum(w in _MALE for w in words)
+    female = sum(w in _FEMALE for w in words)
+    if male and not female:
+        return 1
+    if female and not male:
+        return -1
+    return 0
+
+
+def entity_facts(desc: str) -> dict[str, Any]:
+    """Sex (+1/-1/0), birth and death years parsed from a Wikidata-style description."""
+    sex = _SEX.search(desc or "")
+    birth = _BIRTH.search(desc or "")
+    death = _DEATH.search(desc or "")
+    return {"sex": 0 if not sex else (1 if sex.group(1).lower() == "male" else -1),
+            "birth": int(birth.group(1)) if birth else None, "death": int(death.group(1)) if death else None}
+
+
+def _share(part: list[str], whole: set[str]) -> float:
+    return sum(t in whole for t in part) / len(part) if part else 0.0
+
+
+def _relative(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gap of each value to the best *other* value, and a 1.0 flag for the top value."""
+    n = len(values)
+    if n == 1:
+        return np.zeros(1), np.ones(1)
+    order = np.argsort(-values)
+    best, second = values[order[0]], values[order[1]]
+    gap = values - np.where(np.arange(n) == order[0], second, best)
+    top = (np.arange(n) == order[0]).astype(float)
+    return gap, top
+
+
+def candidate_features(mention: str, context: str, candidates: list[dict], embedder: Any,
+                       clue_text: str = "", ocr_text: str = "") -> np.ndarray:
+    """A ``(len(candidates), len(ALL_FEATURES))`` matrix; clue columns are 0 without clues."""
+    n = len(candidates)
+    out = np.zeros((n, len(ALL_FEATURES)), dtype=np.float64)
+    if n == 0:
+        return out
+    col = {name: i for i, name in enumerate(ALL_FEATURES)}
+    query = f"{mention}. {context}" if context else mention
+    ents = [entity_text(c) for c in candidates]
+    vecs = embedder.embed([query, *ents])
+    dense = vecs[1:] @ vecs[0]
+    gap, top = _relative(dense)
+    out[:, col["dense"]], out[:, col["dense_gap"]], out[:, col["dense_top"]] = dense, gap, top
+
+    m_tokens = tokens(mention)
+    text_tokens = set(tokens(f"{mention} {context}"))
+    text_gender = gender_cue(context)
+    years = [int(y) for y in _YEAR.findall(context or "")]
+    clue_gender = gender_cue(clue_text) if clue_text else 0
+    ocr_tokens = set(tokens(ocr_text)) if ocr_text else set()
+    for i, cand in enumerate(candidates):
+        name_tokens = tokens(cand.get("name", ""))
+        facts = entity_facts(str(cand.get("desc") or ""))
+        row = out[i]
+        row[col["list_first"]] = float(i == 0)
+        row[col["list_rank_inv"]] = 1.0 / (i + 1)
+        row[col["mention_in_name"]] = _share(m_tokens, set(name_tokens))
+        row[col["name_in_text"]] = _share(name_tokens, text_tokens)
+        row[col["name_exact"]] = float(bool(m_tokens) and m_tokens == name_tokens)
+        row[col["surname_match"]] = float(bool(m_tokens and name_tokens) and m_tokens[-1] == name_tokens[-1])
+        row[col["gender_text"]] = text_gender * facts["sex"]
+        if years and facts["birth"] is not None:
+            y = max(years)
+            end = facts["death"] if facts["death"] is not None else 10_000
+            row[col["years_alive"]] = float(facts["birth"] <= y <= end + 1)
+            row[col["years_unborn"]] = float(y < facts["birth"])
+            row[col["years_dead"]] = float(y > end + 1)
+        row[col["died_before_1900"]] = float(facts["death"] is not None and facts["death"] < 1900)
+        row[col["no_desc"]] = float(not str(cand.get("desc") or "").strip())
+        row[col["gender_clue"]] = clue_gender * facts["sex"]
+        row[col["name_in_ocr"]] = _share(name_tokens, ocr_tokens) if ocr_tokens else 0.0
+    if clue_text:
+        cvec = embedder.embed([clue_text])[0]
+        cdense = vecs[1:] @ cvec
+        cgap, ctop = _relative(cdense)
+        out[:, col["clue_dense"]], out[:, col["clue_dense_gap"]], out[:, col["clue_dense_top"]] = cdense, cgap, ctop
+    return out
