@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--C", type=float, default=1.0)
     p.add_argument("--out", default="runs/wikimel-cv")
+    p.add_argument("--report-only", action="store_true",
+                   help="link nothing: merge the folds' predictions written so far and report them")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a graph setting (repeatable)")
     a = p.parse_args(argv)
     labels = a.labels or (str(DATA / "WikiMEL_dev_label.json") if a.data == str(DATA / "WikiMEL_dev.json") else None)
@@ -67,15 +69,23 @@ def main(argv: list[str] | None = None) -> int:
                 json.dumps({key: g for key, g in gold_raw.items() if str(key) in ids}))
     merged: list[str] = []
     for k in range(a.folds):
-        print(f"fold {k + 1}/{a.folds}", file=sys.stderr, flush=True)
-        run_eval(dfiles[k], out / "data" / f"fold{k}_label.json", out / f"fold{k}",
-                 context={**settings, "fusion_weights": str(wfiles[k].resolve())}, report=False)
-        merged += (out / f"fold{k}" / "predictions.jsonl").read_text().splitlines()
+        if not a.report_only:
+            print(f"fold {k + 1}/{a.folds}", file=sys.stderr, flush=True)
+            run_eval(dfiles[k], out / "data" / f"fold{k}_label.json", out / f"fold{k}",
+                     context={**settings, "fusion_weights": str(wfiles[k].resolve())}, report=False)
+        done = out / f"fold{k}" / "predictions.jsonl"
+        if done.is_file():
+            merged += [line for line in done.read_text().splitlines() if line.strip()]
+    if not merged:
+        raise SystemExit(f"cv_eval: no predictions under {out} yet")
     everything = out / "all"
     everything.mkdir(exist_ok=True)
     config = json.loads((out / "fold0" / "config.json").read_text())
-    config.update(dataset=str(Path(a.data).resolve()), labels=str(Path(labels).resolve()), selected=len(merged),
-                  note=f"{a.folds}-fold cross-validated: each fold linked with fusion weights fitted on the others")
+    folds_done = sum((out / f"fold{k}" / "predictions.jsonl").is_file() for k in range(a.folds))
+    config.update(dataset=str(Path(a.data).resolve()), labels=str(Path(labels).resolve()),
+                  selected=sum(len(json.loads(f.read_text())) for f in dfiles),
+                  note=f"{a.folds}-fold cross-validated: each fold linked with fusion weights fitted on the others "
+                       f"({folds_done} fold(s) with predictions, {len(merged)} mentions)")
     (everything / "config.json").write_text(json.dumps(config, indent=1))
     (everything / "predictions.jsonl").write_text("\n".join(merged) + "\n")
     report = write_report(everything)

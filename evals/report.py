@@ -137,7 +137,10 @@ def render(s: dict[str, Any], config: dict[str, Any], notes: list[str], records:
     L.append(f"- Linker `{st.get('linker_model')}`, embedder `{st.get('embedding_model')}`, verifier "
              f"`{st.get('verifier')}`; clue order {st.get('clue_order')}, max_rounds {st.get('max_rounds')}, "
              f"alpha {st.get('reflection_threshold')}, tau {_or(st.get('verification_threshold'), 'scorer default')}, "
-             f"fallback {st.get('fallback')} (all settings: `config.json`)\n")
+             f"fallback {st.get('fallback')}; linker_mode {st.get('linker_mode', 'llm')}, gate "
+             f"{st.get('gate_threshold')} (all settings: `config.json`)\n")
+    if config.get("note"):
+        L.insert(-1, f"- {config['note']}")
 
     L.append("## Top-1 accuracy\n")
     L.append("Names compared as the benchmarks do (case, underscores and whitespace ignored); "

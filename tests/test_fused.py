@@ -211,3 +211,21 @@ def test_fit_script_writes_loadable_weights_with_cross_validated_figures(tmp_pat
     assert len(w.models["text"]["coef"]) == len(ALL_FEATURES)
     clue_cols = [ALL_FEATURES.index(f) for f in ("clue_dense", "gender_clue")]
     assert all(w.models["text"]["coef"][i] == 0 for i in clue_cols)  # the text model never sees clue features
+
+
+def test_cv_eval_links_each_fold_with_weights_fitted_on_the_other_folds(tmp_path):
+    from evals import cv_eval
+
+    data = Path(__file__).parent / "data"
+    out = tmp_path / "cv"
+    assert cv_eval.main([str(data / "wikimel_small.json"), "--labels", str(data / "wikimel_small_label.json"),
+                         "--folds", "2", "--out", str(out), "--set", "gate_threshold=0"]) == 0
+    fold_sizes = [len(json.loads((out / "data" / f"fold{k}.json").read_text())) for k in (0, 1)]
+    for k in (0, 1):
+        weights = json.loads((out / "weights" / f"fold{k}.json").read_text())
+        assert weights["fit"]["fold"] == k and weights["fit"]["trained_on"] == fold_sizes[1 - k]
+        config = json.loads((out / f"fold{k}" / "config.json").read_text())
+        assert config["settings"]["fusion_weights"] == str((out / "weights" / f"fold{k}.json").resolve())
+    merged = (out / "all" / "predictions.jsonl").read_text().splitlines()
+    assert len(merged) == sum(fold_sizes) and len({json.loads(x)["id"] for x in merged}) == len(merged)
+    assert "2-fold cross-validated" in (out / "report.md").read_text()
