@@ -68,24 +68,29 @@ def main(argv: list[str] | None = None) -> int:
             (out / "data" / f"fold{k}_label.json").write_text(
                 json.dumps({key: g for key, g in gold_raw.items() if str(key) in ids}))
     merged: list[str] = []
+    complete: list[int] = []
     for k in range(a.folds):
         if not a.report_only:
             print(f"fold {k + 1}/{a.folds}", file=sys.stderr, flush=True)
             run_eval(dfiles[k], out / "data" / f"fold{k}_label.json", out / f"fold{k}",
                      context={**settings, "fusion_weights": str(wfiles[k].resolve())}, report=False)
         done = out / f"fold{k}" / "predictions.jsonl"
-        if done.is_file():
-            merged += [line for line in done.read_text().splitlines() if line.strip()]
+        lines = [line for line in done.read_text().splitlines() if line.strip()] if done.is_file() else []
+        if len({json.loads(x)["id"] for x in lines}) >= len(json.loads(dfiles[k].read_text())):
+            merged += lines  # only whole folds: a fold's file order is not a random sample
+            complete.append(k)
+        elif lines:
+            print(f"fold {k}: {len(lines)} mentions done, left out until the fold is complete", file=sys.stderr)
     if not merged:
         raise SystemExit(f"cv_eval: no predictions under {out} yet")
     everything = out / "all"
     everything.mkdir(exist_ok=True)
     config = json.loads((out / "fold0" / "config.json").read_text())
-    folds_done = sum((out / f"fold{k}" / "predictions.jsonl").is_file() for k in range(a.folds))
+    folds_done = len(complete)
     config.update(dataset=str(Path(a.data).resolve()), labels=str(Path(labels).resolve()),
-                  selected=sum(len(json.loads(f.read_text())) for f in dfiles),
+                  selected=len(merged),
                   note=f"{a.folds}-fold cross-validated: each fold linked with fusion weights fitted on the others "
-                       f"({folds_done} fold(s) with predictions, {len(merged)} mentions)")
+                       f"({folds_done} complete fold(s): {complete}, {len(merged)} mentions)")
     (everything / "config.json").write_text(json.dumps(config, indent=1))
     (everything / "predictions.jsonl").write_text("\n".join(merged) + "\n")
     report = write_report(everything)
