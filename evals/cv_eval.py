@@ -25,8 +25,8 @@ from pathlib import Path
 from evals.fit_fusion import DATA, build_matrix, fold_of, fold_weights
 from evals.report import write_report
 from evals.runner import run_eval
-from graph.context import coerce_setting
-from tools.errors import InputError
+from graph.cli import parse_settings, read_json_file
+from tools.errors import I2CRError, InputError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,14 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     labels = a.labels or (str(DATA / "WikiMEL_dev_label.json") if a.data == str(DATA / "WikiMEL_dev.json") else None)
     if not labels:
         raise SystemExit("cv_eval: --labels is required")
-    settings = {}
-    for item in a.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"cv_eval: --set {item!r}: expected KEY=VALUE")
-        settings[key.strip()] = coerce_setting(key.strip(), value, origin=f"--set {key.strip()}")
-    raw = json.loads(Path(a.data).read_text())
-    gold_raw = json.loads(Path(labels).read_text())
+    settings = parse_settings(a.set)
+    raw = read_json_file(a.data, "dataset")
+    gold_raw = read_json_file(labels, "--labels")
     if not isinstance(raw, dict) or not isinstance(gold_raw, dict):
         raise InputError("cv_eval: expects the I2CR JSON format ({id: record}) with a {id: gold} labels file")
     out = Path(a.out)
@@ -100,4 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except I2CRError as exc:  # bad data, labels or settings: one line naming them
+        sys.exit(f"cv_eval: error: {exc}")

@@ -29,11 +29,14 @@ from evals.datasets import load_dataset
 from evals.metrics import normalize_name, wilson
 from tools.clues.precomputed import describe_all, parse_image_desc, precomputed_clue
 from tools.embeddings import get_embedder
+from tools.errors import I2CRError
 from tools.features import ALL_FEATURES, CLUE_FEATURES, TEXT_FEATURES, candidate_features
 from tools.fusion import PACKAGED_WEIGHTS, softmax
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikimel"
 GATES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+MODELS = (("text", TEXT_FEATURES), ("clue", TEXT_FEATURES + CLUE_FEATURES))
+"""The two models of a weights file and the features each sees."""
 
 
 def clue_texts(image_desc: Any) -> tuple[str, str]:
@@ -48,7 +51,7 @@ def build_matrix(path: str, labels: str | None, embedding_model: str) -> dict[st
     """Features of every candidate of every labelled mention; gold index per mention (-1: not listed)."""
     ds = load_dataset(path, labels)
     emb = get_embedder(embedding_model)
-    X, group, gold_idx, ids = [], [], [], []
+    X, gold_idx, ids = [], [], []
     for ex in ds.examples:
         if ex.inputs is None or ex.gold is None or not ex.inputs.get("candidates"):
             continue
@@ -61,7 +64,6 @@ def build_matrix(path: str, labels: str | None, embedding_model: str) -> dict[st
                    if (gname and normalize_name(c["name"]) == gname) or (not gname and c.get("qid") == ex.gold.get("qid"))),
                   -1)
         gold_idx.append(gi)
-        group.append(len(cands))
         ids.append(ex.id)
     return {"X": X, "gold": np.asarray(gold_idx), "ids": ids}
 
@@ -101,7 +103,7 @@ def fold_weights(X: list[np.ndarray], gold: np.ndarray, fold: np.ndarray, f: int
     train = [i for i in range(len(X)) if fold[i] != f]
     out: dict[str, Any] = {"features": list(ALL_FEATURES), "llm_weight": 1.0,
                            "fit": {"fold": f, "trained_on": len(train), "C": C}}
-    for kind, names in (("text", TEXT_FEATURES), ("clue", TEXT_FEATURES + CLUE_FEATURES)):
+    for kind, names in MODELS:
         cols = _cols(names)
         out[kind] = widen(fit_lr([X[i] for i in train], gold[train], cols, C), cols)
     return out
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     fit: dict[str, Any] = {"data": Path(a.data).name, "mentions": len(X), "folds": a.folds, "C": a.C,
                            "embedding_model": a.embedding_model}
     out: dict[str, Any] = {"features": list(ALL_FEATURES)}
-    for kind, names in (("text", TEXT_FEATURES), ("clue", TEXT_FEATURES + CLUE_FEATURES)):
+    for kind, names in MODELS:
         cols = _cols(names)
         pred, conf = cross_validate(X, gold, cols, a.C, a.folds)
         ok = pred == gold
@@ -183,4 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except I2CRError as exc:  # bad data or labels: one line naming them
+        sys.exit(f"fit_fusion: error: {exc}")

@@ -161,12 +161,7 @@ def gate_groups(records: list[dict]) -> list[dict[str, Any]]:
         groups.setdefault("decided without the LLM" if first["gated"] else "LLM asked", []).append(r)
     total = sum(len(v) for v in groups.values())
     return [{"group": name, "count": len(rs), "share": len(rs) / total,
-             "acc": M_acc([rec_correct(r) for r in rs]),
-             "round1_acc": M_acc([None if r.get("error") else match(r.get("round1"), r["gold"]) for r in rs])}
+             "acc": accuracy(rec_correct(r) for r in rs)["acc"],
+             "round1_acc": accuracy(None if r.get("error") else match(r.get("round1"), r["gold"]) for r in rs)["acc"]}
             for name, rs in sorted(groups.items())]
 
-
-def M_acc(flags: list[bool | None]) -> float | None:
-    """Share of True among the scored flags (``None`` when there are none)."""
-    vals = [f for f in flags if f is not None]
-    return sum(vals) / len(vals) if vals else None

@@ -17,18 +17,10 @@ from graph.progress import emit
 from graph.inputs import candidate_key
 from graph.state import State
 from nodes.link_fused import fused_pick
+from nodes.prompt_parts import candidate_desc, clue_block, count_call, linker, round_clues
 from prompts import linking as P
 from tools.answers import parse_answer
-from tools.models import describe, invoke_model, load_chat_model
-
-
-def _desc(candidate: dict, limit: int) -> str:
-    desc = " ".join(str(candidate.get("desc") or "").split())
-    if not desc:
-        return ""
-    if len(desc) > limit:
-        desc = desc[:limit].rsplit(" ", 1)[0] + "..."
-    return f" — {desc}"
+from tools.models import describe, invoke_model
 
 
 def shown_candidates(state: State) -> list[dict]:
@@ -44,15 +36,8 @@ def build_messages(state: State, ctx: Context) -> list:
     number they were told to avoid) and named at the end of the prompt.
     """
     shown = shown_candidates(state)
-    lines = [P.CANDIDATE_LINE.format(number=i + 1, name=c["name"], desc=_desc(c, ctx.max_desc_chars))
+    lines = [P.CANDIDATE_LINE.format(number=i + 1, name=c["name"], desc=candidate_desc(c, ctx.max_desc_chars))
              for i, c in enumerate(shown)]
-    clues = state.get("clues") or []
-    if clues and not ctx.accumulate_clues:
-        clues = clues[-1:]
-    clue_block = ""
-    if clues:
-        clue_block = P.CLUES.format(lines="\n".join(
-            P.CLUE_LINE.format(label=P.CLUE_LABELS.get(c["type"], c["type"]), text=c["text"]) for c in clues))
     by_key = {candidate_key(c): c for c in state["candidates"]}
     excluded = [by_key[k]["name"] for k in state.get("excluded") or [] if k in by_key]
     rejected = P.REJECTED.format(names="; ".join(excluded)) if excluded else ""
@@ -61,7 +46,8 @@ def build_messages(state: State, ctx: Context) -> list:
     if attempts and attempts[-1]["outcome"] == "unparseable":
         retry = P.RETRY.format(raw=attempts[-1]["raw"][:80])
     user = P.USER.format(candidates="\n".join(lines), mention=state["mention"],
-                         context=state.get("context") or "(none)", clues=clue_block, rejected=rejected,
+                         context=state.get("context") or "(none)", clues=clue_block(round_clues(state, ctx)),
+                         rejected=rejected,
                          retry=retry, answer_format=P.ANSWER_FORMAT_NIL if ctx.allow_nil else P.ANSWER_FORMAT)
     return [SystemMessage(P.SYSTEM_NIL if ctx.allow_nil else P.SYSTEM), HumanMessage(user)]
 
@@ -80,13 +66,8 @@ def link_on_text(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         return {"attempts": attempts, "trace": [*state["trace"], entry]}
     if ctx.linker_mode == "fused":
         return _link_fused(state, ctx, entry, attempts, usage)
-    model = load_chat_model(ctx.linker_model, base_url=ctx.openai_base_url, api_key=ctx.openai_api_key,
-                            temperature=ctx.temperature, max_tokens=ctx.max_tokens,
-                            timeout=ctx.request_timeout, max_retries=ctx.max_retries)
-    raw, tokens = invoke_model(model, build_messages(state, ctx), spec=ctx.linker_model)
-    usage["llm_calls"] = usage.get("llm_calls", 0) + 1
-    usage["input_tokens"] = usage.get("input_tokens", 0) + tokens["input_tokens"]
-    usage["output_tokens"] = usage.get("output_tokens", 0) + tokens["output_tokens"]
+    raw, tokens = invoke_model(linker(ctx), build_messages(state, ctx), spec=ctx.linker_model)
+    count_call(usage, tokens["input_tokens"], tokens["output_tokens"])
     shown = shown_candidates(state)
     answer = parse_answer(raw, [c["name"] for c in shown], qids=[c.get("qid") for c in shown],
                           allow_nil=ctx.allow_nil)

@@ -21,43 +21,23 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from graph.context import Context
 from graph.inputs import candidate_key
 from graph.state import State
+from nodes.prompt_parts import candidate_desc, clue_block, count_call, linker, round_clues
 from prompts import linking as P
 from tools.choice import label_distribution, labels_for
 from tools.embeddings import get_embedder
 from tools.features import candidate_features
 from tools.fusion import load_weights, softmax
-from tools.models import describe, load_chat_model
-
-
-def compact_desc(candidate: dict, limit: int) -> str:
-    """The description without its leading ``Name: <name>.`` (the name is shown already), cut to ``limit``."""
-    desc = " ".join(str(candidate.get("desc") or "").split())
-    name = str(candidate.get("name") or "")
-    for prefix in (f"Name: {name}.", f"Name: {name}"):
-        if desc.startswith(prefix):
-            desc = desc[len(prefix):].strip()
-            break
-    if len(desc) > limit:
-        desc = desc[:limit].rsplit(" ", 1)[0] + "..."
-    return f" — {desc}" if desc else ""
-
-
-def round_clues(state: State, ctx: Context) -> list[dict]:
-    """The clues the linker sees this round (all so far, or the newest only)."""
-    clues = state.get("clues") or []
-    return clues if ctx.accumulate_clues else clues[-1:]
+from tools.models import describe
 
 
 def choice_messages(state: State, ctx: Context, labels: list[str]) -> list:
     """The lettered prompt: what stays the same across rounds first, the clues and question last."""
     cands = state["candidates"][:len(labels)]
-    lines = [P.CHOICE_LINE.format(label=lab, name=c["name"], desc=compact_desc(c, ctx.max_desc_chars))
+    lines = [P.CHOICE_LINE.format(label=lab, name=c["name"],
+                                  desc=candidate_desc(c, ctx.max_desc_chars, strip_name=True))
              for lab, c in zip(labels, cands)]
-    clues = round_clues(state, ctx)
-    block = P.CLUES.format(lines="\n".join(
-        P.CLUE_LINE.format(label=P.CLUE_LABELS.get(c["type"], c["type"]), text=c["text"]) for c in clues)) if clues else ""
     user = P.CHOICE_USER.format(candidates="\n".join(lines), mention=state["mention"],
-                                context=state.get("context") or "(none)", clues=block)
+                                context=state.get("context") or "(none)", clues=clue_block(round_clues(state, ctx)))
     return [SystemMessage(P.CHOICE_SYSTEM), HumanMessage(user)]
 
 
@@ -77,18 +57,13 @@ def score_round(state: State, ctx: Context, usage: dict[str, Any]) -> dict[str, 
     asked = len(cands) > 1 and prior.max() < ctx.gate_threshold and (state["round"] == 1 or ctx.llm_in_clue_rounds)
     if asked:
         labels = labels_for(len(cands))
-        model = load_chat_model(ctx.linker_model, base_url=ctx.openai_base_url, api_key=ctx.openai_api_key,
-                                temperature=ctx.temperature, max_tokens=ctx.max_tokens,
-                                timeout=ctx.request_timeout, max_retries=ctx.max_retries)
-        logp, call = label_distribution(model, choice_messages(state, ctx, labels), labels,
+        logp, call = label_distribution(linker(ctx), choice_messages(state, ctx, labels), labels,
                                         [c["name"] for c in cands[:len(labels)]], spec=ctx.linker_model)
         w = weights.llm_weight if ctx.llm_weight is None else ctx.llm_weight
         llm = np.full(len(cands), min(logp))  # candidates beyond the 26 letters get the lowest score
         llm[:len(logp)] = logp
         scores = scores + w * llm
-        usage["llm_calls"] = usage.get("llm_calls", 0) + 1
-        usage["input_tokens"] = usage.get("input_tokens", 0) + int(call.get("input_tokens", 0))
-        usage["output_tokens"] = usage.get("output_tokens", 0) + int(call.get("output_tokens", 0))
+        count_call(usage, call.get("input_tokens", 0), call.get("output_tokens", 0))
         out["llm"] = {"model": describe(ctx.linker_model), "method": call["method"],
                       "logprobs": [round(float(x), 3) for x in llm], "raw": call.get("raw")}
     probs = softmax(scores)

@@ -37,24 +37,25 @@ def reflect(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     trace = [dict(t) for t in state["trace"]]
     entry = trace[-1]
     excluded = list(state.get("excluded") or [])
+    fused = ctx.linker_mode == "fused"  # the fused probability already weighs the cosine with the other evidence
+    threshold, measure = (ctx.confidence_threshold, "confidence") if fused else (ctx.reflection_threshold, "alpha")
 
     if last["outcome"] == "nil":
         entry["note"] = "; ".join(filter(None, [entry.get("note"), "nil accepted: nothing to reflect on"]))
         return {**_settle(None, "nil", state), "trace": trace}
 
     if last["outcome"] == "entity":
-        if ctx.linker_mode == "fused":  # the fused probability already weighs the cosine with the other evidence
-            score, threshold, measure = float(last.get("confidence") or 0.0), ctx.confidence_threshold, "confidence"
+        if fused:
+            score = float(last.get("confidence") or 0.0)
         else:
             embedder = get_embedder(ctx.embedding_model, base_url=ctx.openai_base_url, api_key=ctx.openai_api_key)
             score = embedder.cosine(reflection_query(state), [entity_text(by_key[last["key"]])])[0]
-            threshold, measure = ctx.reflection_threshold, "alpha"
         last["score"] = score
         passed = score >= threshold
         entry.update(reflection_score=round(score, 4), reflection_passed=passed, reflection_threshold=threshold)
         if passed:
             return {**_settle(by_key[last["key"]], "passed reflection", state), "trace": trace}
-        if ctx.linker_mode == "fused":  # the next candidates of the same distribution score lower still
+        if fused:  # the next candidates of the same distribution score lower still
             note = f"confidence {score:.3f} below {threshold}: kept, the round's most probable candidate"
             entry["note"] = "; ".join(filter(None, [entry.get("note"), note]))
             return {**_settle(by_key[last["key"]], note, state), "trace": trace}
@@ -70,7 +71,6 @@ def reflect(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     scored = [a for a in attempts if a["outcome"] == "entity" and a["score"] is not None]
     if scored:
         best = max(scored, key=lambda a: a["score"])
-        threshold = ctx.confidence_threshold if ctx.linker_mode == "fused" else ctx.reflection_threshold
         note = f"no pick reached {threshold}: best-scoring pick kept ({best['score']:.3f})"
         answer = by_key[best["key"]]
     elif ctx.unparseable_fallback == "top_candidate" and candidates:

@@ -65,7 +65,10 @@ def label_distribution(model: BaseChatModel, messages: list, labels: list[str], 
 
 
 def _is_openai(model: Any) -> bool:
-    return type(model).__name__ in ("ChatOpenAI", "AzureChatOpenAI")
+    """Whether ``model`` is a langchain-openai chat model (it takes ``logprobs``/``top_logprobs``)."""
+    from langchain_openai.chat_models.base import BaseChatOpenAI
+
+    return isinstance(model, BaseChatOpenAI)
 
 
 def _openai_logprobs(model: Any, messages: list, labels: list[str], spec: Any) -> tuple[list[float], dict] | None:

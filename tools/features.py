@@ -33,6 +33,7 @@ TEXT_FEATURES = (
 )
 CLUE_FEATURES = ("clue_dense", "clue_dense_gap", "clue_dense_top", "gender_clue", "name_in_ocr")
 ALL_FEATURES = TEXT_FEATURES + CLUE_FEATURES
+_COL = {name: i for i, name in enumerate(ALL_FEATURES)}
 
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _YEAR = re.compile(r"(?<!\d)(1[0-9]{3}|20[0-9]{2})(?!\d)")
@@ -100,7 +101,7 @@ def candidate_features(mention: str, context: str, candidates: list[dict], embed
     out = np.zeros((n, len(ALL_FEATURES)), dtype=np.float64)
     if n == 0:
         return out
-    col = {name: i for i, name in enumerate(ALL_FEATURES)}
+    col = _COL
     query = f"{mention}. {context}" if context else mention
     ents = [entity_text(c) for c in candidates]
     vecs = embedder.embed([query, *ents])

@@ -43,6 +43,22 @@ class _SharedLlama:
     def __init__(self, llama: Any):
         self.llama = llama
         self.lock = threading.Lock()
+        self._formatter: Any = None
+
+    def formatter(self, model_name: str) -> Any:
+        """The GGUF's own chat template as a prompt formatter (built once)."""
+        if self._formatter is None:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            llama = self.llama
+            template = llama.metadata.get("tokenizer.chat_template")
+            if not template:
+                raise ModelError(f"linker_model '{model_name}': the GGUF has no chat template")
+            eos, bos = llama.token_eos(), llama.token_bos()
+            self._formatter = Jinja2ChatFormatter(
+                template=template, eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
+                bos_token=llama._model.token_get_text(bos) if bos != -1 else "")
+        return self._formatter
 
 
 @lru_cache(maxsize=4)
@@ -126,19 +142,11 @@ class LlamaCppChatModel(BaseChatModel):
         the labels' first tokens and the number of prompt tokens.
         """
         import numpy as np
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         shared = self._shared()
         llama = shared.llama
         chat = [{"role": _role(m), "content": _text(m.content)} for m in messages]
-        template = llama.metadata.get("tokenizer.chat_template")
-        if not template:
-            raise ModelError(f"linker_model '{self.model_name}': the GGUF has no chat template")
-        eos, bos = llama.token_eos(), llama.token_bos()
-        fmt = Jinja2ChatFormatter(template=template,
-                                  eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
-                                  bos_token=llama._model.token_get_text(bos) if bos != -1 else "")
-        prompt = fmt(messages=chat).prompt
+        prompt = shared.formatter(self.model_name)(messages=chat).prompt
         tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
         label_ids = []
         for label in labels:
