@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="link nothing: merge the folds' predictions written so far and report them")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a graph setting (repeatable)")
     a = p.parse_args(argv)
+    if a.folds < 2:
+        p.error(f"--folds: expected at least 2, got {a.folds}")
     labels = a.labels or (str(DATA / "WikiMEL_dev_label.json") if a.data == str(DATA / "WikiMEL_dev.json") else None)
     if not labels:
         raise SystemExit("cv_eval: --labels is required")

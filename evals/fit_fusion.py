@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic regressions")
     p.add_argument("--out", default=str(PACKAGED_WEIGHTS), help="where to write the weights JSON")
     a = p.parse_args(argv)
+    if a.folds < 2:
+        p.error(f"--folds: expected at least 2, got {a.folds}")
     labels = a.labels or (str(DATA / "WikiMEL_dev_label.json") if a.data == str(DATA / "WikiMEL_dev.json") else None)
     t = time.perf_counter()
     m = build_matrix(a.data, labels, a.embedding_model)
