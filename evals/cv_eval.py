@@ -4,7 +4,9 @@
     python -m evals.cv_eval DATA.json --labels L.json --folds 5 --out runs/x [--set key=value ...]
 
 1. features of every labelled mention once; for each fold k, weights fitted on the
-   other folds (``OUT/weights/fold<k>.json``, the split of ``evals/fit_fusion.py``);
+   other folds (``OUT/weights/fold<k>.json``, the split of ``evals/fit_fusion.py``),
+   with the LLM weight ``evals/fit_llm_weight.py`` fitted on the other folds
+   (read from ``--llm-weights``' ``fit.llm.fold_weights``);
 2. the fold's records written as a dataset in the input format (``OUT/data/``);
 3. ``i2cr eval`` of each fold with ``fusion_weights`` = its own fold's weights
    (``OUT/fold<k>/``, resumable like any run: rerun the command after a kill);
@@ -23,10 +25,25 @@ import sys
 from pathlib import Path
 
 from evals.fit_fusion import DATA, build_matrix, fold_of, fold_weights
+from tools.fusion import PACKAGED_WEIGHTS
 from evals.report import write_report
 from evals.runner import run_eval
 from graph.cli import parse_settings, read_json_file
 from tools.errors import I2CRError, InputError
+
+
+def llm_fold_weights(path: str, folds: int) -> list:
+    """Each fold's ``llm_weight`` from a weights file's ``fit.llm`` (fitted without that fold)."""
+    data = read_json_file(path, "--llm-weights")
+    fit = (data.get("fit") or {}).get("llm") or {} if isinstance(data, dict) else {}
+    base = data.get("llm_weight", 1.0) if isinstance(data, dict) else 1.0
+    per = fit.get("fold_weights")
+    if not isinstance(per, list) or len(per) != folds or fit.get("folds") != folds:
+        print(f"cv_eval: {path} has no {folds}-fold LLM weights (run evals/fit_llm_weight.py); every fold uses "
+              f"llm_weight {base!r}, which is then not cross-validated", file=sys.stderr)
+        return [base] * folds
+    method = fit.get("method", "likelihood")
+    return [{**(base if isinstance(base, dict) else {"likelihood": base, "choice": base}), method: w} for w in per]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--C", type=float, default=1.0)
     p.add_argument("--out", default="runs/wikimel-cv")
+    p.add_argument("--llm-weights", default=str(PACKAGED_WEIGHTS),
+                   help="weights file whose fit.llm.fold_weights (from evals/fit_llm_weight.py) give each fold's "
+                        "LLM weight (default: the packaged file)")
     p.add_argument("--report-only", action="store_true",
                    help="link nothing: merge the folds' predictions written so far and report them")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a graph setting (repeatable)")
@@ -56,10 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     wfiles = [out / "weights" / f"fold{k}.json" for k in range(a.folds)]
     dfiles = [out / "data" / f"fold{k}.json" for k in range(a.folds)]
     if not all(f.is_file() for f in wfiles + dfiles):
+        per_fold = llm_fold_weights(a.llm_weights, a.folds)
+        floor = (read_json_file(a.llm_weights, "--llm-weights") or {}).get("llm_floor")
         m = build_matrix(a.data, labels, settings.get("embedding_model", "embedded"))
         fold = fold_of(len(m["X"]), a.folds)
         for k in range(a.folds):
-            wfiles[k].write_text(json.dumps(fold_weights(m["X"], m["gold"], fold, k, a.C), indent=1) + "\n")
+            weights = {**fold_weights(m["X"], m["gold"], fold, k, a.C, llm_weight=per_fold[k]), "llm_floor": floor}
+            wfiles[k].write_text(json.dumps(weights, indent=1) + "\n")
             ids = {m["ids"][i] for i in range(len(m["ids"])) if fold[i] == k}
             dfiles[k].write_text(json.dumps({key: rec for key, rec in raw.items() if str(key) in ids}))
             (out / "data" / f"fold{k}_label.json").write_text(

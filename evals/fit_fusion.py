@@ -98,10 +98,11 @@ def fold_of(n: int, folds: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n) % folds
 
 
-def fold_weights(X: list[np.ndarray], gold: np.ndarray, fold: np.ndarray, f: int, C: float) -> dict[str, Any]:
+def fold_weights(X: list[np.ndarray], gold: np.ndarray, fold: np.ndarray, f: int, C: float,
+                 llm_weight: Any = 1.0) -> dict[str, Any]:
     """A weights file's content fitted on every mention outside fold ``f``."""
     train = [i for i in range(len(X)) if fold[i] != f]
-    out: dict[str, Any] = {"features": list(ALL_FEATURES), "llm_weight": 1.0,
+    out: dict[str, Any] = {"features": list(ALL_FEATURES), "llm_weight": llm_weight,
                            "fit": {"fold": f, "trained_on": len(train), "C": C}}
     for kind, names in MODELS:
         cols = _cols(names)
@@ -182,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     out["fit"] = fit
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
-    print(f"\nweights written to {a.out}", file=sys.stderr)
+    print(f"\nweights written to {a.out}; the LLM's weight is reset to 1.0: refit it for these text weights with "
+          f"`python -m evals.fit_llm_weight --weights {a.out}`", file=sys.stderr)
     return 0
 
 

@@ -100,12 +100,12 @@ class Context:
     linker_mode: Literal["fused", "llm"] = field(
         default="fused",
         metadata={"description": "'fused' (default): each round scores every candidate with learned weights "
-                  "over cheap text/clue evidence, asks the LLM once (candidate letters' log-probabilities) "
+                  "over cheap text/clue evidence, asks the LLM once (see llm_scoring) "
                   "only when that is not decisive, and re-chooses from the same distribution. 'llm': the "
                   "reference loop, one LLM answer per attempt, re-asked with the pick excluded."},
     )
     gate_threshold: float = field(
-        default=0.9,
+        default=0.95,
         metadata={"description": "Fused mode: when the text evidence gives the top candidate at least this "
                   "probability the LLM is not asked (1.0 = always ask, 0 = never)."},
     )
@@ -114,10 +114,21 @@ class Context:
         metadata={"description": "Fused mode's reflection: the pick's fused probability must reach this "
                   "(it replaces the cosine alpha, which is one of the fused features)."},
     )
+    llm_scoring: Literal["auto", "likelihood", "choice"] = field(
+        default="auto",
+        metadata={"description": "Fused mode, how the LLM's opinion is read. 'likelihood': the log-probability "
+                  "of each candidate's name as the answer to 'who is <mention> in this text?' (one short "
+                  "prompt, names scored after it; needs token log-probabilities of a given continuation: the "
+                  "embedded llama.cpp model, local transformers models). 'choice': the log-probabilities of "
+                  "the candidates' letters in a lettered list (OpenAI-compatible top_logprobs, llama.cpp, "
+                  "transformers; other models: a sampled answer). 'auto': likelihood where the model supports "
+                  "it, else choice."},
+    )
     llm_in_clue_rounds: bool = field(
-        default=True,
-        metadata={"description": "Fused mode: also ask the LLM (with the clues) in clue rounds that are not "
-                  "decisive; False = clue rounds use the cheap evidence only."},
+        default=False,
+        metadata={"description": "Fused mode: also ask the LLM again, with the clues, in clue rounds that are "
+                  "not decisive. False (default): clue rounds rescore the cheap evidence with the clues and "
+                  "reuse the LLM's round-1 scores, at no model call."},
     )
     fusion_weights: str | None = field(
         default=None,
@@ -127,7 +138,7 @@ class Context:
     llm_weight: float | None = field(
         default=None,
         metadata={"description": "Weight of the LLM's log-probabilities in the fused score. Empty = the "
-                  "weights file's value."},
+                  "weights file's value for the scoring method used (fitted by evals/fit_llm_weight.py)."},
     )
     top_k: int = field(default=10, metadata={"description": "Candidates retrieved from the knowledge base."})
     reflection_threshold: float = field(
@@ -227,6 +238,8 @@ class Context:
                 raise ConfigError(f"{name}: expected a {'positive' if name in ('top_k', 'max_tokens') else 'non-negative'} integer, got {value!r}")
         if self.linker_mode not in ("fused", "llm"):
             raise ConfigError(f"linker_mode: expected 'fused' or 'llm', got {self.linker_mode!r}")
+        if self.llm_scoring not in ("auto", "likelihood", "choice"):
+            raise ConfigError(f"llm_scoring: expected 'auto', 'likelihood' or 'choice', got {self.llm_scoring!r}")
         for name in ("gate_threshold", "confidence_threshold"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:

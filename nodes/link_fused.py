@@ -5,10 +5,13 @@ evidence (``tools/features.py``: dense similarity, list rank, name agreement,
 gender and life-date consistency, and the visual clues gathered so far),
 weights from ``tools/fusion.py``. When the top candidate's probability reaches
 ``gate_threshold`` the text evidence is decisive and the LLM is not asked
-(the text-first gate). Otherwise the linker model is asked once, candidates
-lettered, and the log-probability of each letter as its answer is added to
-the scores (``llm_weight``). Re-choices after a failed reflection take the
-next candidate of the same distribution: no further call.
+(the text-first gate). Otherwise the linker model is asked once and its opinion
+is added to the scores (times ``llm_weight``): by default the log-probability
+of each candidate's name as its answer to "who is <mention>?" (``likelihood``),
+or, for models that cannot score a given answer, the log-probability of each
+candidate's letter in a lettered list (``choice``); see ``tools/choice.py``.
+Re-choices after a failed reflection take the next candidate of the same
+distribution: no further call.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from graph.inputs import candidate_key
 from graph.state import State
 from nodes.prompt_parts import candidate_desc, clue_block, count_call, linker, round_clues
 from prompts import linking as P
-from tools.choice import label_distribution, labels_for
+from tools.choice import label_distribution, labels_for, name_likelihoods, scoring_method
 from tools.embeddings import get_embedder
 from tools.features import candidate_features
 from tools.fusion import load_weights, softmax
@@ -41,6 +44,29 @@ def choice_messages(state: State, ctx: Context, labels: list[str]) -> list:
     return [SystemMessage(P.CHOICE_SYSTEM), HumanMessage(user)]
 
 
+def name_messages(state: State, ctx: Context) -> list:
+    """The likelihood prompt: the text, this round's clues, the question; the names are scored after it."""
+    user = P.NAME_USER.format(context=state.get("context") or "(none)", mention=state["mention"],
+                              clues=clue_block(round_clues(state, ctx)))
+    return [SystemMessage(P.NAME_SYSTEM), HumanMessage(user)]
+
+
+def ask_llm(state: State, ctx: Context) -> tuple[np.ndarray, dict[str, Any]]:
+    """The linker model's log-probability per candidate (one call) and the call's record."""
+    cands = state["candidates"]
+    model = linker(ctx)
+    names = [c["name"] for c in cands]
+    if scoring_method(model, ctx.llm_scoring, ctx.linker_model) == "likelihood":
+        logp, call = name_likelihoods(model, name_messages(state, ctx), names, spec=ctx.linker_model)
+        return np.asarray(logp, dtype=np.float64), call
+    labels = labels_for(len(cands))
+    logp, call = label_distribution(model, choice_messages(state, ctx, labels), labels, names[:len(labels)],
+                                    spec=ctx.linker_model)
+    llm = np.full(len(cands), min(logp))  # candidates beyond the 26 letters get the lowest score
+    llm[:len(logp)] = logp
+    return llm, call
+
+
 def score_round(state: State, ctx: Context, usage: dict[str, Any]) -> dict[str, Any]:
     """This round's distribution over the candidates (and whether the LLM was asked)."""
     cands = state["candidates"]
@@ -55,17 +81,19 @@ def score_round(state: State, ctx: Context, usage: dict[str, Any]) -> dict[str, 
     out: dict[str, Any] = {"round": state["round"], "keys": [candidate_key(c) for c in cands],
                            "prior": [round(float(p), 4) for p in prior], "llm": None}
     asked = len(cands) > 1 and prior.max() < ctx.gate_threshold and (state["round"] == 1 or ctx.llm_in_clue_rounds)
+    earlier = state.get("round_scores") or {}
     if asked:
-        labels = labels_for(len(cands))
-        logp, call = label_distribution(linker(ctx), choice_messages(state, ctx, labels), labels,
-                                        [c["name"] for c in cands[:len(labels)]], spec=ctx.linker_model)
-        w = weights.llm_weight if ctx.llm_weight is None else ctx.llm_weight
-        llm = np.full(len(cands), min(logp))  # candidates beyond the 26 letters get the lowest score
-        llm[:len(logp)] = logp
-        scores = scores + w * llm
+        llm, call = ask_llm(state, ctx)
         count_call(usage, call.get("input_tokens", 0), call.get("output_tokens", 0))
         out["llm"] = {"model": describe(ctx.linker_model), "method": call["method"],
-                      "logprobs": [round(float(x), 3) for x in llm], "raw": call.get("raw")}
+                      "logprobs": [round(float(x), 3) for x in llm], "raw": call.get("raw"), "round": state["round"]}
+    elif earlier.get("llm") and earlier.get("keys") == out["keys"]:
+        out["llm"] = {**earlier["llm"], "raw": None}  # an earlier round's opinion of the text still counts, free
+    if out["llm"]:
+        method = "likelihood" if out["llm"]["method"] == "likelihood" else "choice"
+        w = weights.llm_weight_for(method) if ctx.llm_weight is None else ctx.llm_weight
+        out["llm"]["weight"] = w
+        scores = scores + w * weights.llm_evidence(np.asarray(out["llm"]["logprobs"]))
     probs = softmax(scores)
     out["probs"] = [round(float(p), 4) for p in probs]
     out["gated"] = not asked
@@ -89,8 +117,15 @@ def fused_pick(state: State, ctx: Context, usage: dict[str, Any]) -> tuple[dict 
     if reused:
         info["note"] = "re-choice from this round's distribution: no model call"
     elif dist["gated"]:
-        info["note"] = (f"text evidence decisive (top p={max(dist['prior']):.3f} >= gate {ctx.gate_threshold}): "
-                        "LLM not asked") if len(dist["keys"]) > 1 else "one candidate: LLM not asked"
+        if len(dist["keys"]) <= 1:
+            info["note"] = "one candidate: LLM not asked"
+        elif max(dist["prior"]) >= ctx.gate_threshold:
+            info["note"] = (f"text evidence decisive (top p={max(dist['prior']):.3f} >= gate {ctx.gate_threshold}): "
+                            "LLM not asked")
+        else:
+            info["note"] = "LLM not asked in clue rounds (llm_in_clue_rounds is off)"
+        if dist.get("llm"):
+            info["note"] += f"; its round-{dist['llm'].get('round', 1)} scores still count"
     else:
         info["llm"] = {k: v for k, v in dist["llm"].items() if k != "logprobs"}
     return pick, dist, info

@@ -64,3 +64,11 @@ Mention: {mention}
 Text: {context}
 {clues}
 Which candidate does the mention "{mention}" refer to? Answer with the letter only."""
+
+# Fused mode, llm_scoring="likelihood": the model is asked who the mention is, and
+# each candidate's name is scored as the start of its answer (no answer is sampled).
+# The text comes first and the clues after it, so clue rounds reuse the text's KV cache.
+NAME_SYSTEM = "You are an entity linking system."
+
+NAME_USER = """Text: {context}
+{clues}Who is "{mention}" in this text? Answer with the full name."""

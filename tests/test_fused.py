@@ -63,6 +63,21 @@ def letter_model(**logprobs: float) -> LetterModel:
     return LetterModel(responses=["x"], prompts=[], logprobs=logprobs, calls=[])
 
 
+class NameModel(LetterModel):
+    """A chat model that also scores given answers token by token (as llama.cpp and transformers do)."""
+
+    names: dict = {}
+
+    def continuation_logprobs(self, messages, continuations):
+        self.calls.append(messages[-1].content)
+        return [[self.names.get(c, -10.0), -0.5] for c in continuations], 42
+
+
+def name_model(**names: float) -> NameModel:
+    return NameModel(responses=["x"], prompts=[], logprobs={}, calls=[],
+                     names={k.replace("_", " "): v for k, v in names.items()})
+
+
 # ---------------------------------------------------------------- features ---
 def test_features_read_gender_dates_and_names():
     emb = get_embedder(BagOfWordsEmbeddings())
@@ -121,6 +136,46 @@ def test_undecided_text_evidence_asks_the_llm_once_and_fuses(tmp_path):
     assert run(letter_model(A=-3.0, B=-0.1, C=-3.0), weights, llm_weight=0.0)["entity"]["qid"] == "Q1"
 
 
+def test_names_are_scored_by_likelihood_when_the_model_can(tmp_path):
+    weights = weights_file(tmp_path, list_first=0.5)
+    model = name_model(Anna_Berg=-6.0, Carl_Berg=-1.0, Berg=-6.0)
+    out = run(model, weights, {"image_desc": {"Caption": "a man"}}, gate_threshold=0.9, llm_in_clue_rounds=True)
+    assert out["entity"]["qid"] == "Q2" and len(links(out)) >= 1
+    first = links(out)[0]
+    assert first["llm"]["method"] == "likelihood" and first["llm"]["weight"] == 1.0
+    assert model.calls[0].startswith("Text: Berg said in 2011") and 'Who is "Berg" in this text?' in model.calls[0]
+    assert "Visual clues" in model.calls[1] and model.calls[1].index("Visual clues") > model.calls[1].index("Text:")
+    assert out["usage"]["input_tokens"] == 42 * len(model.calls)
+    # the weights file gives each method its own weight; llm_weight overrides both
+    per_method = tmp_path / "per_method.json"
+    per_method.write_text(json.dumps({**json.loads(Path(weights).read_text()),
+                                      "llm_weight": {"likelihood": 0.0, "choice": 1.0}}))
+    weights = str(per_method)
+    assert run(name_model(Anna_Berg=-6.0, Carl_Berg=-1.0, Berg=-6.0), weights)["entity"]["qid"] == "Q1"
+    assert run(name_model(Anna_Berg=-6.0, Carl_Berg=-1.0, Berg=-6.0), weights, llm_weight=1.0)["entity"]["qid"] == "Q2"
+    # llm_scoring="choice" reads the letters even when names could be scored
+    letters = NameModel(responses=["x"], prompts=[], logprobs={"C": -0.01}, calls=[], names={})
+    out = run(letters, weights, llm_scoring="choice", llm_weight=1.0)
+    assert out["entity"]["qid"] == "Q3" and links(out)[0]["llm"]["method"] == "logits"
+
+
+def test_likelihood_scoring_on_a_model_that_cannot_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="llm_scoring 'likelihood': linker_model .* does not expose"):
+        run(scripted("A"), weights_file(tmp_path), llm_scoring="likelihood")
+    out = run(scripted("A"), weights_file(tmp_path))  # auto: letters, sampled
+    assert links(out)[0]["llm"]["method"] == "sampled"
+    with pytest.raises(ConfigError, match="llm_scoring: expected 'auto', 'likelihood' or 'choice'"):
+        Context(llm_scoring="vote")
+
+
+def test_bad_llm_weight_in_a_weights_file_is_a_config_error(tmp_path):
+    path = tmp_path / "bad_llm_weight.json"
+    path.write_text(json.dumps({**json.loads(Path(weights_file(tmp_path)).read_text()),
+                                "llm_weight": {"likelihood": "much"}}))
+    with pytest.raises(ConfigError, match="llm_weight must be a number"):
+        load_weights(str(path))
+
+
 def test_a_failed_reflection_costs_no_second_call(tmp_path):
     model = letter_model(A=-1.2, B=-1.0, C=-1.1)  # nothing is confident
     out = run(model, weights_file(tmp_path), confidence_threshold=0.9)
@@ -132,7 +187,7 @@ def test_clue_rounds_rescore_with_clues_and_ask_again_with_the_clues_last(tmp_pa
     weights = weights_file(tmp_path, gender_clue=1.0)
     model = letter_model(A=-1.0, B=-1.0, C=-1.0)
     desc = {"Caption": "a woman speaking", "OCR text": "VOTE"}
-    out = run(model, weights, {"image_desc": desc}, gate_threshold=0.99)
+    out = run(model, weights, {"image_desc": desc}, gate_threshold=0.99, llm_in_clue_rounds=True)
     rounds = [t for t in links(out)]
     assert [t["round"] for t in rounds] == [1, 2, 3]  # text, ocr, caption (objects/scene empty: no round)
     assert len(model.calls) == 3
@@ -141,11 +196,15 @@ def test_clue_rounds_rescore_with_clues_and_ask_again_with_the_clues_last(tmp_pa
     assert rounds[2]["pick"]["qid"] == "Q1"  # "a woman" in the caption favours Anna Berg
 
 
-def test_llm_in_clue_rounds_off_uses_cheap_evidence_only(tmp_path):
-    model = letter_model(A=-1.0, B=-1.0, C=-1.0)
-    run(model, weights_file(tmp_path), {"image_desc": {"Caption": "a woman"}}, gate_threshold=0.99,
-        llm_in_clue_rounds=False)
-    assert len(model.calls) == 1
+def test_llm_in_clue_rounds_off_asks_once_and_keeps_its_round_1_scores(tmp_path):
+    model = name_model(Anna_Berg=-9.0, Carl_Berg=-0.5, Berg=-9.0)
+    out = run(model, weights_file(tmp_path), {"image_desc": {"Caption": "a woman", "OCR text": "VOTE"}},
+              gate_threshold=0.99)  # llm_in_clue_rounds is off by default
+    assert len(model.calls) == 1 and out["usage"]["llm_calls"] == 1
+    later = links(out)[1:]
+    assert later and all("LLM not asked in clue rounds" in t["note"] and "round-1 scores still count" in t["note"]
+                         for t in later)
+    assert all(t["pick"]["qid"] == "Q2" for t in later)  # the LLM's text opinion still decides the clue rounds
 
 
 def test_a_model_without_scores_is_sampled(tmp_path):
@@ -229,3 +288,41 @@ def test_cv_eval_links_each_fold_with_weights_fitted_on_the_other_folds(tmp_path
     merged = (out / "all" / "predictions.jsonl").read_text().splitlines()
     assert len(merged) == sum(fold_sizes) and len({json.loads(x)["id"] for x in merged}) == len(merged)
     assert "2-fold cross-validated" in (out / "report.md").read_text()
+
+
+def test_llm_weight_fit_is_nested_cross_validated_cached_and_written(tmp_path, capsys):
+    from evals import fit_llm_weight
+
+    data = Path(__file__).parent / "data"
+    weights = tmp_path / "w.json"
+    weights.write_text(PACKAGED_WEIGHTS.read_text())
+    cache = tmp_path / "scores.jsonl"
+    args = [str(data / "wikimel_small.json"), "--labels", str(data / "wikimel_small_label.json"), "--folds", "2",
+            "--gate", "1.0", "--weights", str(weights), "--cache", str(cache), "--llm-scoring", "choice",
+            "--linker-model", "openai:fake"]
+    with FakeOpenAI(reply="A", top_logprobs={"A": -0.05, "B": -3.0}) as server:
+        assert fit_llm_weight.main([*args, "--set", f"openai_base_url={server.base_url}"]) == 0
+        asked = len(server.requests)
+        printed = capsys.readouterr().out
+        assert "fused (nested CV)" in printed and "LLM alone" in printed and "| 1.0 | 100.0% |" in printed
+        written = json.loads(weights.read_text())
+        fit = written["fit"]["llm"]
+        assert fit["method"] == "choice" and len(fit["fold_weights"]) == 2 and fit["asked"] == asked > 0
+        assert written["llm_weight"]["choice"] == fit["weight"] and "likelihood" in written["llm_weight"]
+        assert len(cache.read_text().splitlines()) == asked
+        assert load_weights(str(weights)).llm_weight_for("choice") == fit["weight"]
+        # a rerun reads the cache: the model is not asked again
+        assert fit_llm_weight.main([*args, "--set", f"openai_base_url={server.base_url}"]) == 0
+        assert len(server.requests) == asked
+
+
+def test_cv_eval_gives_each_fold_its_own_llm_weight(tmp_path):
+    from evals import cv_eval
+
+    src = json.loads(PACKAGED_WEIGHTS.read_text())
+    src["fit"]["llm"] = {"method": "likelihood", "folds": 2, "fold_weights": [0.25, 0.75]}
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps(src))
+    per_fold = cv_eval.llm_fold_weights(str(path), 2)
+    assert [w["likelihood"] for w in per_fold] == [0.25, 0.75]
+    assert cv_eval.llm_fold_weights(str(path), 5) == [src["llm_weight"]] * 5  # no 5-fold fit: the file's weight

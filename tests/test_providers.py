@@ -4,6 +4,7 @@ fake server, assembly of the embedded GGUF from its parts, llama.cpp, and the em
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import sys
 import time
@@ -246,6 +247,66 @@ def test_llama_cpp_chat_on_a_tiny_gguf(tiny_gguf: Path) -> None:
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda m: invoke_model(model, m, spec="embedded:tiny")[0], prompts))
     assert answers[0::2] == [text1] * 4 and len(set(answers[1::2])) == 1
+
+
+def test_llama_cpp_scores_given_answers_token_by_token(tiny_gguf: Path) -> None:
+    """Continuation log-probabilities equal a plain left-to-right evaluation, and the cache is left clean."""
+    if not embedded_llm.llama_cpp_available():
+        pytest.skip("llama-cpp-python is not installed")
+    import numpy as np
+
+    from tools.llama_cpp_chat import load_llama_cpp_chat_model
+
+    model = load_llama_cpp_chat_model(tiny_gguf, model_name="embedded:tiny", temperature=0.0, max_tokens=5,
+                                      n_ctx=256)
+    llama = model._shared().llama
+    answers = ["the cat", "a", "he the"]
+    scores, n = model.continuation_logprobs(MESSAGES, answers)
+    assert [len(s) for s in scores] == [len(llama.tokenize(a.encode(), add_bos=False)) for a in answers]
+    prompt = model._shared().formatter("embedded:tiny")(
+        messages=[{"role": "system", "content": MESSAGES[0].content}, {"role": "user", "content": MESSAGES[1].content}]).prompt
+    ptoks = llama.tokenize(prompt.encode(), add_bos=False, special=True)
+    assert llama.n_tokens == len(ptoks) and n == len(ptoks) + sum(len(s) for s in scores)
+
+    def reference(answer: str) -> list[float]:  # evaluate prompt + answer one token at a time, from scratch
+        out = []
+        llama.reset()
+        llama.eval(ptoks)
+        for tok in llama.tokenize(answer.encode(), add_bos=False):
+            logits = np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(llama.n_vocab(),)).astype(np.float64)
+            out.append(float(logits[tok] - logits.max() - np.log(np.exp(logits - logits.max()).sum())))
+            llama.eval([tok])
+        return out
+
+    expected = [reference(a) for a in answers]
+    for got, want in zip(scores, expected):
+        assert np.allclose(got, want, atol=1e-3)
+    again, _ = model.continuation_logprobs(MESSAGES, answers)  # prefix reused from the KV cache: same scores
+    assert all(np.allclose(a, b, atol=1e-3) for a, b in zip(again, scores))
+
+
+def test_transformers_model_scores_letters_and_given_answers(tiny_dir: Path) -> None:
+    import torch
+
+    from tools.choice import name_likelihoods, scoring_method
+
+    model = load_chat_model(f"huggingface:{tiny_dir}")
+    assert scoring_method(model, "auto", "huggingface:tiny") == "likelihood"
+    answers = ["paris london", "the river", "mary"]
+    scores, n = model.continuation_logprobs(MESSAGES, answers)
+    tok, lm = model.tokenizer, model.llm.pipeline.model
+    prompt = tok(model._to_chat_prompt(MESSAGES), add_special_tokens=False)["input_ids"]
+    for answer, got in zip(answers, scores):  # one full forward pass over prompt + answer, no cache
+        ids = tok(answer, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(lm(torch.tensor([prompt + ids])).logits[0].double(), dim=-1)
+        want = [float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(ids)]
+        assert len(got) == len(ids) and got == pytest.approx(want, abs=1e-4)
+    assert n == len(prompt) + sum(len(s) for s in scores)
+    sums, call = name_likelihoods(model, MESSAGES, ["paris_london", "the river", "mary"], spec="huggingface:tiny")
+    assert sums == pytest.approx([sum(s) for s in scores], abs=1e-6) and call["method"] == "likelihood"
+    letters, n_in = model.label_logprobs(MESSAGES, ["yes", "no"])
+    assert n_in == len(prompt) and sum(math.exp(v) for v in letters.values()) == pytest.approx(1.0)
 
 
 def test_llama_cpp_bad_file_is_a_model_error(tmp_path: Path) -> None:

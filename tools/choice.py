@@ -1,4 +1,12 @@
-"""The linker model's distribution over lettered candidates, from one call.
+"""The linker model's opinion of the candidates, from one call: names' likelihood or letters' distribution.
+
+Likelihood (``llm_scoring="likelihood"``): the model is asked who the mention
+is, and the log-probability of each candidate's name as the start of its
+answer is read (summed over the name's tokens) from one prompt evaluation
+plus a few tokens per name. Models that expose this (``continuation_logprobs``):
+the llama.cpp chat model and local transformers models.
+
+Letters (``llm_scoring="choice"``), for a lettered candidate list:
 
 * llama.cpp (the embedded default): the logits of the first answer token, read
   after one forward pass over the prompt (prefix reused from the last call).
@@ -15,7 +23,7 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
-from tools.errors import ModelError
+from tools.errors import ConfigError, ModelError
 from tools.models import describe, invoke_model
 
 LABELS = string.ascii_uppercase
@@ -62,6 +70,42 @@ def label_distribution(model: BaseChatModel, messages: list, labels: list[str], 
     else:
         logp = [math.log(SAMPLED_MASS) if i == idx else math.log((1 - SAMPLED_MASS) / (n - 1)) for i in range(n)]
     return logp, {"method": "sampled", "raw": raw, "parsed": labels[idx] if idx is not None else None, **usage}
+
+
+def can_score_names(model: BaseChatModel) -> bool:
+    """Whether ``model`` exposes token log-probabilities of a given answer (likelihood scoring)."""
+    return callable(getattr(model, "continuation_logprobs", None))
+
+
+def scoring_method(model: BaseChatModel, setting: str, spec: Any) -> str:
+    """``likelihood`` or ``choice`` for ``llm_scoring`` = ``setting`` on ``model``."""
+    if setting == "choice":
+        return "choice"
+    if can_score_names(model):
+        return "likelihood"
+    if setting == "likelihood":
+        raise ConfigError(f"llm_scoring 'likelihood': linker_model '{describe(spec)}' does not expose token "
+                          "log-probabilities of a given answer (the embedded llama.cpp model and local "
+                          "transformers models do); use llm_scoring 'choice' or 'auto'")
+    return "choice"
+
+
+def answer_text(name: str) -> str:
+    """A candidate's name as the model would write it (Wikipedia-title underscores as spaces)."""
+    return " ".join(str(name or "").replace("_", " ").split()) or "?"
+
+
+def name_likelihoods(model: BaseChatModel, messages: list, names: list[str], *,
+                     spec: Any) -> tuple[list[float], dict[str, Any]]:
+    """Summed log-probability of each name as the model's answer, and a record of the call."""
+    try:
+        per_token, n_tokens = model.continuation_logprobs(messages, [answer_text(n) for n in names])
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"linker_model '{describe(spec)}' failed: {type(exc).__name__}: {exc}") from exc
+    return [float(sum(lp)) for lp in per_token], {"method": "likelihood", "input_tokens": n_tokens,
+                                                  "output_tokens": 0}
 
 
 def _is_openai(model: Any) -> bool:

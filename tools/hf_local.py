@@ -119,6 +119,19 @@ class _SerialPipeline:
         return getattr(self._pipe, item)
 
 
+def _cache_kwarg(model: Any) -> str:
+    """The forward() keyword of the key/value cache (``cache`` in newer transformers, else ``past_key_values``)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _cache_of(output: Any) -> Any:
+    """The key/value cache of a forward() output, whichever name this transformers gives it."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
 def _chat_class() -> type:
     from langchain_core.outputs import ChatResult
     from langchain_huggingface import ChatHuggingFace
@@ -135,6 +148,49 @@ def _chat_class() -> type:
                 gen.message.usage_metadata = {"input_tokens": n_in, "output_tokens": n_out,
                                               "total_tokens": n_in + n_out}
             return result
+
+        def _prompt_ids(self, messages: list) -> list[int]:
+            return self.tokenizer(self._to_chat_prompt(messages), add_special_tokens=False)["input_ids"]
+
+        def label_logprobs(self, messages: list, labels: list[str]) -> tuple[dict[str, float], int]:
+            """Log-probabilities of ``labels`` as the first answer token, from one forward pass."""
+            import torch
+
+            ids = self._prompt_ids(messages)
+            first = [self.tokenizer(lab, add_special_tokens=False)["input_ids"][0] for lab in labels]
+            model = self.llm.pipeline.model
+            with self.llm.pipeline._lock, torch.no_grad():
+                logits = model(torch.tensor([ids], device=model.device)).logits[0, -1].double()
+            chosen = torch.log_softmax(logits[first], dim=-1)
+            return dict(zip(labels, chosen.tolist())), len(ids)
+
+        def continuation_logprobs(self, messages: list, continuations: list[str]) -> tuple[list[list[float]], int]:
+            """Per-token log-probabilities of each continuation as the start of the answer.
+
+            The prompt is run once; each continuation is run on a copy of its
+            key/value cache, so the prompt is paid for once per call.
+            """
+            import copy
+
+            import torch
+
+            ids = self._prompt_ids(messages)
+            conts = [self.tokenizer(c, add_special_tokens=False)["input_ids"] or [self.tokenizer.eos_token_id]
+                     for c in continuations]
+            model = self.llm.pipeline.model
+            out: list[list[float]] = []
+            with self.llm.pipeline._lock, torch.no_grad():
+                run = model(torch.tensor([ids], device=model.device), use_cache=True)
+                first = torch.log_softmax(run.logits[0, -1].double(), dim=-1)
+                for cont in conts:
+                    lp = [float(first[cont[0]])]
+                    if len(cont) > 1:
+                        cache = {_cache_kwarg(model): copy.deepcopy(_cache_of(run))}
+                        step = model(torch.tensor([cont[:-1]], device=model.device), use_cache=True, **cache)
+                        rows = torch.log_softmax(step.logits[0].double(), dim=-1)
+                        lp += [float(rows[i, cont[i + 1]]) for i in range(len(cont) - 1)]
+                    out.append(lp)
+            return out, len(ids) + sum(len(c) for c in conts)
 
     return CountingChatHuggingFace
 

@@ -170,6 +170,62 @@ class LlamaCppChatModel(BaseChatModel):
         logp = chosen - np.log(np.exp(chosen).sum())
         return dict(zip(labels, logp.tolist())), len(tokens)
 
+    def continuation_logprobs(self, messages: list[BaseMessage], continuations: list[str]) -> tuple[list[list[float]], int]:
+        """Per-token log-probabilities of each continuation as the start of the model's answer.
+
+        The prompt (chat template, generation prompt included) is evaluated
+        once, its shared prefix with the previous call reused from the KV
+        cache; each continuation is then evaluated after it in one batch, and
+        the cache is cut back to the prompt before the next. Returns one list
+        of token log-probabilities per continuation and the number of tokens
+        evaluated (prompt plus continuations).
+        """
+        import numpy as np
+
+        shared = self._shared()
+        llama = shared.llama
+        chat = [{"role": _role(m), "content": _text(m.content)} for m in messages]
+        prompt = shared.formatter(self.model_name)(messages=chat).prompt
+        tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        conts = [llama.tokenize(c.encode("utf-8"), add_bos=False, special=False) or [llama.token_eos()]
+                 for c in continuations]
+        n_vocab = llama.n_vocab()
+        if len(tokens) + max(len(c) for c in conts) > llama.n_ctx():
+            raise ModelError(f"linker_model '{self.model_name}': prompt of {len(tokens)} tokens does not fit "
+                             f"n_ctx={llama.n_ctx()}")
+
+        def log_softmax(rows: Any) -> Any:
+            rows = rows - rows.max(axis=-1, keepdims=True)
+            return rows - np.log(np.exp(rows).sum(axis=-1, keepdims=True))
+
+        out: list[list[float]] = []
+        with shared.lock:
+            common = 0
+            for a, b in zip(llama._input_ids.tolist(), tokens):
+                if a != b:
+                    break
+                common += 1
+            keep = min(common, len(tokens) - 1)
+            if keep <= 0:
+                llama.reset()
+            else:
+                llama.n_tokens = keep
+            llama.eval(tokens[keep:])
+            first = log_softmax(np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(n_vocab,)).astype(np.float64))
+            n_prompt = llama.n_tokens
+            for cont in conts:
+                lp = [float(first[cont[0]])]
+                if len(cont) > 1:
+                    llama._ctx.kv_cache_seq_rm(-1, n_prompt, -1)
+                    llama._batch.set_batch(batch=cont[:-1], n_past=n_prompt, logits_all=True)
+                    llama._ctx.decode(llama._batch)
+                    rows = np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(len(cont) - 1, n_vocab))
+                    rows = log_softmax(rows.astype(np.float64))
+                    lp += [float(rows[i, cont[i + 1]]) for i in range(len(cont) - 1)]
+                out.append(lp)
+            llama._ctx.kv_cache_seq_rm(-1, n_prompt, -1)  # the cache holds the prompt only, as n_tokens says
+        return out, len(tokens) + sum(len(c) for c in conts)
+
 
 def load_llama_cpp_chat_model(path: str | Path, *, model_name: str, temperature: float,
                               max_tokens: int, n_ctx: int = N_CTX) -> LlamaCppChatModel:
