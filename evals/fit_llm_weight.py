@@ -187,15 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     text_ok = np.array([int(np.argmax(z)) for z in logits]) == gold
     print(f"linker model {a.linker_model}, llm_scoring {a.llm_scoring}; {a.folds}-fold CV over {len(X)} mentions; "
           f"text evidence alone {_acc(text_ok)}")
-    print("| gate | LLM asked | s / call | text alone on them | LLM alone | fused (nested CV) | weight per fold "
-          "| Top-1, all mentions |")
-    print("|---:|---:|---:|---|---|---|---|---|")
+    print("| gate | LLM asked | s / call | tokens / mention | text alone on them | LLM alone | fused (nested CV) "
+          "| weight per fold | Top-1, all mentions |")
+    print("|---:|---:|---:|---:|---|---|---|---|---|")
     results = {}
     for gate in gates:
         r = evaluate(logits, gold, scores, ids, conf < gate, a.folds, a.llm_floor)
         results[gate] = r
         sel = r["asked"]
-        print(f"| {gate} | {sel.mean():.1%} | {r['seconds']:.2f} | {_acc(text_ok[sel])} | {_acc(r['llm_ok'])} "
+        per_mention = sum(scores[ids[i]]["tokens"] for i in np.flatnonzero(sel)) / len(X)
+        print(f"| {gate} | {sel.mean():.1%} | {r['seconds']:.2f} | {per_mention:.0f} | {_acc(text_ok[sel])} | {_acc(r['llm_ok'])} "
               f"| {_acc(r['fused_ok'][sel])} | {r['fold_w']} | {_acc(r['fused_ok'])} |")
     r = results[a.gate]
     undecided = np.flatnonzero(r["asked"])

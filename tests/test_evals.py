@@ -373,3 +373,24 @@ def test_eval_command_errors_are_one_line(tmp_path, capsys, argv, fragment):
     assert eval_main(argv) == 2
     err = capsys.readouterr().err
     assert fragment in err and "Traceback" not in err
+
+
+def test_llm_benchmark_times_each_scoring_method_and_skips_what_the_model_cannot_do(tmp_path, monkeypatch, capsys):
+    from providers_helpers import FakeOpenAI
+
+    from evals import bench_llm
+
+    data = Path(__file__).parent / "data" / "wikimel_small.json"
+    out = tmp_path / "bench.json"
+    with FakeOpenAI(reply="A", top_logprobs={"A": -0.1, "B": -2.5}) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        assert bench_llm.main([str(data), "--model", "openai:fake", "--sample", "3", "--repeat", "2",
+                               "--out", str(out)]) == 0
+        assert len(server.requests) == 6  # 3 mentions, each asked twice, letters only
+    printed = capsys.readouterr().out
+    assert "likelihood not available" in printed and "choice" in printed
+    figures = json.loads(out.read_text())
+    assert "error" in figures["scoring"]["likelihood"]
+    choice = figures["scoring"]["choice"]
+    assert choice["method"] == "logprobs" and choice["mean_s"] > 0 and choice["tokens"] > 0
+    assert figures["mentions"] == 3 and figures["peak_rss_gib"] > 0

@@ -70,6 +70,24 @@ def _shared_llama(path: str, n_ctx: int, n_threads: int) -> _SharedLlama:
     return _SharedLlama(llama)
 
 
+def _eval_prompt(llama: Any, tokens: list[int]) -> None:
+    """Evaluate ``tokens``, reusing the KV cache of the longest prefix shared with the previous prompt.
+
+    At least the last token is evaluated again, so the context's logits are the prompt's.
+    """
+    common = 0
+    for a, b in zip(llama._input_ids.tolist(), tokens):
+        if a != b:
+            break
+        common += 1
+    keep = min(common, len(tokens) - 1)
+    if keep <= 0:
+        llama.reset()
+    else:
+        llama.n_tokens = keep  # eval() drops the KV cache beyond this point
+    llama.eval(tokens[keep:])
+
+
 def _role(message: BaseMessage) -> str:
     if isinstance(message, SystemMessage):
         return "system"
@@ -153,17 +171,7 @@ class LlamaCppChatModel(BaseChatModel):
             ids = llama.tokenize(label.encode("utf-8"), add_bos=False, special=False)
             label_ids.append(ids[0])
         with shared.lock:
-            common = 0
-            for a, b in zip(llama._input_ids.tolist(), tokens):
-                if a != b:
-                    break
-                common += 1
-            keep = min(common, len(tokens) - 1)  # at least one token is evaluated, for fresh logits
-            if keep <= 0:
-                llama.reset()
-            else:
-                llama.n_tokens = keep  # eval() drops the KV cache beyond this point
-            llama.eval(tokens[keep:])
+            _eval_prompt(llama, tokens)
             logits = np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(llama.n_vocab(),)).astype(np.float64)
         chosen = logits[label_ids]
         chosen = chosen - chosen.max()
@@ -200,17 +208,7 @@ class LlamaCppChatModel(BaseChatModel):
 
         out: list[list[float]] = []
         with shared.lock:
-            common = 0
-            for a, b in zip(llama._input_ids.tolist(), tokens):
-                if a != b:
-                    break
-                common += 1
-            keep = min(common, len(tokens) - 1)
-            if keep <= 0:
-                llama.reset()
-            else:
-                llama.n_tokens = keep
-            llama.eval(tokens[keep:])
+            _eval_prompt(llama, tokens)
             first = log_softmax(np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(n_vocab,)).astype(np.float64))
             n_prompt = llama.n_tokens
             for cont in conts:
