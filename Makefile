@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make demo   set up, then link one real WikiMEL example with the embedded default model
+#   make demo   set up, then link two real WikiMEL examples with the embedded default model
 #   make test   set up, then run the test suite (what .ci/run calls)
 PYTHON ?= python3
 VENV   ?= .venv

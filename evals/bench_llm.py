@@ -38,7 +38,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--out", default=None, help="also write the figures as JSON here")
     a = p.parse_args(argv)
-    import graph  # noqa: F401  (graph first: nodes import graph.context)
     from evals.datasets import load_dataset
     from graph.context import Context
     from nodes.link_fused import ask_llm

@@ -56,7 +56,6 @@ def out_of_fold_logits(X: list[np.ndarray], gold: np.ndarray, folds: int, C: flo
 
 def ask(records: dict[str, dict], todo: list[str], settings: dict[str, Any], cache: Path) -> dict[str, dict]:
     """The linker model's scores for the ``todo`` mentions, from ``cache`` or asked now (and cached)."""
-    import graph  # noqa: F401  (graph first: nodes import graph.context)
     from graph.context import Context
     from nodes.link_fused import ask_llm
 

@@ -6,12 +6,31 @@
 
 ``build_graph(checkpointer=...)`` compiles a durable copy; ``link(...)`` is the
 one-call helper.
+
+The graph, ``build_graph`` and ``link`` are imported on first use (PEP 562), so
+that the node modules, which import ``graph.context``, can also be imported on
+their own (``import nodes.link``) without a circular import.
 """
 
-from graph.api import link
-from graph.builder import build_graph
+from typing import Any
+
 from graph.context import Context
 
-graph = build_graph()
-
 __all__ = ["graph", "build_graph", "link", "Context"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "build_graph":
+        from graph.builder import build_graph
+
+        return build_graph
+    if name == "link":
+        from graph.api import link
+
+        return link
+    if name == "graph":
+        from graph.compiled import graph as compiled
+
+        globals()["graph"] = compiled
+        return compiled
+    raise AttributeError(f"module 'graph' has no attribute {name!r}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from fakes import BagOfWordsEmbeddings, TableScorer, scripted
 from PIL import Image
@@ -278,3 +280,15 @@ def test_without_candidates_the_knowledge_base_is_searched(tmp_path):
     assert model.prompts[0].count(" — ") == 2  # top_k candidates offered
     with pytest.raises(InputError, match="i2cr kb ingest"):
         run(scripted("1"), inputs={"candidates": None}, kb_path=str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("module", ["nodes.link", "nodes.link_fused", "nodes.reflect", "nodes.verify", "nodes.retrieve"])
+def test_each_node_module_imports_on_its_own(module):
+    """A node module imported first (before ``graph``) must not hit a circular import."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", f"import {module}; from graph import graph; print(len(graph.nodes))"],
+                          capture_output=True, text=True, cwd=str(Path(__file__).resolve().parents[1]), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.strip()) > 5
