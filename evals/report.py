@@ -138,7 +138,8 @@ def render(s: dict[str, Any], config: dict[str, Any], notes: list[str], records:
              f"`{st.get('verifier')}`; clue order {st.get('clue_order')}, max_rounds {st.get('max_rounds')}, "
              f"alpha {st.get('reflection_threshold')}, tau {_or(st.get('verification_threshold'), 'scorer default')}, "
              f"fallback {st.get('fallback')}; linker_mode {st.get('linker_mode', 'llm')}, gate "
-             f"{st.get('gate_threshold')} (all settings: `config.json`)\n")
+             f"{st.get('gate_threshold')}, llm_scoring {st.get('llm_scoring', 'choice')}, llm_in_clue_rounds "
+             f"{st.get('llm_in_clue_rounds', True)} (all settings: `config.json`)\n")
     if config.get("note"):
         L.insert(-1, f"- {config['note']}")
 
