@@ -292,7 +292,7 @@ def test_transformers_model_scores_letters_and_given_answers(tiny_dir: Path) -> 
 
     model = load_chat_model(f"huggingface:{tiny_dir}")
     assert scoring_method(model, "auto", "huggingface:tiny") == "likelihood"
-    answers = ["paris london", "the river", "mary"]
+    answers = ["paris london", "the river in paris", "mary"]  # different lengths: the batch is padded
     scores, n = model.continuation_logprobs(MESSAGES, answers)
     tok, lm = model.tokenizer, model.llm.pipeline.model
     prompt = tok(model._to_chat_prompt(MESSAGES), add_special_tokens=False)["input_ids"]
@@ -303,7 +303,8 @@ def test_transformers_model_scores_letters_and_given_answers(tiny_dir: Path) -> 
         want = [float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(ids)]
         assert len(got) == len(ids) and got == pytest.approx(want, abs=1e-4)
     assert n == len(prompt) + sum(len(s) for s in scores)
-    sums, call = name_likelihoods(model, MESSAGES, ["paris_london", "the river", "mary"], spec="huggingface:tiny")
+    sums, call = name_likelihoods(model, MESSAGES, ["paris_london", "the river in paris", "mary"],
+                                  spec="huggingface:tiny")
     assert sums == pytest.approx([sum(s) for s in scores], abs=1e-6) and call["method"] == "likelihood"
     letters, n_in = model.label_logprobs(MESSAGES, ["yes", "no"])
     assert n_in == len(prompt) and sum(math.exp(v) for v in letters.values()) == pytest.approx(1.0)

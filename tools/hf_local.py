@@ -167,14 +167,15 @@ def _chat_class() -> type:
         def continuation_logprobs(self, messages: list, continuations: list[str]) -> tuple[list[list[float]], int]:
             """Per-token log-probabilities of each continuation as the start of the answer.
 
-            The prompt is run once; each continuation is run on a copy of its
-            key/value cache, so the prompt is paid for once per call.
+            The prompt is run once; the continuations then run together in one
+            batch (right-padded) on copies of its key/value cache.
             """
             import copy
 
             import torch
 
             ids = self._prompt_ids(messages)
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
             conts = [self.tokenizer(c, add_special_tokens=False)["input_ids"] or [self.tokenizer.eos_token_id]
                      for c in continuations]
             model = self.llm.pipeline.model
@@ -182,14 +183,25 @@ def _chat_class() -> type:
             with self.llm.pipeline._lock, torch.no_grad():
                 run = model(torch.tensor([ids], device=model.device), use_cache=True)
                 first = torch.log_softmax(run.logits[0, -1].double(), dim=-1)
-                for cont in conts:
-                    lp = [float(first[cont[0]])]
-                    if len(cont) > 1:
-                        cache = {_cache_kwarg(model): copy.deepcopy(_cache_of(run))}
-                        step = model(torch.tensor([cont[:-1]], device=model.device), use_cache=True, **cache)
-                        rows = torch.log_softmax(step.logits[0].double(), dim=-1)
-                        lp += [float(rows[i, cont[i + 1]]) for i in range(len(cont) - 1)]
-                    out.append(lp)
+                out = [[float(first[c[0]])] for c in conts]
+                longer = [k for k, c in enumerate(conts) if len(c) > 1]
+                if longer:
+                    width = max(len(conts[k]) - 1 for k in longer)
+                    batch = torch.full((len(longer), width), pad, dtype=torch.long)
+                    mask = torch.zeros((len(longer), len(ids) + width), dtype=torch.long)
+                    mask[:, :len(ids)] = 1
+                    for row, k in enumerate(longer):
+                        tail = conts[k][:-1]
+                        batch[row, :len(tail)] = torch.tensor(tail)
+                        mask[row, len(ids):len(ids) + len(tail)] = 1
+                    cache = copy.deepcopy(_cache_of(run))
+                    cache.batch_repeat_interleave(len(longer))
+                    step = model(batch.to(model.device), attention_mask=mask.to(model.device), use_cache=False,
+                                 **{_cache_kwarg(model): cache})
+                    rows = torch.log_softmax(step.logits.double(), dim=-1)
+                    for row, k in enumerate(longer):
+                        cont = conts[k]
+                        out[k] += [float(rows[row, i, cont[i + 1]]) for i in range(len(cont) - 1)]
             return out, len(ids) + sum(len(c) for c in conts)
 
     return CountingChatHuggingFace
