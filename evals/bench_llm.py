@@ -38,10 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--out", default=None, help="also write the figures as JSON here")
     a = p.parse_args(argv)
+    if a.sample < 1 or a.repeat < 1:
+        p.error(f"--sample and --repeat: expected positive integers, got {a.sample} and {a.repeat}")
     from evals.datasets import load_dataset
     from graph.context import Context
     from nodes.link_fused import ask_llm
     from nodes.prompt_parts import linker
+    from tools.choice import scoring_method
     from tools.errors import I2CRError
 
     try:
@@ -49,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         examples = [ex for ex in ds.examples if ex.inputs and len(ex.inputs.get("candidates") or []) > 1]
         random.Random(a.seed).shuffle(examples)
         examples = examples[:a.sample]
+        if not examples:
+            sys.exit(f"bench_llm: error: {a.data} has no mention with two or more candidates to time")
         t = time.perf_counter()
         linker(Context(linker_model=a.model))
         load_s = time.perf_counter() - t
@@ -60,8 +65,6 @@ def main(argv: list[str] | None = None) -> int:
         ctx = Context(linker_model=a.model, llm_scoring=method)
         secs, toks, first_secs = [], [], []
         try:
-            from tools.choice import scoring_method
-
             scoring_method(linker(ctx), method, a.model)
         except I2CRError as exc:
             print(f"  {method:10s} not available: {exc}", flush=True)
@@ -72,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
                      "candidates": ex.inputs["candidates"], "clues": [], "round": 1}
             for r in range(a.repeat):
                 t = time.perf_counter()
-                _, call = ask_llm(state, ctx)
+                try:
+                    _, call = ask_llm(state, ctx)
+                except I2CRError as exc:  # a model that fails mid-run: one line naming it and the mention
+                    sys.exit(f"bench_llm: error on mention {ex.id}: {exc}")
                 dt = time.perf_counter() - t
                 (first_secs if r == 0 else secs).append(dt)
                 if r == 0:

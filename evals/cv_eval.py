@@ -25,25 +25,27 @@ import sys
 from pathlib import Path
 
 from evals.fit_fusion import DATA, build_matrix, fold_of, fold_weights
-from tools.fusion import PACKAGED_WEIGHTS
 from evals.report import write_report
 from evals.runner import run_eval
 from graph.cli import parse_settings, read_json_file
 from tools.errors import I2CRError, InputError
+from tools.fusion import PACKAGED_WEIGHTS
 
 
-def llm_fold_weights(path: str, folds: int) -> list:
-    """Each fold's ``llm_weight`` from a weights file's ``fit.llm`` (fitted without that fold)."""
+def llm_fold_weights(path: str, folds: int) -> tuple[list, float | None]:
+    """Each fold's ``llm_weight`` from a weights file's ``fit.llm`` (fitted without that fold), and its ``llm_floor``."""
     data = read_json_file(path, "--llm-weights")
+    floor = data.get("llm_floor") if isinstance(data, dict) else None
     fit = (data.get("fit") or {}).get("llm") or {} if isinstance(data, dict) else {}
     base = data.get("llm_weight", 1.0) if isinstance(data, dict) else 1.0
     per = fit.get("fold_weights")
     if not isinstance(per, list) or len(per) != folds or fit.get("folds") != folds:
         print(f"cv_eval: {path} has no {folds}-fold LLM weights (run evals/fit_llm_weight.py); every fold uses "
               f"llm_weight {base!r}, which is then not cross-validated", file=sys.stderr)
-        return [base] * folds
+        return [base] * folds, floor
     method = fit.get("method", "likelihood")
-    return [{**(base if isinstance(base, dict) else {"likelihood": base, "choice": base}), method: w} for w in per]
+    base = base if isinstance(base, dict) else {"likelihood": base, "choice": base}
+    return [{**base, method: w} for w in per], floor
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     wfiles = [out / "weights" / f"fold{k}.json" for k in range(a.folds)]
     dfiles = [out / "data" / f"fold{k}.json" for k in range(a.folds)]
     if not all(f.is_file() for f in wfiles + dfiles):
-        per_fold = llm_fold_weights(a.llm_weights, a.folds)
-        floor = (read_json_file(a.llm_weights, "--llm-weights") or {}).get("llm_floor")
+        per_fold, floor = llm_fold_weights(a.llm_weights, a.folds)
         m = build_matrix(a.data, labels, settings.get("embedding_model", "embedded"))
         fold = fold_of(len(m["X"]), a.folds)
         for k in range(a.folds):

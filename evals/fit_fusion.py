@@ -116,19 +116,25 @@ def predict(model: dict[str, Any], x: np.ndarray, cols: list[int]) -> np.ndarray
     return z @ np.asarray(model["coef"]) + model["intercept"]
 
 
-def cross_validate(X: list[np.ndarray], gold: np.ndarray, cols: list[int], C: float, folds: int,
-                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Out-of-fold (predicted index, top probability) per mention."""
+def out_of_fold_logits(X: list[np.ndarray], gold: np.ndarray, cols: list[int], C: float, folds: int,
+                       seed: int = 0) -> list[np.ndarray]:
+    """Per-candidate logits of each mention from a model fitted without the mention's fold."""
     n = len(X)
     fold = fold_of(n, folds, seed)
-    pred, conf = np.zeros(n, int), np.zeros(n)
+    logits: list[np.ndarray] = [np.zeros(0)] * n
     for f in range(folds):
         train = [i for i in range(n) if fold[i] != f]
         model = fit_lr([X[i] for i in train], gold[train], cols, C)
         for i in np.flatnonzero(fold == f):
-            p = softmax(predict(model, X[i], cols))
-            pred[i], conf[i] = int(np.argmax(p)), float(p.max())
-    return pred, conf
+            logits[i] = predict(model, X[i], cols)
+    return logits
+
+
+def cross_validate(X: list[np.ndarray], gold: np.ndarray, cols: list[int], C: float, folds: int,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold (predicted index, top probability) per mention."""
+    probs = [softmax(z) for z in out_of_fold_logits(X, gold, cols, C, folds, seed)]
+    return np.array([int(np.argmax(p)) for p in probs]), np.array([float(p.max()) for p in probs])
 
 
 def _acc(flags: np.ndarray) -> str:

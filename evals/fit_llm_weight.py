@@ -34,24 +34,12 @@ from typing import Any
 
 import numpy as np
 
-from evals.fit_fusion import DATA, _acc, _cols, fit_lr, fold_of, predict
+from evals.fit_fusion import DATA, _acc, _cols, fold_of, out_of_fold_logits
 from tools.errors import I2CRError
 from tools.features import TEXT_FEATURES
 from tools.fusion import PACKAGED_WEIGHTS, floored, softmax
 
 GRID = np.round(np.arange(0.0, 3.0001, 0.05), 2)
-
-
-def out_of_fold_logits(X: list[np.ndarray], gold: np.ndarray, folds: int, C: float) -> list[np.ndarray]:
-    """The text model's per-candidate logits for each mention, fitted without the mention's fold."""
-    cols = _cols(TEXT_FEATURES)
-    fold = fold_of(len(X), folds)
-    logits: list[np.ndarray] = [np.zeros(0)] * len(X)
-    for f in range(folds):
-        model = fit_lr([X[i] for i in range(len(X)) if fold[i] != f], gold[fold != f], cols, C)
-        for i in np.flatnonzero(fold == f):
-            logits[i] = predict(model, X[i], cols)
-    return logits
 
 
 def ask(records: dict[str, dict], todo: list[str], settings: dict[str, Any], cache: Path) -> dict[str, dict]:
@@ -68,8 +56,11 @@ def ask(records: dict[str, dict], todo: list[str], settings: dict[str, Any], cac
                 row = json.loads(line)
             except json.JSONDecodeError:  # a line cut short by a kill
                 continue
-            if row.get("key") == key:
-                got[row["id"]] = row
+            rid = row.get("id") if isinstance(row, dict) else None
+            usable = rid in records and isinstance(row.get("logp"), list) and \
+                len(row["logp"]) == len(records[rid]["candidates"])
+            if usable and row.get("key") == key:  # else asked again (a row of other data, or damaged)
+                got[rid] = row
     cache.parent.mkdir(parents=True, exist_ok=True)
     missing = [i for i in todo if i not in got]
     if missing:
@@ -176,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     X, gold, ids = m["X"], m["gold"], m["ids"]
     print(f"{len(X)} labelled mentions with candidates; features in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     records = {ex.id: ex.inputs for ex in load_dataset(a.data, labels).examples if ex.inputs is not None}
-    logits = out_of_fold_logits(X, gold, a.folds, a.C)
+    logits = out_of_fold_logits(X, gold, _cols(TEXT_FEATURES), a.C, a.folds)
     conf = np.array([softmax(z).max() for z in logits])
     gates = sorted({a.gate, *a.also_gates})
     cache = Path(a.cache or Path("runs") / "llm-scores" / f"{Path(a.data).stem}.jsonl")

@@ -323,6 +323,17 @@ def test_cv_eval_gives_each_fold_its_own_llm_weight(tmp_path):
     src["fit"]["llm"] = {"method": "likelihood", "folds": 2, "fold_weights": [0.25, 0.75]}
     path = tmp_path / "w.json"
     path.write_text(json.dumps(src))
-    per_fold = cv_eval.llm_fold_weights(str(path), 2)
-    assert [w["likelihood"] for w in per_fold] == [0.25, 0.75]
-    assert cv_eval.llm_fold_weights(str(path), 5) == [src["llm_weight"]] * 5  # no 5-fold fit: the file's weight
+    per_fold, floor = cv_eval.llm_fold_weights(str(path), 2)
+    assert [w["likelihood"] for w in per_fold] == [0.25, 0.75] and floor == src["llm_floor"]
+    assert cv_eval.llm_fold_weights(str(path), 5)[0] == [src["llm_weight"]] * 5  # no 5-fold fit: the file's weight
+
+
+def test_llm_score_cache_skips_damaged_and_mismatched_rows(tmp_path):
+    from evals.fit_llm_weight import ask
+
+    cache = tmp_path / "scores.jsonl"
+    cache.write_text('5\n{"id": "a", "key": "m|choice", "logp": [-1.0, -2.0]}\n'
+                     '{"id": "a", "key": "m|choice", "logp": [-1.0]}\n{"id": "b", "key": "m|choice", "logp": [0]}\n'
+                     '{"id": "a", "key": "other|choice", "logp": [-9.0, -9.0]}\nbroken{\n')
+    got = ask({"a": {"candidates": [{}, {}]}}, ["a"], {"linker_model": "m", "llm_scoring": "choice"}, cache)
+    assert got == {"a": {"id": "a", "key": "m|choice", "logp": [-1.0, -2.0]}}  # nothing asked: the good row serves

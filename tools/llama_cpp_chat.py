@@ -151,6 +151,12 @@ class LlamaCppChatModel(BaseChatModel):
         return ChatResult(generations=[ChatGeneration(message=message)],
                           llm_output={"model_name": self.model_name, "token_usage": usage})
 
+    def _prompt_tokens(self, shared: _SharedLlama, messages: list[BaseMessage]) -> list[int]:
+        """The chat prompt (the GGUF's template, generation prompt included) as tokens."""
+        chat = [{"role": _role(m), "content": _text(m.content)} for m in messages]
+        prompt = shared.formatter(self.model_name)(messages=chat).prompt
+        return shared.llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+
     def label_logprobs(self, messages: list[BaseMessage], labels: list[str]) -> tuple[dict[str, float], int]:
         """Log-probabilities of each of ``labels`` as the first answer token, from one forward pass.
 
@@ -163,9 +169,7 @@ class LlamaCppChatModel(BaseChatModel):
 
         shared = self._shared()
         llama = shared.llama
-        chat = [{"role": _role(m), "content": _text(m.content)} for m in messages]
-        prompt = shared.formatter(self.model_name)(messages=chat).prompt
-        tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        tokens = self._prompt_tokens(shared, messages)
         label_ids = []
         for label in labels:
             ids = llama.tokenize(label.encode("utf-8"), add_bos=False, special=False)
@@ -192,9 +196,7 @@ class LlamaCppChatModel(BaseChatModel):
 
         shared = self._shared()
         llama = shared.llama
-        chat = [{"role": _role(m), "content": _text(m.content)} for m in messages]
-        prompt = shared.formatter(self.model_name)(messages=chat).prompt
-        tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        tokens = self._prompt_tokens(shared, messages)
         conts = [llama.tokenize(c.encode("utf-8"), add_bos=False, special=False) or [llama.token_eos()]
                  for c in continuations]
         n_vocab = llama.n_vocab()
