@@ -1,10 +1,12 @@
-"""Assembly of the I2CR graph.
+"""Assembly of the I2CR graph: the method's figure, node by node.
 
-    START → retrieve_candidates → link_on_text → reflect ─┬─(re-choice)→ link_on_text
-                                                          └→ verify ─┬→ finalize → END
-                                                                     └→ clue_<next> ─→ link_on_text
-                                                                        (empty clue → next clue / finalize)
+    START → retrieve_candidates → link_on_text → reflect ─┬─(ruled out: choose again)→ link_on_text
+                                                          └→ verify ─┬─(verified / no image / no clue left)→ finalize
+                                                                     └→ clue_round ─┬→ link_on_text (a new round)
+                                                                                    └→ finalize (every clue empty)
     finalize ─(human_review and status fallback)→ review → END
+
+Every branch is decided by one edge function of ``graph/edges.py``.
 """
 
 from __future__ import annotations
@@ -15,23 +17,16 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import RetryPolicy
 
 from graph.context import Context
+from graph.edges import after_clue, after_finalize, after_reflection, after_verify
 from graph.state import InputState, OutputState, State
-from nodes.caption import clue_caption
+from nodes.clue_round import clue_round
 from nodes.finalize import finalize
 from nodes.link import link_on_text
-from nodes.objects import clue_objects
-from nodes.ocr import clue_ocr
-from nodes.reflect import after_reflection, reflect
+from nodes.reflect import reflect
 from nodes.retrieve import retrieve_candidates
-from nodes.review import needs_review, review
-from nodes.routing import CLUE_NODES, route_next_step
-from nodes.scene import clue_scene
+from nodes.review import review
 from nodes.verify import verify
 from tools.errors import I2CRError
-
-CLUE_FUNCTIONS = {"clue_ocr": clue_ocr, "clue_objects": clue_objects, "clue_scene": clue_scene,
-                  "clue_caption": clue_caption}
-assert set(CLUE_FUNCTIONS) == set(CLUE_NODES.values())
 
 
 def _transient(exc: Exception) -> bool:
@@ -44,13 +39,12 @@ def _transient(exc: Exception) -> bool:
 def build_graph(checkpointer: Any = None, **compile_kwargs: Any):
     """Build and compile the I2CR graph; pass a checkpointer for durable, resumable runs."""
     builder = StateGraph(State, context_schema=Context, input_schema=InputState, output_schema=OutputState)
-    retry = RetryPolicy(max_attempts=3, retry_on=_transient)
-    builder.add_node("retrieve_candidates", retrieve_candidates, retry_policy=retry)
+    builder.add_node("retrieve_candidates", retrieve_candidates,
+                     retry_policy=RetryPolicy(max_attempts=3, retry_on=_transient))
     builder.add_node("link_on_text", link_on_text)
     builder.add_node("reflect", reflect)
     builder.add_node("verify", verify)
-    for name, fn in CLUE_FUNCTIONS.items():
-        builder.add_node(name, fn)
+    builder.add_node("clue_round", clue_round)
     builder.add_node("finalize", finalize)
     builder.add_node("review", review)
 
@@ -58,12 +52,11 @@ def build_graph(checkpointer: Any = None, **compile_kwargs: Any):
     builder.add_edge("retrieve_candidates", "link_on_text")
     builder.add_edge("link_on_text", "reflect")
     builder.add_conditional_edges("reflect", after_reflection, ["link_on_text", "verify"])
-    clue_targets = [*CLUE_FUNCTIONS, "finalize"]
-    builder.add_conditional_edges("verify", route_next_step, clue_targets)
-    for name in CLUE_FUNCTIONS:
-        builder.add_conditional_edges(name, route_next_step, ["link_on_text", *(t for t in clue_targets if t != name)])
-    builder.add_conditional_edges("finalize", needs_review, ["review", END])
+    builder.add_conditional_edges("verify", after_verify, ["clue_round", "finalize"])
+    builder.add_conditional_edges("clue_round", after_clue, ["link_on_text", "finalize"])
+    builder.add_conditional_edges("finalize", after_finalize, ["review", END])
     builder.add_edge("review", END)
+
     graph = builder.compile(checkpointer=checkpointer, **compile_kwargs)
     graph.name = "I2CR entity linker"
     return graph

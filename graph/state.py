@@ -95,7 +95,6 @@ class State(InputState, OutputState, total=False):
         "Per round: {round, clue, entity, verification_score, verified}.")]
     has_visual: Annotated[bool, doc("Whether there is an image or an image description to verify against.")]
     verdict: Annotated[Literal["verified", "failed", "no_visual"], doc("Outcome of the latest verification.")]
-    next_step: Annotated[str, doc("The node a conditional edge goes to next (decided by the node before it).")]
     round_scores: Annotated[Optional[dict[str, Any]], doc(
         "Fused linker: this round's distribution over the candidates {round, keys, prior, probs, gated, llm}.")]
     verification_cache: Annotated[dict[str, float], doc(

@@ -1,27 +1,59 @@
-"""Stage 5, shared by the four clue nodes: extract one visual clue and open a new round."""
+"""Stage 5: a visual clue round.
+
+One node for the four clue kinds (OCR, objects, scene, caption): which clue
+comes next is a setting (``clue_order``), so it is data, not graph topology.
+The node names its clue in the trace (``{"step": "clue", "clue": "ocr", ...}``),
+in the progress events (``clue_start`` / ``clue`` with ``clue``) and in the
+state (``current_clue``, ``clues``).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from graph.context import Context
+from langgraph.runtime import Runtime
+
+from graph.context import Context, resolve_context
 from graph.progress import emit
 from graph.state import State
-from nodes.routing import next_clue_step
 from tools.clues import Clue, extract_clue
 from tools.errors import I2CRError
 
 
-def run_clue(clue_type: str, state: State, ctx: Context) -> dict[str, Any]:
-    """Extract the ``clue_type`` clue; a non-empty clue starts the next linking round.
+def clue_round(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Extract the next clues of ``clue_order`` until one says something; that clue opens the next round.
 
-    An empty clue (no text in the image, say) costs no round: the graph moves on
-    to the next clue in ``clue_order``. A tool that fails on this image is noted
-    in the trace and skipped; a model that cannot be loaded is a configuration
-    error and stops the run.
+    An empty clue (no text in the image, say) costs no round: the next clue is
+    tried. A tool that fails on this image is noted in the trace and skipped; a
+    model that cannot be loaded is a configuration error and stops the run.
+    When every clue left is empty the round's answer stays settled and the
+    graph finishes (``graph/edges.py``: ``after_clue``).
     """
+    ctx = resolve_context(runtime)
     gathered = {c["type"]: Clue.from_dict(c) for c in state.get("clues") or []}
-    clue_index = state.get("clue_index", 0) + 1
+    index = state.get("clue_index", 0)
+    trace = list(state["trace"])
+    while index < len(ctx.clue_order):
+        clue_type = ctx.clue_order[index]
+        index += 1
+        entry, clue = _extract(clue_type, state, ctx, gathered)
+        trace.append(entry)
+        if clue is not None and clue.text:
+            return {
+                "clue_index": index,
+                "round": state["round"] + 1,
+                "current_clue": clue_type,
+                "clues": [*(state.get("clues") or []), clue.to_dict()],
+                "settled": False,
+                "attempts": [],
+                "excluded": [],
+                "trace": trace,
+            }
+    return {"clue_index": index, "trace": trace}
+
+
+def _extract(clue_type: str, state: State, ctx: Context, gathered: dict) -> tuple[dict[str, Any], Clue | None]:
+    """One clue and its trace entry (``None`` when its tool failed on this image)."""
     entry: dict[str, Any] = {"step": "clue", "round": state["round"] + 1, "clue": clue_type}
     emit("clue_start", round=entry["round"], clue=clue_type)
     try:
@@ -32,22 +64,9 @@ def run_clue(clue_type: str, state: State, ctx: Context) -> dict[str, Any]:
     except Exception as exc:  # one image defeating one tool must not end the run
         entry.update(round=state["round"], note=f"{clue_type} tool failed: {type(exc).__name__}: {exc}; skipped")
         emit("clue", clue=clue_type, text="", source=None, empty=True, note=entry["note"])
-        return {"clue_index": clue_index, "next_step": next_clue_step(state, ctx, clue_index),
-                "trace": [*state["trace"], entry]}
+        return entry, None
     entry.update(text=clue.text, source=clue.source)
     emit("clue", clue=clue_type, text=clue.text, source=clue.source, empty=not clue.text)
     if not clue.text:
         entry.update(round=state["round"], note="empty clue: skipped, no round spent")
-        return {"clue_index": clue_index, "next_step": next_clue_step(state, ctx, clue_index),
-                "trace": [*state["trace"], entry]}
-    return {
-        "clue_index": clue_index,
-        "round": state["round"] + 1,
-        "current_clue": clue_type,
-        "clues": [*(state.get("clues") or []), clue.to_dict()],
-        "settled": False,
-        "attempts": [],
-        "excluded": [],
-        "next_step": "link_on_text",
-        "trace": [*state["trace"], entry],
-    }
+    return entry, clue

@@ -9,7 +9,7 @@ round's answer. Unusable answers count as failed attempts.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from langgraph.runtime import Runtime
 
@@ -88,7 +88,3 @@ def _settle(answer: dict | None, note: str, state: State) -> dict[str, Any]:
         out["round1_entity"] = answer
     return out
 
-
-def after_reflection(state: State) -> Literal["link_on_text", "verify"]:
-    """Re-ask the linker while the round has no answer yet; otherwise verify it."""
-    return "verify" if state.get("settled") else "link_on_text"

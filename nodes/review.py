@@ -11,14 +11,13 @@ that names no candidate asks again, with the reason in the payload.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from langgraph.config import get_config
-from langgraph.graph import END
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
-from graph.context import Context, resolve_context
+from graph.context import Context
 from graph.inputs import candidate_key
 from graph.progress import emit
 from graph.state import State
@@ -26,11 +25,6 @@ from tools.errors import ConfigError
 
 HOW = ("resume with 'accept' (keep the proposed answer), 'nil', a candidate's qid or name, "
        "or {'qid': ...} / {'name': ...}")
-
-
-def needs_review(state: State, runtime: Runtime[Context]) -> Literal["review", "__end__"]:
-    """Edge after ``finalize``: a person reviews fallback answers when ``human_review`` is on."""
-    return "review" if resolve_context(runtime).human_review and state.get("status") == "fallback" else END
 
 
 def review(state: State, runtime: Runtime[Context]) -> dict[str, Any]:

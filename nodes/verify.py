@@ -3,7 +3,8 @@
 Does the image agree with the round's answer? The configured scorer
 (``tools/verify.py``) scores image against entity; passing ``τ`` ends the
 run early (text first: a verified round-1 answer needs no clues). Without an
-image the text answer stands. Otherwise the next visual clue is extracted.
+image the text answer stands. Otherwise the next visual clue is extracted
+(``graph/edges.py``).
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from graph.context import Context, resolve_context
+from graph.edges import next_after_verify
 from graph.progress import emit
 from graph.inputs import candidate_key
 from graph.state import State
-from nodes.routing import next_clue_step
 from tools.verify import get_scorer, text_scorer
 
 
 def verify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Score the round's answer against the image and decide: finish or gather another clue."""
+    """Score the round's answer against the image (the edge ``after_verify`` then finishes or gathers a clue)."""
     ctx = resolve_context(runtime)
     answer = state.get("answer")
     entry: dict[str, Any] = {"step": "verify", "round": state["round"], "clue": state.get("current_clue"),
@@ -49,8 +50,10 @@ def verify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     round_answers = [*(state.get("round_answers") or []),
                      {"round": state["round"], "clue": state.get("current_clue"), "entity": answer,
                       "verification_score": score, "verified": verdict == "verified"}]
-    next_step = "finalize" if verdict in ("verified", "no_visual") else next_clue_step(state, ctx)
+    next_step = next_after_verify({**state, "verdict": verdict}, ctx)
+    next_clue = ctx.clue_order[state.get("clue_index", 0)] if next_step == "clue_round" else None
     emit("verification", round=state["round"], pick=entry["pick"], score=score, verdict=verdict,
-         threshold=entry.get("verification_threshold"), passed=verdict == "verified", next=next_step)
-    return {"verdict": verdict, "next_step": next_step, "round_answers": round_answers,
+         threshold=entry.get("verification_threshold"), passed=verdict == "verified", next=next_step,
+         next_clue=next_clue)
+    return {"verdict": verdict, "round_answers": round_answers,
             "verification_cache": cache, "trace": [*state["trace"], entry]}

@@ -249,8 +249,28 @@ def test_one_call_helper():
 
 def test_graph_shows_every_stage():
     nodes = set(graph.get_graph().nodes)
-    assert {"retrieve_candidates", "link_on_text", "reflect", "verify", "clue_ocr", "clue_objects",
-            "clue_scene", "clue_caption", "finalize"} <= nodes
+    assert {"retrieve_candidates", "link_on_text", "reflect", "verify", "clue_round", "finalize", "review"} <= nodes
+
+
+def test_the_graph_draws_the_method_loop_in_a_dozen_edges():
+    edges = {(e.source, e.target, bool(e.conditional)) for e in graph.get_graph().edges}
+    assert edges == {
+        ("__start__", "retrieve_candidates", False), ("retrieve_candidates", "link_on_text", False),
+        ("link_on_text", "reflect", False), ("reflect", "link_on_text", True), ("reflect", "verify", True),
+        ("verify", "clue_round", True), ("verify", "finalize", True),
+        ("clue_round", "link_on_text", True), ("clue_round", "finalize", True),
+        ("finalize", "review", True), ("finalize", "__end__", True), ("review", "__end__", False)}
+
+
+def test_the_clue_round_names_each_clue_it_tries():
+    # OCR and objects are empty in this description: both are tried in one clue round, no round spent on them
+    desc = {"Caption": "a man holding a basketball", "OCR text": "", "Objects": []}
+    out = run(scripted("2", "1"), TableScorer({"Michael Jordan": 0.9}), {"image_desc": desc},
+              clue_order=["ocr", "objects", "caption"])
+    clues = [(t["clue"], t["round"], "empty" in t.get("note", "")) for t in out["trace"] if t["step"] == "clue"]
+    assert clues == [("ocr", 1, True), ("objects", 1, True), ("caption", 2, False)]
+    assert out["status"] == "clue_verified:caption" and out["stop_round"] == 2
+    assert [c["type"] for c in out["clues"]] == ["caption"]
 
 
 def test_image_only_scorer_hands_description_only_records_to_the_text_scorer(image):

@@ -39,11 +39,12 @@ def test_events_follow_the_run():
     assert excluded["score"] < excluded["threshold"] == 0.27 and excluded["reason"].startswith("reflection score 0.258 < alpha 0.27")
     assert seen[3]["pick"] == {"qid": "Q1", "name": "Jordan River"} and seen[3]["attempt"] == 2
     first, second = (e for e in seen if e["event"] == "verification")
-    assert first["passed"] is False and first["score"] == 0.0 and first["next"] == "clue_ocr"
+    assert first["passed"] is False and first["score"] == 0.0 and first["next"] == "clue_round"
+    assert first["next_clue"] == "ocr" and second["next_clue"] is None
     assert second["passed"] is True and second["next"] == "finalize" and second["round"] == 2
     ocr, objects = (e for e in seen if e["event"] == "clue")
-    assert ocr["clue"] == "ocr" and ocr["empty"] is True and ocr["node"] == "clue_ocr"
-    assert objects == {"event": "clue", "node": "clue_objects", "clue": "objects", "text": "person",
+    assert ocr["clue"] == "ocr" and ocr["empty"] is True and ocr["node"] == "clue_round"
+    assert objects == {"event": "clue", "node": "clue_round", "clue": "objects", "text": "person",
                        "source": "precomputed", "empty": False}
     assert seen[-1] == {"event": "final", "node": "finalize", "status": "clue_verified:objects",
                         "entity": {"qid": "Q41421", "name": "Michael Jordan"}, "stop_round": 2}

@@ -36,8 +36,8 @@ INPUT = {"mention": "Jordan", "context": "Jordan scored 30 points for the Bulls"
 # per-run override: every pick passes reflection, no pick passes verification, two clue rounds at most
 OVERRIDE = {"max_rounds": 2, "reflection_threshold": 0.0, "verification_threshold": 1.01, "llm_in_clue_rounds": True}
 EXPECTED_NODES = ["retrieve_candidates", "link_on_text", "reflect", "verify",
-                  "clue_ocr", "link_on_text", "reflect", "verify",
-                  "clue_objects", "link_on_text", "reflect", "verify", "finalize"]
+                  "clue_round", "link_on_text", "reflect", "verify",
+                  "clue_round", "link_on_text", "reflect", "verify", "finalize"]
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +87,8 @@ def test_graph_served_with_every_node_and_conditional_edge(client, assistant):
     edges = {(e["source"], e["target"], bool(e.get("conditional"))) for e in served["edges"]}
     assert edges == {(e.source, e.target, bool(e.conditional)) for e in local.edges}
     conditional = {(s, t) for s, t, c in edges if c}
-    assert {("reflect", "link_on_text"), ("reflect", "verify"), ("verify", "clue_ocr"), ("verify", "finalize"),
-            ("clue_ocr", "link_on_text"), ("clue_caption", "finalize"), ("finalize", "review")} <= conditional
+    assert {("reflect", "link_on_text"), ("reflect", "verify"), ("verify", "clue_round"), ("verify", "finalize"),
+            ("clue_round", "link_on_text"), ("clue_round", "finalize"), ("finalize", "review")} <= conditional
     assert ("link_on_text", "reflect", False) in edges
 
 
