@@ -16,6 +16,10 @@ Kinds (one per line in the nodes): ``candidates`` (retrieval done), ``pick``
 ``verification`` (score, threshold, passed), ``clue_start`` / ``clue``
 (a visual clue being extracted / its result), ``review`` (waiting for a
 person), ``final`` (the answer).
+
+``record(entry, "pick", ...)`` is how a node writes its step: it emits the
+event and returns ``[entry]``, the node's addition to ``trace`` (the state
+appends it; see ``graph/state.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,13 @@ def emit(kind: str, **data: Any) -> None:
         return
     node = (config.get("metadata") or {}).get("langgraph_node")
     get_stream_writer()({"event": kind, "node": node, **{k: plain(v) for k, v in data.items()}})
+
+
+def record(entry: dict[str, Any], event: str | None = None, **data: Any) -> list[dict[str, Any]]:
+    """One trace entry for the node's update (``{"trace": record(...)}``), after emitting its progress event."""
+    if event is not None:
+        emit(event, **data)
+    return [entry]
 
 
 def plain(value: Any) -> Any:

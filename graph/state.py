@@ -1,7 +1,9 @@
 """The one shared state the I2CR graph passes between its nodes.
 
 ``InputState`` is what a caller gives, ``OutputState`` what the graph returns;
-``State`` adds the bookkeeping of rounds and attempts. Rounds are numbered from
+``State`` adds the bookkeeping of rounds and attempts. ``trace`` is appended to
+(a LangGraph reducer): a node returns only its new entries
+(``graph/progress.py``: ``record``). Rounds are numbered from
 1: round 1 is the text round, round ``n`` > 1 the (n-1)-th visual-clue round.
 
 Every field carries its description as ``Annotated[..., Field(description=...)]``:
@@ -11,6 +13,7 @@ LangGraph Studio) pick up; a docstring under a field would be lost.
 
 from __future__ import annotations
 
+import operator
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import Field
@@ -47,23 +50,6 @@ class InputState(TypedDict, total=False):
     id: Annotated[Optional[str], doc("A caller's id for the input, echoed in the output.")]
 
 
-class Attempt(TypedDict, total=False):
-    """One question to the linker and what became of it (an entry of ``trace``)."""
-
-    round: int
-    clue: Optional[str]
-    attempt: int
-    raw: str
-    pick: Optional[dict[str, str]]
-    outcome: str  # "entity" | "nil" | "unparseable"
-    reflection_score: Optional[float]
-    reflection_passed: Optional[bool]
-    verification_score: Optional[float]
-    verification_passed: Optional[bool]
-    scorer: Optional[str]
-    note: str
-
-
 class OutputState(TypedDict, total=False):
     """What the graph returns (besides the input fields)."""
 
@@ -73,8 +59,8 @@ class OutputState(TypedDict, total=False):
         "| reviewed (a person decided) | nil.")]
     stop_round: Annotated[int, doc("Round the graph stopped at (1 = text round, n > 1 = clue round n-1).")]
     trace: Annotated[list[dict[str, Any]], doc(
-        "Every step in order: retrieval, each linker attempt (pick, reflection score), "
-        "each verification (score, threshold, scorer), each clue, the final answer.")]
+        "Every step in order: retrieval, each linker attempt (pick), each reflection (score, threshold), "
+        "each verification (score, threshold, scorer), each clue, the final answer."), operator.add]
     clues: Annotated[list[dict[str, Any]], doc("Visual clues gathered, in order (type, text, source, details).")]
     usage: Annotated[dict[str, Any], doc("LLM calls and input/output tokens spent on this input.")]
     round1_entity: Annotated[Optional[Candidate], doc("The text round's answer (the reference fallback).")]

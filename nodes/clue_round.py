@@ -14,7 +14,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from graph.context import Context, resolve_context
-from graph.progress import emit
+from graph.progress import emit, record
 from graph.state import State
 from tools.clues import Clue, extract_clue
 from tools.errors import I2CRError
@@ -32,12 +32,12 @@ def clue_round(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = resolve_context(runtime)
     gathered = {c["type"]: Clue.from_dict(c) for c in state.get("clues") or []}
     index = state.get("clue_index", 0)
-    trace = list(state["trace"])
+    trace: list[dict[str, Any]] = []
     while index < len(ctx.clue_order):
         clue_type = ctx.clue_order[index]
         index += 1
-        entry, clue = _extract(clue_type, state, ctx, gathered)
-        trace.append(entry)
+        recorded, clue = _extract(clue_type, state, ctx, gathered)
+        trace += recorded
         if clue is not None and clue.text:
             return {
                 "clue_index": index,
@@ -52,8 +52,8 @@ def clue_round(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     return {"clue_index": index, "trace": trace}
 
 
-def _extract(clue_type: str, state: State, ctx: Context, gathered: dict) -> tuple[dict[str, Any], Clue | None]:
-    """One clue and its trace entry (``None`` when its tool failed on this image)."""
+def _extract(clue_type: str, state: State, ctx: Context, gathered: dict) -> tuple[list[dict[str, Any]], Clue | None]:
+    """One clue (``None`` when its tool failed on this image) and its trace entry, recorded."""
     entry: dict[str, Any] = {"step": "clue", "round": state["round"] + 1, "clue": clue_type}
     emit("clue_start", round=entry["round"], clue=clue_type)
     try:
@@ -63,10 +63,8 @@ def _extract(clue_type: str, state: State, ctx: Context, gathered: dict) -> tupl
         raise
     except Exception as exc:  # one image defeating one tool must not end the run
         entry.update(round=state["round"], note=f"{clue_type} tool failed: {type(exc).__name__}: {exc}; skipped")
-        emit("clue", clue=clue_type, text="", source=None, empty=True, note=entry["note"])
-        return entry, None
+        return record(entry, "clue", clue=clue_type, text="", source=None, empty=True, note=entry["note"]), None
     entry.update(text=clue.text, source=clue.source)
-    emit("clue", clue=clue_type, text=clue.text, source=clue.source, empty=not clue.text)
     if not clue.text:
         entry.update(round=state["round"], note="empty clue: skipped, no round spent")
-    return entry, clue
+    return record(entry, "clue", clue=clue_type, text=clue.text, source=clue.source, empty=not clue.text), clue

@@ -7,8 +7,9 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from graph.context import Context, resolve_context
-from graph.progress import emit
+from graph.progress import record
 from graph.state import State
+from tools.texts import entity_ref
 
 
 def _public(entity: dict | None) -> dict | None:
@@ -40,7 +41,7 @@ def finalize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     if entity is None:
         status = "nil"
     entry = {"step": "final", "round": state["round"], "status": status,
-             "entity": {"qid": entity.get("qid"), "name": entity["name"]} if entity else None}
-    emit("final", status=status, entity=entry["entity"], stop_round=state["round"])
+             "entity": entity_ref(entity)}
     return {"entity": _public(entity), "status": status, "stop_round": state["round"],
-            "round1_entity": _public(state.get("round1_entity")), "trace": [*state["trace"], entry]}
+            "round1_entity": _public(state.get("round1_entity")),
+            "trace": record(entry, "final", status=status, entity=entry["entity"], stop_round=state["round"])}

@@ -1,8 +1,14 @@
-"""Stage 2: text linking.
+"""Stage 2: text linking, one pick per attempt, in the ``linker_mode`` of the run.
 
-Asks the linker model to pick one candidate (or nil) from the mention, its
-context and the visual clues gathered so far, with the picks that reflection
-already rejected in this round ruled out in the prompt.
+- ``fused`` (the default, ``nodes/link_fused.py``): every candidate is scored
+  once per round (cheap evidence, plus the LLM's scores when that evidence is
+  not decisive); the pick is the most probable candidate not yet ruled out.
+- ``llm``: the linker model is asked to pick one candidate (or nil) from the
+  mention, its context and the visual clues gathered so far, with the picks
+  reflection already rejected in this round ruled out in the prompt.
+
+Either way the attempt is recorded (``attempts``, one ``link`` trace entry) and
+checked by reflection next.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
 from graph.context import Context, resolve_context
-from graph.progress import emit
+from graph.progress import record
 from graph.inputs import candidate_key
 from graph.state import State
 from nodes.link_fused import fused_pick
@@ -21,6 +27,7 @@ from nodes.prompt_parts import candidate_desc, clue_block, count_call, linker, r
 from prompts import linking as P
 from tools.answers import parse_answer
 from tools.models import describe, invoke_model
+from tools.texts import entity_ref
 
 
 def shown_candidates(state: State) -> list[dict]:
@@ -30,7 +37,7 @@ def shown_candidates(state: State) -> list[dict]:
 
 
 def build_messages(state: State, ctx: Context) -> list:
-    """The chat messages for the current attempt.
+    """The chat messages for the current attempt (``llm`` mode).
 
     Ruled-out picks are removed from the numbered list (small models answer a
     number they were told to avoid) and named at the end of the prompt.
@@ -53,7 +60,7 @@ def build_messages(state: State, ctx: Context) -> list:
 
 
 def link_on_text(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Ask the linker once and record the attempt (its pick is checked by reflection next)."""
+    """Make one attempt in the run's ``linker_mode`` and record it (its pick is checked by reflection next)."""
     ctx = resolve_context(runtime)
     candidates = state["candidates"]
     attempts = list(state.get("attempts") or [])
@@ -63,7 +70,7 @@ def link_on_text(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     if not candidates:
         entry.update(raw="", outcome="nil", pick=None, note="no candidates: nil without asking the model")
         attempts.append({"key": None, "outcome": "nil", "raw": "", "score": None})
-        return {"attempts": attempts, "trace": [*state["trace"], entry]}
+        return {"attempts": attempts, "trace": record(entry)}
     if ctx.linker_mode == "fused":
         return _link_fused(state, ctx, entry, attempts, usage)
     raw, tokens = invoke_model(linker(ctx), build_messages(state, ctx), spec=ctx.linker_model)
@@ -75,14 +82,13 @@ def link_on_text(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     pick = shown[answer.index] if outcome == "entity" else None
     key = candidate_key(pick) if pick else None
     note = {"unparseable": "answer could not be mapped to an offered candidate: counted as a failed attempt"}.get(outcome, "")
-    entry.update(raw=raw, outcome=outcome, model=describe(ctx.linker_model),
-                 pick={"qid": pick.get("qid"), "name": pick["name"]} if pick else None)
+    entry.update(raw=raw, outcome=outcome, model=describe(ctx.linker_model), pick=entity_ref(pick))
     if note:
         entry["note"] = note
-    emit("pick", round=state["round"], attempt=entry["attempt"], outcome=outcome, pick=entry["pick"],
-         answer=raw[:80])
     attempts.append({"key": key, "outcome": outcome, "raw": raw, "score": None})
-    return {"attempts": attempts, "usage": usage, "trace": [*state["trace"], entry]}
+    return {"attempts": attempts, "usage": usage,
+            "trace": record(entry, "pick", round=state["round"], attempt=entry["attempt"], outcome=outcome,
+                            pick=entry["pick"], answer=raw[:80])}
 
 
 def _link_fused(state: State, ctx: Context, entry: dict[str, Any], attempts: list, usage: dict) -> dict[str, Any]:
@@ -90,9 +96,8 @@ def _link_fused(state: State, ctx: Context, entry: dict[str, Any], attempts: lis
     pick, dist, info = fused_pick(state, ctx, usage)
     key = candidate_key(pick) if pick else None
     outcome = "entity" if pick else "unparseable"
-    entry.update(outcome=outcome, mode="fused", pick={"qid": pick.get("qid"), "name": pick["name"]} if pick else None,
-                 **info)
-    emit("pick", round=state["round"], attempt=entry["attempt"], outcome=outcome, pick=entry["pick"],
-         confidence=info["confidence"], gated=info["gated"])
+    entry.update(outcome=outcome, mode="fused", pick=entity_ref(pick), **info)
     attempts.append({"key": key, "outcome": outcome, "raw": "", "score": None, "confidence": info["confidence"]})
-    return {"attempts": attempts, "usage": usage, "round_scores": dist, "trace": [*state["trace"], entry]}
+    return {"attempts": attempts, "usage": usage, "round_scores": dist,
+            "trace": record(entry, "pick", round=state["round"], attempt=entry["attempt"], outcome=outcome,
+                            pick=entry["pick"], confidence=info["confidence"], gated=info["gated"])}

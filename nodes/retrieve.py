@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from langgraph.runtime import Runtime
+from langgraph.types import Overwrite
 
 from graph.context import Context, resolve_context
-from graph.progress import emit
+from graph.progress import record
 from graph.inputs import normalize_candidates, validate_input
 from graph.state import State
 
@@ -27,7 +28,7 @@ def retrieve_candidates(state: State, runtime: Runtime[Context]) -> dict[str, An
         found = kb_retrieve(clean["mention"], clean["context"], ctx)
         clean["candidates"] = normalize_candidates(found, where="knowledge base result")
         source = "knowledge base"
-    emit("candidates", count=len(clean["candidates"]), source=source)
+    entry = {"round": 1, "step": "retrieve", "note": f"{len(clean['candidates'])} candidates from {source}"}
     has_visual = bool(clean["image"]) or bool(clean["image_desc"])
     return {
         **clean,
@@ -37,7 +38,8 @@ def retrieve_candidates(state: State, runtime: Runtime[Context]) -> dict[str, An
         "excluded": [],
         "attempts": [],
         "round_answers": [],
-        "trace": [{"round": 1, "step": "retrieve", "note": f"{len(clean['candidates'])} candidates from {source}"}],
+        # a new input starts a new trace, also on a thread that ran before (Overwrite bypasses the append)
+        "trace": Overwrite(record(entry, "candidates", count=len(clean["candidates"]), source=source)),
         "usage": {"llm_calls": 0, "input_tokens": 0, "output_tokens": 0},
         "has_visual": has_visual,
         "current_clue": None,

@@ -19,9 +19,10 @@ from langgraph.types import interrupt
 
 from graph.context import Context
 from graph.inputs import candidate_key
-from graph.progress import emit
+from graph.progress import emit, record
 from graph.state import State
 from tools.errors import ConfigError
+from tools.texts import entity_ref
 
 HOW = ("resume with 'accept' (keep the proposed answer), 'nil', a candidate's qid or name, "
        "or {'qid': ...} / {'name': ...}")
@@ -51,9 +52,9 @@ def review(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             payload = {**payload, "error": str(exc)}
     status = "reviewed" if entity is not None else "nil"
     entry = {"step": "review", "round": state["round"], "decision": decision, "note": note, "status": status,
-             "entity": {"qid": entity.get("qid"), "name": entity["name"]} if entity else None}
-    emit("final", status=status, entity=entry["entity"], stop_round=state["round"])
-    return {"entity": entity, "status": status, "trace": [*state["trace"], entry]}
+             "entity": entity_ref(entity)}
+    return {"entity": entity, "status": status,
+            "trace": record(entry, "final", status=status, entity=entry["entity"], stop_round=state["round"])}
 
 
 def _has_checkpointer() -> bool:

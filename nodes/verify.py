@@ -15,9 +15,10 @@ from langgraph.runtime import Runtime
 
 from graph.context import Context, resolve_context
 from graph.edges import next_after_verify
-from graph.progress import emit
 from graph.inputs import candidate_key
+from graph.progress import record
 from graph.state import State
+from tools.texts import entity_ref
 from tools.verify import get_scorer, text_scorer
 
 
@@ -26,7 +27,7 @@ def verify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = resolve_context(runtime)
     answer = state.get("answer")
     entry: dict[str, Any] = {"step": "verify", "round": state["round"], "clue": state.get("current_clue"),
-                             "pick": {"qid": answer.get("qid"), "name": answer["name"]} if answer else None}
+                             "pick": entity_ref(answer)}
     cache = dict(state.get("verification_cache") or {})
     score = None
     if not state.get("has_visual"):
@@ -52,8 +53,7 @@ def verify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
                       "verification_score": score, "verified": verdict == "verified"}]
     next_step = next_after_verify({**state, "verdict": verdict}, ctx)
     next_clue = ctx.clue_order[state.get("clue_index", 0)] if next_step == "clue_round" else None
-    emit("verification", round=state["round"], pick=entry["pick"], score=score, verdict=verdict,
-         threshold=entry.get("verification_threshold"), passed=verdict == "verified", next=next_step,
-         next_clue=next_clue)
-    return {"verdict": verdict, "round_answers": round_answers,
-            "verification_cache": cache, "trace": [*state["trace"], entry]}
+    return {"verdict": verdict, "round_answers": round_answers, "verification_cache": cache,
+            "trace": record(entry, "verification", round=state["round"], pick=entry["pick"], score=score,
+                            verdict=verdict, threshold=entry.get("verification_threshold"),
+                            passed=verdict == "verified", next=next_step, next_clue=next_clue)}

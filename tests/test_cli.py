@@ -33,9 +33,9 @@ def test_link_prints_entity_status_round_and_trace(capsys):
     assert result["entity"] == {"qid": "Q57665", "name": "Jens Stoltenberg"}
     assert result["status"] == "text_verified" and result["stop_round"] == 1
     steps = [t["step"] for t in result["trace"]]
-    assert steps == ["retrieve", "link", "verify", "final"]
-    assert result["trace"][1]["reflection_score"] is not None
-    assert result["trace"][2]["verification_score"] is not None
+    assert steps == ["retrieve", "link", "reflect", "verify", "final"]
+    assert result["trace"][2]["reflection_score"] is not None
+    assert result["trace"][3]["verification_score"] is not None
     chat = [r for r in server.requests if r["path"].endswith("/chat/completions")]
     assert chat[0]["model"] == "tiny-test-model" and chat[0]["temperature"] == 0
     assert "1. Jens Stoltenberg" in chat[0]["messages"][-1]["content"]

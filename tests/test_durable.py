@@ -84,7 +84,7 @@ def test_run_interrupted_mid_graph_resumes_from_its_last_completed_node(tmp_path
     assert out["status"] == "text_verified" and out["entity"]["qid"] == "Q41421"
     assert len(model.prompts) == 1  # retrieve, link and reflect were not run again
     assert scorer.calls == ["Michael Jordan"]
-    assert [t["step"] for t in out["trace"]] == ["retrieve", "link", "verify", "final"]
+    assert [t["step"] for t in out["trace"]] == ["retrieve", "link", "reflect", "verify", "final"]
 
 
 def test_interrupt_before_a_node_then_continue(tmp_path):

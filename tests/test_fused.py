@@ -180,7 +180,9 @@ def test_a_failed_reflection_costs_no_second_call(tmp_path):
     model = letter_model(A=-1.2, B=-1.0, C=-1.1)  # nothing is confident
     out = run(model, weights_file(tmp_path), confidence_threshold=0.9)
     assert len(model.calls) == 1 and len(links(out)) == 1
-    assert out["entity"]["qid"] == "Q2" and "kept, the round's most probable" in links(out)[0]["note"]
+    reflections = [t for t in out["trace"] if t["step"] == "reflect"]
+    assert len(reflections) == 1 and reflections[0]["pick"] == links(out)[0]["pick"]
+    assert out["entity"]["qid"] == "Q2" and "kept, the round's most probable" in reflections[0]["note"]
 
 
 def test_clue_rounds_rescore_with_clues_and_ask_again_with_the_clues_last(tmp_path):

@@ -31,6 +31,10 @@ def links(out):
     return [t for t in out["trace"] if t["step"] == "link"]
 
 
+def reflections(out):
+    return [t for t in out["trace"] if t["step"] == "reflect"]
+
+
 @pytest.fixture
 def image(tmp_path):
     path = tmp_path / "photo.png"
@@ -58,7 +62,9 @@ def test_rechoice_after_failed_reflection_excludes_the_pick():
     assert "Ruled out" not in model.prompts[0] and "3. Jordan River" in model.prompts[0]
     assert "Ruled out already (no longer in the list): Jordan River." in model.prompts[1]
     assert "Jordan River —" not in model.prompts[1] and "2. Jordan — country" in model.prompts[1]
-    first, second = links(out)
+    first, second = reflections(out)
+    assert [t["pick"]["name"] for t in links(out)] == [t["pick"]["name"] for t in reflections(out)] == [
+        "Jordan River", "Michael Jordan"]
     assert first["reflection_passed"] is False and second["reflection_passed"] is True
     assert first["reflection_score"] < 0.3 <= second["reflection_score"]
     assert out["status"] == "text_only"
@@ -68,9 +74,10 @@ def test_best_scoring_pick_kept_when_no_pick_passes():
     model = scripted("3", "2", "1", "1")
     out = run(model, alpha=0.99, max_rechoices=2)
     assert len(model.prompts) == 3  # one ask + two re-choices
-    scores = {t["pick"]["name"]: t["reflection_score"] for t in links(out)}
+    scores = {t["pick"]["name"]: t["reflection_score"] for t in reflections(out)}
+    assert len(scores) == len(links(out)) == 3
     assert out["entity"]["name"] == max(scores, key=scores.get) == "Michael Jordan"
-    assert "best-scoring pick kept" in links(out)[-1]["note"]
+    assert "best-scoring pick kept" in reflections(out)[-1]["note"]
 
 
 def test_verification_fails_until_the_nth_clue(image):
@@ -239,6 +246,23 @@ def test_durable_run_with_checkpointer():
     assert out["entity"]["name"] == "Michael Jordan"
     state = durable.get_state(cfg)
     assert state.values["status"] == "text_only" and not state.next
+
+
+def test_nodes_append_to_the_trace_and_a_new_input_starts_a_new_one():
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    durable = build_graph(checkpointer=InMemorySaver())
+    cfg = {"configurable": {"thread_id": "again"}}
+    ctx = Context(linker_mode="llm", linker_model=scripted("1", "2"), embedding_model=BagOfWordsEmbeddings(),
+                  reflection_threshold=0.0)
+    updates = [u for u in durable.stream(INPUT, cfg, context=ctx, stream_mode="updates")]
+    link_update = next(u["link_on_text"] for u in updates if "link_on_text" in u)
+    assert [t["step"] for t in link_update["trace"]] == ["link"]  # a node returns only its own entry
+    first = durable.get_state(cfg).values["trace"]
+    assert [t["step"] for t in first] == ["retrieve", "link", "reflect", "verify", "final"]
+    second = durable.invoke({**INPUT, "mention": "Bulls"}, cfg, context=ctx)
+    assert [t["step"] for t in second["trace"]] == ["retrieve", "link", "reflect", "verify", "final"]
+    assert second["trace"][1]["pick"]["name"] == "Jordan"
 
 
 def test_one_call_helper():

@@ -1,0 +1,28 @@
+"""How entities and mentions are written as text: one home for the strings every scorer embeds.
+
+``entity_text`` ("name. description") is what reflection, verification, the
+fused features and the baselines compare; ``query_text`` ("mention. context")
+is the text side of those comparisons; ``entity_ref`` is the short
+``{qid, name}`` form of an entity in traces and progress events.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def entity_text(entity: dict) -> str:
+    """Name and description of an entity as one string ("name. desc", or the name alone)."""
+    name = str(entity.get("name") or "").strip()
+    desc = str(entity.get("desc") or "").strip()
+    return f"{name}. {desc}" if desc else name
+
+
+def query_text(mention: str, context: str) -> str:
+    """A mention and its context as one string ("mention. context", or the mention alone)."""
+    return f"{mention}. {context}" if context else mention
+
+
+def entity_ref(entity: dict | None) -> dict[str, Any] | None:
+    """``{qid, name}`` of an entity (``qid`` may be ``None``); ``None`` for nil."""
+    return None if entity is None else {"qid": entity.get("qid"), "name": entity["name"]}
