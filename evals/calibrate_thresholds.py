@@ -19,7 +19,7 @@ import numpy as np
 
 from tools.clues.precomputed import describe_all, parse_image_desc
 from tools.embeddings import get_embedder
-from tools.verify import entity_text
+from tools.texts import entity_text
 
 
 def main() -> None:

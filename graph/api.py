@@ -12,7 +12,7 @@ def link(mention: str, context: str = "", *, image: str | None = None, candidate
     ``settings`` are :class:`graph.context.Context` fields, e.g.
     ``link("Jordan", "...", candidates=cands, linker_model="openai:gpt-4o-mini")``.
     """
-    from graph import graph
+    from graph.compiled import graph
     from graph.context import Context
 
     inputs: dict[str, Any] = {"mention": mention, "context": context}

@@ -9,11 +9,7 @@ from langgraph.runtime import Runtime
 from graph.context import Context, resolve_context
 from graph.progress import record
 from graph.state import State
-from tools.texts import entity_ref
-
-
-def _public(entity: dict | None) -> dict | None:
-    return None if entity is None else {k: entity[k] for k in ("qid", "name", "desc") if k in entity}
+from tools.texts import entity_public, entity_ref
 
 
 def finalize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -42,6 +38,6 @@ def finalize(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         status = "nil"
     entry = {"step": "final", "round": state["round"], "status": status,
              "entity": entity_ref(entity)}
-    return {"entity": _public(entity), "status": status, "stop_round": state["round"],
-            "round1_entity": _public(state.get("round1_entity")),
+    return {"entity": entity_public(entity), "status": status, "stop_round": state["round"],
+            "round1_entity": entity_public(state.get("round1_entity")),
             "trace": record(entry, "final", status=status, entity=entry["entity"], stop_round=state["round"])}

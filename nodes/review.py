@@ -22,7 +22,7 @@ from graph.inputs import candidate_key
 from graph.progress import emit, record
 from graph.state import State
 from tools.errors import ConfigError
-from tools.texts import entity_ref
+from tools.texts import entity_public, entity_ref
 
 HOW = ("resume with 'accept' (keep the proposed answer), 'nil', a candidate's qid or name, "
        "or {'qid': ...} / {'name': ...}")
@@ -39,7 +39,7 @@ def review(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         "mention": state["mention"], "context": state.get("context") or "", "proposed": proposed,
         "rounds": [{"round": r["round"], "clue": r["clue"], "verification_score": r["verification_score"],
                     "pick": r["entity"] and r["entity"]["name"]} for r in state.get("round_answers") or []],
-        "candidates": [{k: c[k] for k in ("qid", "name", "desc") if k in c} for c in state["candidates"]],
+        "candidates": [entity_public(c) for c in state["candidates"]],
         "how": HOW,
     }
     emit("review", proposed=proposed)
@@ -75,7 +75,7 @@ def resolve_decision(decision: Any, candidates: list[dict], proposed: dict | Non
         wanted = decision.strip()
         for c in candidates:
             if wanted == c.get("qid") or wanted.lower() == c["name"].lower():
-                public = {k: c[k] for k in ("qid", "name", "desc") if k in c}
+                public = entity_public(c)
                 same = proposed is not None and candidate_key(public) == candidate_key(proposed)
                 return public, "reviewer accepted the proposed answer" if same else f"reviewer picked {c['name']}"
     raise ValueError(f"review decision {decision!r} names no candidate; {HOW}")

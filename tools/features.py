@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from tools.verify import entity_text
+from tools.texts import entity_text, query_text
 
 TEXT_FEATURES = (
     "dense", "dense_gap", "dense_top", "list_first", "list_rank_inv",
@@ -102,7 +102,7 @@ def candidate_features(mention: str, context: str, candidates: list[dict], embed
     if n == 0:
         return out
     col = _COL
-    query = f"{mention}. {context}" if context else mention
+    query = query_text(mention, context)
     ents = [entity_text(c) for c in candidates]
     vecs = embedder.embed([query, *ents])
     dense = vecs[1:] @ vecs[0]

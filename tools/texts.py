@@ -3,7 +3,8 @@
 ``entity_text`` ("name. description") is what reflection, verification, the
 fused features and the baselines compare; ``query_text`` ("mention. context")
 is the text side of those comparisons; ``entity_ref`` is the short
-``{qid, name}`` form of an entity in traces and progress events.
+``{qid, name}`` form of an entity in traces and progress events, ``entity_public``
+the ``{qid, name, desc}`` form the graph returns.
 """
 
 from __future__ import annotations
@@ -26,3 +27,8 @@ def query_text(mention: str, context: str) -> str:
 def entity_ref(entity: dict | None) -> dict[str, Any] | None:
     """``{qid, name}`` of an entity (``qid`` may be ``None``); ``None`` for nil."""
     return None if entity is None else {"qid": entity.get("qid"), "name": entity["name"]}
+
+
+def entity_public(entity: dict | None) -> dict[str, Any] | None:
+    """``{qid, name, desc}`` of an entity (the keys it has), as the graph returns it; ``None`` for nil."""
+    return None if entity is None else {k: entity[k] for k in ("qid", "name", "desc") if k in entity}

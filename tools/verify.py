@@ -27,6 +27,7 @@ from tools.clues.precomputed import describe_all
 from tools.context_types import CLUE_TYPES
 from tools.embeddings import get_embedder
 from tools.specs import parse_spec
+from tools.texts import entity_text  # also imported from here by tools/verifiers/{clip,judge}.py
 
 VERIFIER_PROVIDERS = ("embedded", "clip", "judge")
 
@@ -40,13 +41,6 @@ class Scorer(Protocol):
     def score(self, entity: dict, *, image: str | None, image_desc: dict | None, ctx: Any) -> float:
         """Agreement of the image with ``entity`` (higher = more agreement)."""
         ...
-
-
-def entity_text(entity: dict) -> str:
-    """Name and description of an entity as one string."""
-    name = str(entity.get("name") or "").strip()
-    desc = str(entity.get("desc") or "").strip()
-    return f"{name}. {desc}" if desc else name
 
 
 class TextEmbeddingScorer:
