@@ -155,10 +155,10 @@ def test_human_review_interrupt_is_resumed_over_the_api(client, assistant, model
 
 
 def readme_sdk_example() -> str:
-    """The Python block of the README that follows the ``sdk-example`` marker."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+    """The Python block of docs/studio.md (linked from the README) that follows the ``sdk-example`` marker."""
+    text = (REPO / "docs" / "studio.md").read_text(encoding="utf-8")
     found = re.search(r"<!-- sdk-example[^>]*-->\s*```python\n(.*?)```", text, flags=re.S)
-    assert found, "README.md: no sdk-example block"
+    assert found, "docs/studio.md: no sdk-example block"
     return found.group(1)
 
 
@@ -166,7 +166,7 @@ def test_readme_sdk_example_runs_against_the_server(server, capsys):
     code = readme_sdk_example()
     assert 'url="http://127.0.0.1:2024"' in code
     namespace: dict = {}
-    exec(compile(code.replace("http://127.0.0.1:2024", server.url), "README sdk-example", "exec"), namespace)
+    exec(compile(code.replace("http://127.0.0.1:2024", server.url), "docs/studio.md sdk-example", "exec"), namespace)
     out, printed = namespace["out"], capsys.readouterr().out
     assert out["entity"]["qid"] == "Q810" and out["status"] == "text_only"  # no image: the text answer stands
     assert "node retrieve_candidates" in printed and "'event': 'final'" in printed
