@@ -78,6 +78,9 @@ class OutputState(TypedDict, total=False):
     clues: Annotated[list[dict[str, Any]], doc("Visual clues gathered, in order (type, text, source, details).")]
     usage: Annotated[dict[str, Any], doc("LLM calls and input/output tokens spent on this input.")]
     round1_entity: Annotated[Optional[Candidate], doc("The text round's answer (the reference fallback).")]
+    warnings: Annotated[list[str], doc(
+        "What was degraded, each naming the image: an image that could not be used (dropped at the entry, "
+        "the mention linked on its text), a clue tool or verifier that failed on it (skipped).")]
 
 
 class State(InputState, OutputState, total=False):

@@ -8,8 +8,8 @@ from graph.context import Context
 from graph.progress import emit
 from graph.state import State
 from nodes.routing import next_clue_step
-from tools.clues import Clue, extract_clue
-from tools.errors import I2CRError
+from tools.clues import Clue, extract_clue, failure_note
+from tools.errors import ConfigError, ModelError
 
 
 def run_clue(clue_type: str, state: State, ctx: Context) -> dict[str, Any]:
@@ -27,13 +27,13 @@ def run_clue(clue_type: str, state: State, ctx: Context) -> dict[str, Any]:
     try:
         clue = extract_clue(clue_type, image=state.get("image"), image_desc=state.get("image_desc"),
                             ctx=ctx, gathered=gathered)
-    except I2CRError:
-        raise
-    except Exception as exc:  # one image defeating one tool must not end the run
-        entry.update(round=state["round"], note=f"{clue_type} tool failed: {type(exc).__name__}: {exc}; skipped")
+    except (ConfigError, ModelError):
+        raise  # a bad setting or a model that cannot be loaded stops the run
+    except Exception as exc:  # one image defeating one tool must not end the run (names tool and image)
+        entry.update(round=state["round"], note=f"{failure_note(clue_type, state.get('image'), exc, ctx)}; skipped")
         emit("clue", clue=clue_type, text="", source=None, empty=True, note=entry["note"])
         return {"clue_index": clue_index, "next_step": next_clue_step(state, ctx, clue_index),
-                "trace": [*state["trace"], entry]}
+                "trace": [*state["trace"], entry], "warnings": [*(state.get("warnings") or []), entry["note"]]}
     entry.update(text=clue.text, source=clue.source)
     emit("clue", clue=clue_type, text=clue.text, source=clue.source, empty=not clue.text)
     if not clue.text:

@@ -19,7 +19,7 @@ from graph.state import State
 def retrieve_candidates(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Check the input and fix the candidate list for all later rounds."""
     ctx = resolve_context(runtime)
-    clean = validate_input(state)
+    clean = validate_input(state, strict_image=ctx.strict_image)
     source = "input"
     if not clean["candidates"]:
         from tools.kb import retrieve_candidates as kb_retrieve
@@ -37,7 +37,8 @@ def retrieve_candidates(state: State, runtime: Runtime[Context]) -> dict[str, An
         "excluded": [],
         "attempts": [],
         "round_answers": [],
-        "trace": [{"round": 1, "step": "retrieve", "note": f"{len(clean['candidates'])} candidates from {source}"}],
+        "trace": [*({"round": 1, "step": "input", "note": w} for w in clean["warnings"]),
+                  {"round": 1, "step": "retrieve", "note": f"{len(clean['candidates'])} candidates from {source}"}],
         "usage": {"llm_calls": 0, "input_tokens": 0, "output_tokens": 0},
         "has_visual": has_visual,
         "current_clue": None,
