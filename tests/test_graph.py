@@ -177,7 +177,6 @@ def test_numbers_refer_to_the_list_shown_in_each_attempt():
     ({"context": None}, "context: missing"),
     ({"candidates": [{"qid": "Q1", "desc": "no name"}]}, "candidates[0]: candidate has no name"),
     ({"candidates": "Jordan"}, "candidates: expected a list"),
-    ({"image": "/no/such/photo.jpg"}, "image: file not found: /no/such/photo.jpg"),
     ({"image_desc": "{not a dict"}, "image_desc:"),
 ])
 def test_invalid_input_is_a_clear_error(inputs, message):
@@ -185,11 +184,14 @@ def test_invalid_input_is_a_clear_error(inputs, message):
         run(scripted("1"), inputs=inputs)
 
 
-def test_unreadable_image_is_a_clear_error(tmp_path):
+def test_unusable_image_is_a_clear_error_with_strict_image(tmp_path):
+    # without strict_image it is dropped with a warning (tests/test_hostile_images.py)
+    with pytest.raises(InputError, match="image: file not found: /no/such/photo.jpg"):
+        run(scripted("1"), inputs={"image": "/no/such/photo.jpg"}, strict_image=True)
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
-    with pytest.raises(InputError, match="not a readable image"):
-        run(scripted("1"), inputs={"image": str(bad)})
+    with pytest.raises(InputError, match="not an image format Pillow can read"):
+        run(scripted("1"), inputs={"image": str(bad)}, strict_image=True)
 
 
 def test_model_failure_names_the_model():

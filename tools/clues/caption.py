@@ -118,6 +118,8 @@ def compose(image_path: str, ctx: Any, gathered: dict[str, Clue]) -> Clue:
     """The offline caption: the other clues of the image written as one line."""
     from tools.clues import extract_clue
 
+    if any(t not in gathered for t in COMPOSED_FROM):
+        load_image(image_path)  # an unusable image fails the caption itself, not just its parts
     clues = {}
     skipped = []
     for clue_type in COMPOSED_FROM:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import stat
 import threading
 import warnings
@@ -163,8 +164,10 @@ def _decode(path: str) -> Image.Image:
         with warnings.catch_warnings():  # our own limits decide; Pillow's bomb warning would only be noise
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             opened = Image.open(path)
-    except Image.DecompressionBombError as exc:
-        raise UnusableImage(path, f"too large ({exc})") from None
+    except Image.DecompressionBombError as exc:  # far over our own limit too: say it in our words
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)):,} pixels" if found else describe_exc(exc)
+        raise UnusableImage(path, f"too large ({size}; the limit is {MAX_PIXELS:,})") from None
     except UnidentifiedImageError:
         raise UnusableImage(path, _sniff(path) or "not an image format Pillow can read") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
