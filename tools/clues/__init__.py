@@ -56,6 +56,8 @@ def extract_clue(clue_type: str, *, image: str | None, image_desc: dict | None, 
     try:
         return module.extract(image, ctx, gathered)
     except ImageToolError as exc:
+        if exc.image:
+            raise
         raise exc.with_image(image) from exc
     except UnusableImage as exc:
         raise ImageToolError(tool_name(clue_type, ctx), exc.reason, image) from exc
