@@ -147,6 +147,7 @@ def evaluate_one(graph: Any, ex: Example, ctx: Context, score_baselines: Callabl
                             "embedding_error": f"{type(exc).__name__}: {exc}"}
     if ex.gold is not None and ex.inputs.get("candidates"):
         rec["gold_in_candidates"] = any(match(baselines.public(c), ex.gold) for c in ex.inputs["candidates"])
+    rec["warnings"] = out.get("warnings") or []
     rec["trace"] = out.get("trace") or []
     rec["clues"] = [{k: c.get(k) for k in ("type", "text", "source")} for c in out.get("clues") or []]
     if error:

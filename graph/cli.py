@@ -1,6 +1,6 @@
 """The ``i2cr`` command line.
 
-    i2cr link --mention M --context C [--image PATH] [--candidates FILE.json] [--set key=value ...]
+    i2cr link --mention M --context C [--image PATH [--strict-image]] [--candidates FILE.json] [--set key=value ...]
     i2cr kb ingest FILE.jsonl | i2cr kb search "Jordan" --context "..." -k 10 | i2cr kb count
     i2cr eval DATA.json --labels LABELS.json [--sample N --seed S] [--limit N] [--images DIR]
               [--concurrency C] [--set key=value ...] [--retry-errors] --out run/
@@ -66,6 +66,8 @@ def _link(args: argparse.Namespace) -> int:
     settings = parse_settings(args.set or [])
     if args.model:
         settings["linker_model"] = args.model
+    if args.strict_image:
+        settings["strict_image"] = True
     ctx = Context(**settings)
     out = graph.invoke(inputs, context=ctx)
     result = {
@@ -76,8 +78,11 @@ def _link(args: argparse.Namespace) -> int:
         "round1_entity": None if not out.get("round1_entity") else {k: out["round1_entity"].get(k) for k in ("qid", "name")},
         "usage": out.get("usage"),
         "clues": out.get("clues"),
+        "warnings": out.get("warnings") or [],
         "trace": out["trace"],
     }
+    for warning in result["warnings"]:
+        print(f"i2cr: warning: {warning}", file=sys.stderr)
     print(json.dumps(result, indent=None if args.compact else 2, ensure_ascii=False))
     return 0
 
@@ -88,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     link = sub.add_parser("link", help="link one mention and print the result as JSON")
     link.add_argument("--mention", required=True)
     link.add_argument("--context", default="", help="text around the mention")
-    link.add_argument("--image", help="image file that goes with the text")
+    link.add_argument("--image", help="image file that goes with the text (an unusable one is dropped with a "
+                                      "warning on stderr and the mention is linked on its text)")
+    link.add_argument("--strict-image", action="store_true",
+                      help="an unusable --image is an error (exit 2) instead of a warning")
     link.add_argument("--candidates", help="JSON file: a list of {qid, name, desc}, or an I2CR record")
     link.add_argument("--image-desc", help="JSON file with precomputed image descriptions (Azure format)")
     link.add_argument("--model", help="linker model spec (shortcut for --set linker_model=...)")

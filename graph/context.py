@@ -192,6 +192,12 @@ class Context:
                   "'accept', 'nil' or a candidate's qid or name. Needs a checkpointer (the "
                   "LangGraph server and Studio have one)."},
     )
+    strict_image: bool = field(
+        default=False,
+        metadata={"description": "An image that cannot be used (missing, unreadable, too large...) is an "
+                  "input error (True) instead of being dropped with a warning, the mention linked on its "
+                  "text (False, default)."},
+    )
     use_precomputed_clues: bool = field(
         default=True,
         metadata={"description": "Use image descriptions the record carries (e.g. WikiMEL's "

@@ -1,7 +1,7 @@
 """Where the graph goes after each node that branches: the method's loop, in one place.
 
     reflect    → link_on_text (the pick was ruled out: choose again) | verify (the round has its answer)
-    verify     → finalize (verified, no image, or no clue round left) | clue_round
+    verify     → finalize (verified, no image, the verifier cannot use it, or no clue round left) | clue_round
     clue_round → link_on_text (a clue opened a new round) | finalize (every clue left was empty)
     finalize   → review (``human_review`` on and no round verified) | END
 
@@ -33,7 +33,7 @@ def after_reflection(state: State) -> Literal["link_on_text", "verify"]:
 
 def next_after_verify(state: State, ctx: Context) -> Literal["clue_round", "finalize"]:
     """``after_verify`` with the settings given (the verify node names it in its progress event)."""
-    if state.get("verdict") in ("verified", "no_visual") or not clue_rounds_left(state, ctx):
+    if state.get("verdict") in ("verified", "no_visual", "unverifiable") or not clue_rounds_left(state, ctx):
         return "finalize"
     return "clue_round"
 

@@ -49,8 +49,14 @@ def normalize_candidates(raw: Any, *, where: str = "candidates") -> list[dict]:
     return out
 
 
-def validate_input(state: dict) -> dict:
-    """Return the normalised input fields, or raise ``InputError`` naming what is wrong."""
+def validate_input(state: dict, *, strict_image: bool = False) -> dict:
+    """Return the normalised input fields, or raise ``InputError`` naming what is wrong.
+
+    The image is checked here, once (``check_image``): an image that cannot be used is
+    dropped (``image`` None) and the reason, naming the file, is added to ``warnings``, so
+    the mention is linked on its text (and its precomputed descriptions, if any) and every
+    later stage sees a usable image or none. With ``strict_image`` it is an ``InputError``.
+    """
     label = f"input {state['id']!r}: " if state.get("id") else ""
     mention = state.get("mention")
     if not isinstance(mention, str) or not mention.strip():
@@ -61,6 +67,11 @@ def validate_input(state: dict) -> dict:
     context = state["context"]
     if not isinstance(context, str):
         raise InputError(f"{label}context: must be a string, got {type(context).__name__}")
+    try:
+        image_desc = parse_image_desc(state.get("image_desc"))
+    except ValueError as exc:
+        raise InputError(f"{label}image_desc: {exc}") from None
+    warnings: list[str] = []
     image = state.get("image")
     if image in ("", None):
         image = None
@@ -68,23 +79,28 @@ def validate_input(state: dict) -> dict:
         raise InputError(f"{label}image: must be a file path, got {type(image).__name__}")
     else:
         image = os.fspath(image)
-        if not os.path.isfile(image):
-            raise InputError(f"{label}image: file not found: {image}")
-        _check_image(image, label)
-    try:
-        image_desc = parse_image_desc(state.get("image_desc"))
-    except ValueError as exc:
-        raise InputError(f"{label}image_desc: {exc}") from None
+        problem = check_image(image)
+        if problem is not None:
+            if strict_image:
+                raise InputError(f"{label}{problem} (strict_image is on)")
+            on = "its text and the precomputed image description" if image_desc else "its text"
+            warnings.append(f"{problem}; image not used, the mention is linked on {on}")
+            image = None
     candidates = normalize_candidates(state.get("candidates"), where=f"{label}candidates")
     return {"mention": mention.strip(), "context": context.strip(), "image": image,
-            "image_desc": image_desc, "candidates": candidates}
+            "image_desc": image_desc, "candidates": candidates, "warnings": warnings}
 
 
-def _check_image(path: str, label: str) -> None:
-    from PIL import Image, UnidentifiedImageError
+def check_image(path: str) -> str | None:
+    """Why the image file ``path`` cannot be used (``'image: <what is wrong>: <path>'``), or None when it can.
+
+    The file is decoded in full, so a truncated or corrupt body is found here rather than by a tool;
+    the limits (size, side, aspect ratio) are those of ``tools.clues.image_io``.
+    """
+    from tools.clues.image_io import load_image
 
     try:
-        with Image.open(path) as img:
-            img.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"{label}image: not a readable image: {path} ({exc})") from None
+        load_image(path)
+    except InputError as exc:
+        return str(exc)
+    return None

@@ -64,6 +64,9 @@ class OutputState(TypedDict, total=False):
     clues: Annotated[list[dict[str, Any]], doc("Visual clues gathered, in order (type, text, source, details).")]
     usage: Annotated[dict[str, Any], doc("LLM calls and input/output tokens spent on this input.")]
     round1_entity: Annotated[Optional[Candidate], doc("The text round's answer (the reference fallback).")]
+    warnings: Annotated[list[str], doc(
+        "What was degraded, each naming the image: an image that could not be used (dropped at the entry, "
+        "the mention linked on its text), a clue tool or verifier that failed on it (skipped).")]
 
 
 class State(InputState, OutputState, total=False):
@@ -80,7 +83,9 @@ class State(InputState, OutputState, total=False):
     round_answers: Annotated[list[dict[str, Any]], doc(
         "Per round: {round, clue, entity, verification_score, verified}.")]
     has_visual: Annotated[bool, doc("Whether there is an image or an image description to verify against.")]
-    verdict: Annotated[Literal["verified", "failed", "no_visual"], doc("Outcome of the latest verification.")]
+    verdict: Annotated[Literal["verified", "failed", "no_visual", "unverifiable"], doc(
+        "Outcome of the latest verification (unverifiable: the verifier could not use the image, "
+        "after round 1).")]
     round_scores: Annotated[Optional[dict[str, Any]], doc(
         "Fused linker: this round's distribution over the candidates {round, keys, prior, probs, gated, llm}.")]
     verification_cache: Annotated[dict[str, float], doc(

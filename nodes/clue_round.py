@@ -16,8 +16,8 @@ from langgraph.runtime import Runtime
 from graph.context import Context, resolve_context
 from graph.progress import emit, record
 from graph.state import State
-from tools.clues import Clue, extract_clue
-from tools.errors import I2CRError
+from tools.clues import Clue, extract_clue, failure_note
+from tools.errors import ConfigError, ModelError
 
 
 def clue_round(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -33,11 +33,14 @@ def clue_round(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     gathered = {c["type"]: Clue.from_dict(c) for c in state.get("clues") or []}
     index = state.get("clue_index", 0)
     trace: list[dict[str, Any]] = []
+    warnings = list(state.get("warnings") or [])
     while index < len(ctx.clue_order):
         clue_type = ctx.clue_order[index]
         index += 1
         recorded, clue = _extract(clue_type, state, ctx, gathered)
         trace += recorded
+        if clue is None:  # the tool failed on this image: a warning too
+            warnings.append(recorded[-1]["note"])
         if clue is not None and clue.text:
             return {
                 "clue_index": index,
@@ -48,8 +51,10 @@ def clue_round(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
                 "attempts": [],
                 "excluded": [],
                 "trace": trace,
+                **({"warnings": warnings} if warnings != (state.get("warnings") or []) else {}),
             }
-    return {"clue_index": index, "trace": trace}
+    return {"clue_index": index, "trace": trace,
+            **({"warnings": warnings} if warnings != (state.get("warnings") or []) else {})}
 
 
 def _extract(clue_type: str, state: State, ctx: Context, gathered: dict) -> tuple[list[dict[str, Any]], Clue | None]:
@@ -59,10 +64,10 @@ def _extract(clue_type: str, state: State, ctx: Context, gathered: dict) -> tupl
     try:
         clue = extract_clue(clue_type, image=state.get("image"), image_desc=state.get("image_desc"),
                             ctx=ctx, gathered=gathered)
-    except I2CRError:
-        raise
-    except Exception as exc:  # one image defeating one tool must not end the run
-        entry.update(round=state["round"], note=f"{clue_type} tool failed: {type(exc).__name__}: {exc}; skipped")
+    except (ConfigError, ModelError):
+        raise  # a bad setting or a model that cannot be loaded stops the run
+    except Exception as exc:  # one image defeating one tool must not end the run (names tool and image)
+        entry.update(round=state["round"], note=f"{failure_note(clue_type, state.get('image'), exc, ctx)}; skipped")
         return record(entry, "clue", clue=clue_type, text="", source=None, empty=True, note=entry["note"]), None
     entry.update(text=clue.text, source=clue.source)
     if not clue.text:

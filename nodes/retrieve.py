@@ -20,7 +20,7 @@ from graph.state import State
 def retrieve_candidates(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Check the input and fix the candidate list for all later rounds."""
     ctx = resolve_context(runtime)
-    clean = validate_input(state)
+    clean = validate_input(state, strict_image=ctx.strict_image)
     source = "input"
     if not clean["candidates"]:
         from tools.kb import retrieve_candidates as kb_retrieve
@@ -39,7 +39,8 @@ def retrieve_candidates(state: State, runtime: Runtime[Context]) -> dict[str, An
         "attempts": [],
         "round_answers": [],
         # a new input starts a new trace, also on a thread that ran before (Overwrite bypasses the append)
-        "trace": Overwrite(record(entry, "candidates", count=len(clean["candidates"]), source=source)),
+        "trace": Overwrite([*({"round": 1, "step": "input", "note": w} for w in clean["warnings"]),
+                            *record(entry, "candidates", count=len(clean["candidates"]), source=source)]),
         "usage": {"llm_calls": 0, "input_tokens": 0, "output_tokens": 0},
         "has_visual": has_visual,
         "current_clue": None,

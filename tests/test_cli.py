@@ -59,7 +59,8 @@ def test_link_reports_bad_input_in_one_line(capsys, tmp_path):
 
 def test_script_exit_status_and_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "graph.cli", "link", "--mention", "X", "--context", "y",
-                           "--image", str(tmp_path / "missing.jpg")], capture_output=True, text=True, timeout=120, cwd=ROOT)
+                           "--image", str(tmp_path / "missing.jpg"), "--strict-image"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 2
     assert "image: file not found" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -184,7 +184,6 @@ def test_numbers_refer_to_the_list_shown_in_each_attempt():
     ({"context": None}, "context: missing"),
     ({"candidates": [{"qid": "Q1", "desc": "no name"}]}, "candidates[0]: candidate has no name"),
     ({"candidates": "Jordan"}, "candidates: expected a list"),
-    ({"image": "/no/such/photo.jpg"}, "image: file not found: /no/such/photo.jpg"),
     ({"image_desc": "{not a dict"}, "image_desc:"),
 ])
 def test_invalid_input_is_a_clear_error(inputs, message):
@@ -192,11 +191,14 @@ def test_invalid_input_is_a_clear_error(inputs, message):
         run(scripted("1"), inputs=inputs)
 
 
-def test_unreadable_image_is_a_clear_error(tmp_path):
+def test_unusable_image_is_a_clear_error_with_strict_image(tmp_path):
+    # without strict_image it is dropped with a warning (tests/test_hostile_images.py)
+    with pytest.raises(InputError, match="image: file not found: /no/such/photo.jpg"):
+        run(scripted("1"), inputs={"image": "/no/such/photo.jpg"}, strict_image=True)
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
-    with pytest.raises(InputError, match="not a readable image"):
-        run(scripted("1"), inputs={"image": str(bad)})
+    with pytest.raises(InputError, match="not an image format Pillow can read"):
+        run(scripted("1"), inputs={"image": str(bad)}, strict_image=True)
 
 
 def test_model_failure_names_the_model():
@@ -336,3 +338,21 @@ def test_each_node_module_imports_on_its_own(module):
                           capture_output=True, text=True, cwd=str(Path(__file__).resolve().parents[1]), timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert int(done.stdout.strip()) > 5
+
+
+def test_a_verifier_that_cannot_use_the_image_in_a_clue_round_ends_the_run_on_the_fallback():
+    class FailsLater:
+        name, default_threshold, calls = "flaky", 0.5, 0
+
+        def score(self, entity, *, image, image_desc, ctx):
+            FailsLater.calls += 1
+            if FailsLater.calls > 1:
+                raise InputError("image: verifier 'flaky' cannot use it")
+            return 0.0
+
+    out = run(scripted("2", "1", "1"), FailsLater(), {"image_desc": DESC})
+    verifies = [t for t in out["trace"] if t["step"] == "verify"]
+    assert len(verifies) == 2 and "not verified, the text answer stands" in verifies[1]["note"]
+    assert out["status"] == "fallback" and out["stop_round"] == 2 and out["entity"]["name"] == "Jordan"
+    assert len([t for t in out["trace"] if t["step"] == "clue"]) == 1  # no clue round after it
+    assert out["warnings"] == [verifies[1]["note"]]

@@ -12,6 +12,10 @@
 * ``judge:<chat model spec>`` — a vision-capable chat model asked for a 0–1
   score (``tools/verifiers/judge.py``).
 
+A scorer that cannot use an image raises an ``InputError`` naming it (an
+``UnusableImage`` or an ``ImageToolError``); the verify node then notes it and
+lets the text answer stand. A model that cannot be loaded is a ``ModelError``.
+
 Every scorer has ``name``, ``default_threshold`` and
 ``score(entity, image=..., image_desc=..., ctx=...) -> float``.
 """
@@ -22,7 +26,7 @@ import threading
 from functools import lru_cache
 from typing import Any, Protocol
 
-from tools.clues import extract_clue
+from tools.clues import ImageToolError, extract_clue
 from tools.clues.precomputed import describe_all
 from tools.context_types import CLUE_TYPES
 from tools.embeddings import get_embedder
@@ -68,7 +72,11 @@ class TextEmbeddingScorer:
                 return self._image_text[image]
         gathered: dict = {}
         for clue_type in CLUE_TYPES:
-            gathered[clue_type] = extract_clue(clue_type, image=image, image_desc=None, ctx=ctx, gathered=gathered)
+            try:
+                gathered[clue_type] = extract_clue(clue_type, image=image, image_desc=None, ctx=ctx,
+                                                   gathered=gathered)
+            except ImageToolError:  # a tool this image defeats is left out (its clue round notes it)
+                continue
         text = ". ".join(c.text for c in gathered.values() if c.text)
         with self._lock:
             self._image_text[image] = text

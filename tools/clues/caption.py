@@ -21,7 +21,7 @@ from functools import lru_cache
 from typing import Any
 
 from tools.clues.base import Clue
-from tools.clues.image_io import image_data_url, load_image
+from tools.clues.image_io import ImageToolError, describe_exc, image_data_url, load_image
 from tools.errors import ModelError
 from tools.specs import parse_spec
 
@@ -96,7 +96,7 @@ def _huggingface(image_path: str, name: str) -> Clue:
         else:
             out = captioner(images=img, text="", max_new_tokens=MAX_NEW_TOKENS)
     except Exception as exc:
-        raise ModelError(f"caption_model 'huggingface:{name}' failed: {type(exc).__name__}: {exc}") from exc
+        raise ImageToolError(f"caption tool 'huggingface:{name}'", describe_exc(exc), image_path) from exc
     text = _generated_text(out)
     return Clue("caption", text, f"huggingface:{name} ({captioner.task})", {})
 
@@ -118,11 +118,18 @@ def compose(image_path: str, ctx: Any, gathered: dict[str, Clue]) -> Clue:
     """The offline caption: the other clues of the image written as one line."""
     from tools.clues import extract_clue
 
+    if any(t not in gathered for t in COMPOSED_FROM):
+        load_image(image_path)  # an unusable image fails the caption itself, not just its parts
     clues = {}
+    skipped = []
     for clue_type in COMPOSED_FROM:
         clue = gathered.get(clue_type)
         if clue is None:
-            clue = extract_clue(clue_type, image=image_path, image_desc=None, ctx=ctx, gathered=gathered)
+            try:
+                clue = extract_clue(clue_type, image=image_path, image_desc=None, ctx=ctx, gathered=gathered)
+            except ImageToolError as exc:  # one tool defeated by this image: compose from the others
+                clue = Clue(clue_type, "", "none", {"reason": str(exc)})
+                skipped.append(str(exc))
         clues[clue_type] = clue
     parts = []
     if clues["objects"].text:
@@ -134,8 +141,10 @@ def compose(image_path: str, ctx: Any, gathered: dict[str, Clue]) -> Clue:
         parts.append(f"text: '{_shorten(clues['ocr'].text)}'")
     text = ("a picture with: " + "; ".join(parts)) if parts else ""
     used = ", ".join(f"{t} ({c.source})" for t, c in clues.items() if c.text)
-    return Clue("caption", text, "composed from the other clues (not a captioning model)",
-                {"composed_from": used or "nothing found"})
+    details = {"composed_from": used or "nothing found"}
+    if skipped:
+        details["skipped"] = skipped
+    return Clue("caption", text, "composed from the other clues (not a captioning model)", details)
 
 
 def _without(scene: str, objects: str) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.clues.base import Clue
-from tools.clues.image_io import load_image
+from tools.clues.image_io import ImageToolError, describe_exc, load_image
 from tools.errors import ModelError
 from tools.specs import parse_spec
 
@@ -190,7 +190,7 @@ def _huggingface(img, name: str, ctx: Any) -> Clue:
         else:
             raw = detector(img, threshold=floor)
     except Exception as exc:
-        raise ModelError(f"object_model 'huggingface:{name}' failed: {type(exc).__name__}: {exc}") from exc
+        raise ImageToolError(f"objects tool 'huggingface:{name}'", describe_exc(exc)) from exc
     detections = [{"label": str(d["label"]), "confidence": round(float(d["score"]), 4),
                    "box": [float(d["box"][k]) for k in ("xmin", "ymin", "xmax", "ymax")]}
                   for d in raw if float(d["score"]) >= floor]

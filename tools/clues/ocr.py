@@ -20,7 +20,7 @@ from functools import lru_cache
 from typing import Any
 
 from tools.clues.base import Clue
-from tools.clues.image_io import load_image
+from tools.clues.image_io import ImageToolError, describe_exc, load_image
 from tools.errors import ConfigError, ModelError
 
 OCR_MIN_CONFIDENCE = 0.7
@@ -94,8 +94,8 @@ def _rapidocr_lines(img) -> list[dict]:
     try:
         # BGR array: what rapidocr expects from OpenCV-style inputs
         result = engine(np.ascontiguousarray(np.asarray(img)[:, :, ::-1]))
-    except Exception as exc:
-        raise ModelError(f"ocr_engine 'rapidocr' failed: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # e.g. ResizeImgError (empty message) on a strip of a picture
+        raise ImageToolError("ocr tool 'rapidocr'", describe_exc(exc)) from exc
     boxes, texts, scores = getattr(result, "boxes", None), getattr(result, "txts", None), getattr(result, "scores", None)
     if boxes is None or texts is None:
         return []
@@ -118,8 +118,12 @@ def _tesseract_lines(img, lang: str) -> list[dict]:
                           "(pip install pytesseract; apt-get install tesseract-ocr)") from exc
     try:
         data = pytesseract.image_to_data(img, lang=lang, output_type=pytesseract.Output.DICT)
-    except Exception as exc:  # TesseractNotFoundError, missing language data...
-        raise ModelError(f"ocr_engine 'tesseract:{lang}' failed: {type(exc).__name__}: {exc}") from exc
+    except getattr(pytesseract, "TesseractNotFoundError", ()) as exc:  # no binary: cannot run on any image
+        raise ModelError(f"ocr_engine 'tesseract:{lang}' cannot run: {describe_exc(exc)}") from exc
+    except Exception as exc:
+        if "language" in str(exc).lower() or "traineddata" in str(exc).lower():  # missing language data
+            raise ModelError(f"ocr_engine 'tesseract:{lang}' cannot run: {describe_exc(exc)}") from exc
+        raise ImageToolError(f"ocr tool 'tesseract:{lang}'", describe_exc(exc)) from exc
     grouped: dict[tuple, list[int]] = {}
     for i, word in enumerate(data.get("text", [])):
         try:

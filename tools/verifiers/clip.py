@@ -11,7 +11,8 @@ CLIP needs an image file (``needs_image``): for a record with only a
 precomputed description, the verify node uses the embedded text scorer and
 its own threshold instead (CLIP's text-to-text cosines are not comparable with
 its image-to-text ones). Called directly without an image, ``score`` does the
-same; with neither image nor description it is 0.0.
+same; with neither image nor description it is 0.0. An image it cannot use is
+an ``InputError`` naming the file (the verify node notes it and goes on).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from tools.clues.image_io import image_key, load_image
+from tools.clues.image_io import ImageToolError, describe_exc, image_key, load_image
 from tools.errors import InputError, ModelError
 
 _lock = threading.Lock()
@@ -116,8 +117,12 @@ class ClipScorer:
     def _model(self):
         return load_clip(self.model_name)
 
-    def _cached(self, cache: dict, key: Any, limit: int, compute: Any, what: str) -> np.ndarray:
-        """``cache[key]``, computing it with ``compute()`` on a miss (model errors name ``what``)."""
+    def _cached(self, cache: dict, key: Any, limit: int, compute: Any, image: str | None = None) -> np.ndarray:
+        """``cache[key]``, computing it with ``compute()`` on a miss.
+
+        A failure on an ``image`` is an ``ImageToolError`` naming it (the run goes on without
+        verification); on a text it is a ``ModelError``.
+        """
         with self._cache_lock:
             if key in cache:
                 return cache[key]
@@ -126,7 +131,9 @@ class ClipScorer:
         except (InputError, ModelError):
             raise
         except Exception as exc:
-            raise ModelError(f"verifier '{self.name}' failed on {what}: {type(exc).__name__}: {exc}") from exc
+            if image is not None:
+                raise ImageToolError(f"verifier '{self.name}'", describe_exc(exc), image) from exc
+            raise ModelError(f"verifier '{self.name}' failed on text: {describe_exc(exc)}") from exc
         with self._cache_lock:
             if len(cache) > limit:
                 cache.clear()
@@ -140,7 +147,7 @@ class ClipScorer:
             model, processor = self._model()
             return embed_images(model, processor, [img])[0]
 
-        return self._cached(self._image_cache, image_key(image), 4096, compute, f"image {image}")
+        return self._cached(self._image_cache, image_key(image), 4096, compute, image)
 
     def text_embedding(self, text: str) -> np.ndarray:
         """Unit CLIP embedding of a text (cached)."""
@@ -148,7 +155,7 @@ class ClipScorer:
             model, processor = self._model()
             return embed_texts(model, processor, [text])[0]
 
-        return self._cached(self._text_cache, text, 50_000, compute, "text")
+        return self._cached(self._text_cache, text, 50_000, compute)
 
     def score(self, entity: dict, *, image: str | None, image_desc: dict | None, ctx: Any) -> float:
         from tools.verify import TextEmbeddingScorer, entity_text

@@ -9,7 +9,9 @@ Answers are read leniently (``0.8``, ``Score: 8/10``, ``85%``, ``**0.7**``,
 ``ModelError`` naming the model. Default threshold 0.5.
 
 Without an image file the judge gets the image's precomputed description as
-text instead (the same model, text-only); with neither the score is 0.0.
+text instead (the same model, text-only); with neither the score is 0.0. An
+image file it cannot read is an ``InputError`` naming it (the verify node
+notes it and goes on); a model that does not answer is a ``ModelError``.
 """
 
 from __future__ import annotations
