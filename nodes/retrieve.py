@@ -12,7 +12,7 @@ from langgraph.runtime import Runtime
 
 from graph.context import Context, resolve_context
 from graph.progress import emit
-from graph.inputs import normalize_candidates, validate_input
+from graph.inputs import clip_context, normalize_candidates, validate_input
 from graph.state import State
 
 
@@ -20,10 +20,17 @@ def retrieve_candidates(state: State, runtime: Runtime[Context]) -> dict[str, An
     """Check the input and fix the candidate list for all later rounds."""
     ctx = resolve_context(runtime)
     clean = validate_input(state)
+    notes: list[str] = []
+    # keep the prompt within the model's window: the text around the mention
+    clean["context"], cut = clip_context(clean["context"], clean["mention"], ctx.max_context_chars)
+    if cut:
+        notes.append(cut)
     source = "input"
     if not clean["candidates"]:
         from tools.kb import retrieve_candidates as kb_retrieve
 
+        if isinstance(state.get("candidates"), (list, tuple)):  # given, but empty
+            notes.append("the input's candidate list is empty: candidates retrieved from the knowledge base instead")
         found = kb_retrieve(clean["mention"], clean["context"], ctx)
         clean["candidates"] = normalize_candidates(found, where="knowledge base result")
         source = "knowledge base"
@@ -37,7 +44,8 @@ def retrieve_candidates(state: State, runtime: Runtime[Context]) -> dict[str, An
         "excluded": [],
         "attempts": [],
         "round_answers": [],
-        "trace": [{"round": 1, "step": "retrieve", "note": f"{len(clean['candidates'])} candidates from {source}"}],
+        "trace": [{"round": 1, "step": "retrieve",
+                   "note": "; ".join([f"{len(clean['candidates'])} candidates from {source}", *notes])}],
         "usage": {"llm_calls": 0, "input_tokens": 0, "output_tokens": 0},
         "has_visual": has_visual,
         "current_clue": None,
