@@ -35,6 +35,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tools.context_types import CLUE_TYPES
 from tools.errors import ConfigError
+from tools.specs import check_model_settings
 
 ENV_PREFIX = "I2CR_"
 
@@ -237,16 +238,19 @@ class Context(BaseSettings):
     kb_port: int = Field(default=8000, ge=1, le=65535, description="Chroma server port.")
     kb_collection: str = Field(default="entities", description="Chroma collection name.")
 
-
     def __init__(self, **values: Any) -> None:
         """Build from ``values``, then ``I2CR_*`` variables, then defaults; ``ConfigError`` names a bad setting."""
         try:
             super().__init__(**values)
         except ValidationError as exc:
             raise ConfigError(_first_error(exc, values)) from None
-        from tools.specs import check_model_settings
-
         check_model_settings(self)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: Any, init_settings: Any, env_settings: Any,
+                                   dotenv_settings: Any, file_secret_settings: Any) -> tuple[Any, ...]:
+        """Explicit values, then ``I2CR_*`` variables (no .env or secrets files: `langgraph dev` loads .env)."""
+        return init_settings, env_settings
 
     @field_validator("clue_order", "object_labels", mode="before")
     @classmethod
@@ -261,11 +265,6 @@ class Context(BaseSettings):
         if bad:
             raise ValueError(f"unknown clue(s) {bad}; choose from {list(CLUE_TYPES)}")
         return value
-
-
-def setting_names() -> list[str]:
-    """The names of every setting, in declaration order."""
-    return list(Context.model_fields)
 
 
 def _as_list(value: Any) -> Any:
@@ -347,13 +346,26 @@ def coerce_setting(name: str, raw: str, *, origin: str | None = None) -> Any:
         raise ConfigError(f"{label}={raw!r}: {exc}") from None
 
 
+_defaults: dict[tuple, Context] = {}
+
+
+def default_context() -> Context:
+    """``Context()`` for the current environment, built once per distinct set of ``I2CR_*``/``OPENAI_*`` variables."""
+    key = tuple(sorted((k, v) for k, v in os.environ.items() if k.upper().startswith((ENV_PREFIX, "OPENAI_"))))
+    if key not in _defaults:
+        if len(_defaults) > 8:
+            _defaults.clear()
+        _defaults[key] = Context()
+    return _defaults[key]
+
+
 def resolve_context(runtime: Any) -> Context:
     """The ``Context`` of a node's ``runtime`` (a dict or nothing is turned into one)."""
     ctx = getattr(runtime, "context", None)
     if isinstance(ctx, Context):
         return ctx
     if ctx is None:
-        return Context()
+        return default_context()
     if isinstance(ctx, dict):
         return Context(**ctx)
     raise TypeError(f"context must be a dict or graph.context.Context, not {type(ctx).__name__}")

@@ -1,7 +1,9 @@
 """Stage 1: candidate retrieval.
 
-Validates the input, then keeps the candidates it carries or retrieves the
-top-k from the knowledge base (``tools/kb.py``).
+Validates the input, cuts a context longer than ``max_context_chars`` to the
+text around the mention (noted in the trace), then keeps the candidates it
+carries or retrieves the top-k from the knowledge base (``tools/kb.py``; an
+empty candidate list given in the input is noted in the trace).
 """
 
 from __future__ import annotations
