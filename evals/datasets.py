@@ -98,6 +98,8 @@ def read_labels(path: str | Path) -> dict[str, Any]:
         labels = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"--labels: {p} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InputError(f"--labels: {p} is nested too deeply to read as JSON") from None
     if not isinstance(labels, dict):
         raise InputError(f"--labels: {p} must hold an object {{id: gold entity name}}, "
                          f"not a {type(labels).__name__}")
@@ -129,6 +131,8 @@ def load_dataset(path: str | Path, labels: str | Path | dict | None = None,
             if "Extra data" not in str(exc):  # "Extra data" = several JSON values: JSON lines
                 raise InputError(f"dataset: {p} is not valid JSON ({exc}); "
                                  "expected an I2CR {id: record} object or JSON lines") from None
+        except RecursionError:
+            raise InputError(f"dataset: {p} is nested too deeply to read as JSON") from None
     if isinstance(data, dict):
         fmt, raw = "i2cr", [(str(k), v, f"record {str(k)!r}") for k, v in data.items()]
     elif isinstance(data, list):
@@ -170,6 +174,8 @@ def _json_lines(text: str) -> Iterator[tuple[str | None, Any, str]]:
             yield None, json.loads(line), f"line {lineno}"
         except json.JSONDecodeError as exc:
             yield None, _Bad(f"line {lineno}: not valid JSON ({exc.msg})"), f"line {lineno}"
+        except RecursionError:
+            yield None, _Bad(f"line {lineno}: JSON nested too deeply to read"), f"line {lineno}"
 
 
 class _Bad:

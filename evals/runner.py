@@ -18,7 +18,6 @@ import random
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -36,13 +35,13 @@ SECRET_SETTINGS = ("openai_api_key",)
 def context_settings(ctx: Context) -> dict[str, Any]:
     """The settings of ``ctx`` as JSON values: objects by class name, secrets redacted."""
     out: dict[str, Any] = {}
-    for f in fields(ctx):
-        value = getattr(ctx, f.name)
-        if f.name in SECRET_SETTINGS:
+    for name in type(ctx).model_fields:
+        value = getattr(ctx, name)
+        if name in SECRET_SETTINGS:
             value = None if value is None else "<set>"
         elif not isinstance(value, (str, int, float, bool, list, type(None))):
             value = f"<{type(value).__name__} object>"
-        out[f.name] = value
+        out[name] = value
     return out
 
 

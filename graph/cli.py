@@ -1,6 +1,7 @@
 """The ``i2cr`` command line.
 
-    i2cr link --mention M --context C [--image PATH [--strict-image]] [--candidates FILE.json] [--set key=value ...]
+    i2cr link --mention M --context C | --context-file PATH|- [--image PATH [--strict-image]]
+              [--candidates FILE.json] [--set key=value ...]   (--context - reads the context from stdin)
     i2cr kb ingest FILE.jsonl | i2cr kb search "Jordan" --context "..." -k 10 | i2cr kb count
     i2cr eval DATA.json --labels LABELS.json [--sample N --seed S] [--limit N] [--images DIR]
               [--concurrency C] [--set key=value ...] [--retry-errors] --out run/
@@ -35,7 +36,7 @@ def parse_settings(pairs: list[str]) -> dict[str, Any]:
 
 
 def read_json_file(path: str, what: str) -> Any:
-    """Load a JSON file or raise ``InputError`` naming it."""
+    """Load a JSON file or raise ``InputError`` naming it (also for JSON nested too deeply to read)."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{what}: file not found: {path}")
@@ -43,13 +44,39 @@ def read_json_file(path: str, what: str) -> Any:
         return json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{what}: {path} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InputError(f"{what}: {path} is nested too deeply to read as JSON") from None
+
+
+def read_text_arg(value: str | None, path: str | None) -> str:
+    """The context text: ``--context TEXT``, ``--context -`` (stdin) or ``--context-file PATH|-``."""
+    if value is not None and path is not None:
+        raise InputError("--context and --context-file: give only one of them")
+    if path is None and value != "-":
+        return value or ""
+    what = "--context-file" if path is not None else "--context"
+    source = path if path is not None else "-"
+    try:
+        if source == "-":
+            data, where = sys.stdin.buffer.read(), "stdin"
+        else:
+            p = Path(source)
+            if not p.is_file():
+                raise InputError(f"{what}: file not found: {source}")
+            data, where = p.read_bytes(), source
+    except OSError as exc:
+        raise InputError(f"{what}: cannot read {source}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{what}: {where} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
 
 
 def _link(args: argparse.Namespace) -> int:
     from graph import graph
     from graph.context import Context
 
-    inputs: dict[str, Any] = {"mention": args.mention, "context": args.context}
+    inputs: dict[str, Any] = {"mention": args.mention, "context": read_text_arg(args.context, args.context_file)}
     if args.image:
         inputs["image"] = args.image
     if args.candidates:
@@ -92,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     link = sub.add_parser("link", help="link one mention and print the result as JSON")
     link.add_argument("--mention", required=True)
-    link.add_argument("--context", default="", help="text around the mention")
+    link.add_argument("--context", help="text around the mention ('-': read it from stdin)")
+    link.add_argument("--context-file", metavar="PATH", help="read the context from a UTF-8 file ('-': stdin); "
+                      "for texts over the OS's argument limit (128 KB)")
     link.add_argument("--image", help="image file that goes with the text (an unusable one is dropped with a "
                                       "warning on stderr and the mention is linked on its text)")
     link.add_argument("--strict-image", action="store_true",

@@ -30,12 +30,13 @@ def normalize_candidates(raw: Any, *, where: str = "candidates") -> list[dict]:
         name = item.get("name")
         if not isinstance(name, str) or not name.strip():
             raise InputError(f"{where}[{i}]: candidate has no name (got {item!r:.120})")
+        check_text(name, f"{where}[{i}].name")
         cand = {"name": name.strip()}
         if item.get("qid") not in (None, ""):
             cand["qid"] = str(item["qid"]).strip()
         desc = item.get("desc", item.get("description"))
         if desc is not None:
-            cand["desc"] = str(desc)
+            cand["desc"] = check_text(str(desc), f"{where}[{i}].desc")
         if isinstance(item.get("score"), (int, float)):
             cand["score"] = float(item["score"])
         if isinstance(item.get("image"), str) and item["image"]:
@@ -47,6 +48,54 @@ def normalize_candidates(raw: Any, *, where: str = "candidates") -> list[dict]:
             seen.add(key)
             out.append(cand)
     return out
+
+
+def check_text(text: str, where: str) -> str:
+    """``text`` unchanged, or ``InputError`` naming ``where`` when it holds bytes that are not UTF-8.
+
+    Bytes that are not UTF-8 reach Python as lone surrogates (``sys.argv``, ``surrogateescape``
+    file names); no tokenizer or JSON writer accepts them, so they are refused at the entry.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        byte = f"0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"U+{ord(bad):04X}"
+        raise InputError(f"{where}: not valid UTF-8 text (byte {byte} at character {exc.start}); "
+                         "re-encode it as UTF-8") from None
+    return text
+
+
+def clip_context(context: str, mention: str, max_chars: int) -> tuple[str, str | None]:
+    """Cut ``context`` to at most ``max_chars`` characters around the mention's first occurrence.
+
+    Returns the text and a note for the trace (``None`` when nothing was cut). The window is
+    centred on the mention (on the start of the text when the mention does not occur in it)
+    and snapped to word boundaries without cutting the mention; ``max_chars`` 0 = no cut.
+    """
+    if not max_chars or len(context) <= max_chars:
+        return context, None
+    pos = context.find(mention)
+    if pos < 0:
+        pos = context.lower().find(mention.lower())
+    if pos < 0:
+        start = 0
+        where = "from its start (the mention does not occur in it)"
+    else:
+        start = pos + len(mention) // 2 - max_chars // 2
+        start = max(0, min(start, len(context) - max_chars))
+        where = f"around the mention at character {pos}"
+    end = start + max_chars
+    lo, hi = (pos, pos + len(mention)) if pos >= 0 else (end, end)
+    if start > 0:  # do not start mid-word
+        space = context.find(" ", start, min(lo, start + 40))
+        start = space + 1 if space >= 0 else start
+    if end < len(context):  # do not end mid-word
+        space = context.rfind(" ", max(hi, end - 40), end)
+        end = space if space >= 0 else end
+    note = (f"context cut to characters {start}..{end} of {len(context)} {where} "
+            f"(max_context_chars={max_chars})")
+    return context[start:end].strip(), note
 
 
 def validate_input(state: dict, *, strict_image: bool = False) -> dict:
@@ -61,12 +110,14 @@ def validate_input(state: dict, *, strict_image: bool = False) -> dict:
     mention = state.get("mention")
     if not isinstance(mention, str) or not mention.strip():
         raise InputError(f"{label}mention: must be a non-empty string (got {mention!r})")
+    check_text(mention, f"{label}mention")
     if "context" not in state or state.get("context") is None:
         raise InputError(f"{label}context: missing; give the text around the mention "
                          "(an empty string is allowed when there is none)")
     context = state["context"]
     if not isinstance(context, str):
         raise InputError(f"{label}context: must be a string, got {type(context).__name__}")
+    check_text(context, f"{label}context")
     try:
         image_desc = parse_image_desc(state.get("image_desc"))
     except ValueError as exc:

@@ -1,7 +1,9 @@
 """Stage 1: candidate retrieval.
 
-Validates the input, then keeps the candidates it carries or retrieves the
-top-k from the knowledge base (``tools/kb.py``).
+Validates the input, cuts a context longer than ``max_context_chars`` to the
+text around the mention (noted in the trace), then keeps the candidates it
+carries or retrieves the top-k from the knowledge base (``tools/kb.py``; an
+empty candidate list given in the input is noted in the trace).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from langgraph.types import Overwrite
 
 from graph.context import Context, resolve_context
 from graph.progress import record
-from graph.inputs import normalize_candidates, validate_input
+from graph.inputs import clip_context, normalize_candidates, validate_input
 from graph.state import State
 
 
@@ -21,14 +23,22 @@ def retrieve_candidates(state: State, runtime: Runtime[Context]) -> dict[str, An
     """Check the input and fix the candidate list for all later rounds."""
     ctx = resolve_context(runtime)
     clean = validate_input(state, strict_image=ctx.strict_image)
+    notes: list[str] = []
+    # keep the prompt within the model's window: the text around the mention
+    clean["context"], cut = clip_context(clean["context"], clean["mention"], ctx.max_context_chars)
+    if cut:
+        notes.append(cut)
     source = "input"
     if not clean["candidates"]:
         from tools.kb import retrieve_candidates as kb_retrieve
 
+        if isinstance(state.get("candidates"), (list, tuple)):  # given, but empty
+            notes.append("the input's candidate list is empty: candidates retrieved from the knowledge base instead")
         found = kb_retrieve(clean["mention"], clean["context"], ctx)
         clean["candidates"] = normalize_candidates(found, where="knowledge base result")
         source = "knowledge base"
-    entry = {"round": 1, "step": "retrieve", "note": f"{len(clean['candidates'])} candidates from {source}"}
+    entry = {"round": 1, "step": "retrieve",
+             "note": "; ".join([f"{len(clean['candidates'])} candidates from {source}", *notes])}
     has_visual = bool(clean["image"]) or bool(clean["image_desc"])
     return {
         **clean,

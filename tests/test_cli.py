@@ -77,4 +77,5 @@ def test_model_server_down_names_the_model(capsys):
             capsys, "link", "--mention", "Stoltenberg", "--context", "x", "--candidates", RECORD,
             "--model", "openai:down-model", "--set", f"openai_base_url={server.base_url}",
             "--set", "max_retries=1", "--set", "embedding_model=openai:down-embedder")
-    assert code == 2 and "embedding_model 'openai:down-embedder' failed" in err and "Traceback" not in err
+    assert code == 2 and f"embedding_model 'openai:down-embedder' at {server.base_url.rstrip('/')} failed" in err
+    assert "Traceback" not in err

@@ -334,8 +334,8 @@ def test_llm_score_cache_skips_damaged_and_mismatched_rows(tmp_path):
     from evals.fit_llm_weight import ask
 
     cache = tmp_path / "scores.jsonl"
-    cache.write_text('5\n{"id": "a", "key": "m|choice", "logp": [-1.0, -2.0]}\n'
-                     '{"id": "a", "key": "m|choice", "logp": [-1.0]}\n{"id": "b", "key": "m|choice", "logp": [0]}\n'
+    cache.write_text('5\n{"id": "a", "key": "huggingface:m|choice", "logp": [-1.0, -2.0]}\n'
+                     '{"id": "a", "key": "huggingface:m|choice", "logp": [-1.0]}\n{"id": "b", "key": "huggingface:m|choice", "logp": [0]}\n'
                      '{"id": "a", "key": "other|choice", "logp": [-9.0, -9.0]}\nbroken{\n')
-    got = ask({"a": {"candidates": [{}, {}]}}, ["a"], {"linker_model": "m", "llm_scoring": "choice"}, cache)
-    assert got == {"a": {"id": "a", "key": "m|choice", "logp": [-1.0, -2.0]}}  # nothing asked: the good row serves
+    got = ask({"a": {"candidates": [{}, {}]}}, ["a"], {"linker_model": "huggingface:m", "llm_scoring": "choice"}, cache)
+    assert got == {"a": {"id": "a", "key": "huggingface:m|choice", "logp": [-1.0, -2.0]}}  # nothing asked: the good row serves

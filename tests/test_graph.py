@@ -224,6 +224,7 @@ def test_bad_settings_are_clear_errors(monkeypatch):
 
 def test_environment_overrides_defaults_but_not_explicit_values(monkeypatch):
     monkeypatch.setenv("I2CR_LINKER_MODEL", "openai:gpt-4o-mini")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")  # an openai: spec without a key is refused up front
     monkeypatch.setenv("I2CR_REFLECTION_THRESHOLD", "0.5")
     monkeypatch.setenv("I2CR_CLUE_ORDER", "caption,ocr")
     ctx = Context()

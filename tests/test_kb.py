@@ -113,7 +113,7 @@ def test_malformed_lines_skip_reports_line_numbers(tmp_path, kb):
 
 def test_malformed_lines_fail_writes_nothing(tmp_path, kb):
     f = write_jsonl(tmp_path / "e.jsonl", [RECORDS[0], RECORDS[1], {"qid": "Q7", "name": "X", "aliases": "X"}])
-    with pytest.raises(InputError, match=r"line 3: 'aliases' must be a list"):
+    with pytest.raises(InputError, match=r"e\.jsonl:3: 'aliases' must be a list"):
         kb.ingest_file(f, on_error="fail", batch_size=1)
     assert kb.count() == 0
 

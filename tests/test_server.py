@@ -8,7 +8,6 @@ stopped by process group at the end. Select these tests with ``-m server``.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 
@@ -34,7 +33,7 @@ DESC = {"Caption": "a man holding a basketball", "OCR text": "BULLS 23",
 INPUT = {"mention": "Jordan", "context": "Jordan scored 30 points for the Bulls", "candidates": CANDS,
          "image_desc": DESC}
 # per-run override: every pick passes reflection, no pick passes verification, two clue rounds at most
-OVERRIDE = {"max_rounds": 2, "reflection_threshold": 0.0, "verification_threshold": 1.01, "llm_in_clue_rounds": True}
+OVERRIDE = {"max_rounds": 2, "reflection_threshold": 0.0, "verification_threshold": 1.0, "llm_in_clue_rounds": True}
 EXPECTED_NODES = ["retrieve_candidates", "link_on_text", "reflect", "verify",
                   "clue_round", "link_on_text", "reflect", "verify",
                   "clue_round", "link_on_text", "reflect", "verify", "finalize"]
@@ -100,7 +99,7 @@ def test_every_state_and_context_field_is_described_in_the_served_schemas(client
         assert not undescribed, f"{name}: no description for {undescribed}"
     candidate = schemas["input_schema"]["$defs"]["Candidate"]["properties"]
     assert all(spec.get("description") for spec in candidate.values())
-    assert set(schemas["context_schema"]["properties"]) == {f.name for f in dataclasses.fields(Context)}
+    assert set(schemas["context_schema"]["properties"]) == set(Context.model_fields)
     assert {"mention", "context", "candidates", "image", "image_desc", "id"} == set(
         schemas["input_schema"]["properties"])
     assert {"round", "trace", "verdict", "verification_cache"} <= set(schemas["state_schema"]["properties"])

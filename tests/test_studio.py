@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import re
@@ -28,16 +27,15 @@ def test_langgraph_json_names_the_graph_its_dependencies_and_an_env_file():
 
 
 def test_env_example_sets_only_known_settings():
-    settings = {f.name for f in dataclasses.fields(Context)}
+    settings = set(Context.model_fields)
     names = re.findall(r"^#?\s*I2CR_([A-Z_]+)=", (REPO / ".env.example").read_text(), flags=re.M)
     assert names and all(n.lower() in settings for n in names), names
 
 
 def test_settings_are_plain_json():
-    defaults = dataclasses.asdict(Context())
+    defaults = Context().model_dump()
     assert json.loads(json.dumps(defaults)) == defaults
-    assert all(isinstance(f.metadata.get("description"), str) and f.metadata["description"].strip()
-               for f in dataclasses.fields(Context))
+    assert all(isinstance(f.description, str) and f.description.strip() for f in Context.model_fields.values())
 
 
 def test_readme_diagram_is_generated_from_the_compiled_graph():

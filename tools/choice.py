@@ -121,7 +121,9 @@ def _openai_logprobs(model: Any, messages: list, labels: list[str], spec: Any) -
     try:
         reply = bound.invoke(messages)
     except Exception as exc:
-        raise ModelError(f"linker_model '{describe(spec)}' failed: {type(exc).__name__}: {exc}") from exc
+        from tools.models import failure_message
+
+        raise ModelError(failure_message("linker_model", spec, model, exc)) from exc
     content = ((reply.response_metadata or {}).get("logprobs") or {}).get("content") or []
     if not content or not content[0].get("top_logprobs"):
         return None

@@ -85,7 +85,9 @@ class CachedEmbedder:
             try:
                 vectors = np.asarray(self.embeddings.embed_documents(missing), dtype=np.float32)
             except Exception as exc:
-                raise ModelError(f"embedding_model '{self.name}' failed: {type(exc).__name__}: {exc}") from exc
+                from tools.models import failure_message
+
+                raise ModelError(failure_message("embedding_model", self.name, self.embeddings, exc)) from exc
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
             with self._lock:
                 if len(self._cache) + len(missing) > self.maxsize:

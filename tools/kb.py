@@ -135,14 +135,21 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | ValueEr
     path = Path(path)
     if not path.is_file():
         raise InputError(f"KB file {path}: not found")
-    with path.open(encoding="utf-8") as fh:
-        for no, line in enumerate(fh, 1):
+    with path.open("rb") as fh:  # decoded line by line: a line that is not UTF-8 is one bad line
+        for no, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8-sig" if no == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                yield no, ValueError(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})")
+                continue
             if not line.strip():
                 continue
             try:
                 yield no, validate_record(json.loads(line))
             except json.JSONDecodeError as exc:
                 yield no, ValueError(f"invalid JSON ({exc.msg} at column {exc.colno})")
+            except RecursionError:
+                yield no, ValueError("JSON nested too deeply to read")
             except ValueError as exc:
                 yield no, exc
 
@@ -158,11 +165,24 @@ class IngestStats:
     unchanged: int = 0
     skipped: int = 0
     errors: list[tuple[int, str]] = field(default_factory=list)
+    duplicates: int = 0  # records whose qid an earlier record of the same ingest had (the last one wins)
+    duplicate_examples: list[tuple[int, str]] = field(default_factory=list)  # the first few (line, qid)
 
     def as_dict(self) -> dict[str, Any]:
         return {"seen": self.seen, "added": self.added, "updated": self.updated,
                 "unchanged": self.unchanged, "skipped": self.skipped,
-                "errors": [{"line": n, "error": e} for n, e in self.errors]}
+                "errors": [{"line": n, "error": e} for n, e in self.errors],
+                "duplicates": self.duplicates,
+                "duplicate_examples": [{"line": n, "qid": q} for n, q in self.duplicate_examples]}
+
+    def duplicates_note(self, source: str = "") -> str | None:
+        """One line on repeated qids (``None`` when there were none)."""
+        if not self.duplicates:
+            return None
+        shown = ", ".join(f"{q} ({source + ':' if source else 'line '}{n})" for n, q in self.duplicate_examples)
+        more = ", ..." if self.duplicates > len(self.duplicate_examples) else ""
+        return (f"{self.duplicates} record(s) repeat a qid of an earlier record and replaced it "
+                f"(the last one wins): {shown}{more}")
 
 
 # ---------------------------------------------------------------- the KB -----
@@ -292,7 +312,9 @@ class KnowledgeBase:
         except I2CRError:
             raise
         except Exception as exc:
-            raise ModelError(f"embedding_model '{self.model_name}' failed: {type(exc).__name__}: {exc}") from exc
+            from tools.models import failure_message
+
+            raise ModelError(failure_message("embedding_model", self.model_name, self.embeddings, exc)) from exc
         vecs = np.atleast_2d(np.asarray(raw, dtype=np.float32))
         return vecs / np.linalg.norm(vecs, axis=1, keepdims=True).clip(min=1e-12)
 
@@ -311,14 +333,16 @@ class KnowledgeBase:
     # -------------------------------------------------------------- ingest --
     def ingest(self, records: Iterable[dict[str, Any] | tuple[int, Any]], *, batch_size: int = 256,
                on_error: str = "skip", progress: bool | Any = False, total: int | None = None,
-               report: Callable[[int, str], None] | None = None) -> IngestStats:
+               report: Callable[[int, str], None] | None = None, source: str | None = None) -> IngestStats:
         """Add or update ``records`` in batches; return :class:`IngestStats`.
 
         ``records`` yields dicts, or ``(line number, dict | Exception)`` pairs as
         :func:`read_jsonl` does. A malformed record is skipped and reported
         (``report(line, reason)``, default: a log warning) when ``on_error='skip'``;
         with ``on_error='fail'`` every record is checked first and an
-        ``InputError`` listing the bad lines is raised before anything is written.
+        ``InputError`` listing the bad lines (``source:line`` when ``source`` names the file)
+        is raised before anything is written. A qid repeated within the ingest is counted in
+        ``stats.duplicates`` (the last record wins).
         Each batch is committed before the next is read: when the source fails
         mid-way, what came before it (the pending partial batch included) is kept.
         """
@@ -332,7 +356,7 @@ class KnowledgeBase:
             items = list(items)
             bad = [(no, str(r)) for no, r in items if isinstance(r, Exception)]
             if bad:
-                shown = "; ".join(f"line {n}: {m}" for n, m in bad[:5])
+                shown = "; ".join(f"{source + ':' if source else 'line '}{n}: {m}" for n, m in bad[:5])
                 more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
                 raise InputError(f"{len(bad)} malformed record(s), nothing ingested: {shown}{more}")
             total = total or len(items)
@@ -345,6 +369,7 @@ class KnowledgeBase:
             bar = tqdm(total=total, unit="entity", desc=f"ingest -> {self.collection_name}", file=sys.stderr,
                        mininterval=0.1 if sys.stderr.isatty() else 30)
         batch: dict[str, dict[str, Any]] = {}
+        qids: set[str] = set()
         try:
             for no, rec in items:
                 stats.seen += 1
@@ -355,7 +380,14 @@ class KnowledgeBase:
                     if bar is not None:
                         bar.update(1)
                     continue
-                batch[rec["qid"]] = rec  # a qid repeated in a batch: the last one wins
+                if rec["qid"] in qids:  # repeated: the last one wins (in its batch, or by a later upsert)
+                    stats.duplicates += 1
+                    if len(stats.duplicate_examples) < 5:
+                        stats.duplicate_examples.append((no, rec["qid"]))
+                    if batch.pop(rec["qid"], None) is not None and bar is not None:  # keep the batch in file order
+                        bar.update(1)
+                qids.add(rec["qid"])
+                batch[rec["qid"]] = rec
                 if len(batch) >= batch_size:
                     self._write(batch, stats, bar)
                     batch = {}
@@ -374,6 +406,7 @@ class KnowledgeBase:
         if kwargs.get("total") is None:
             with path.open("rb") as fh:
                 kwargs["total"] = sum(1 for line in fh if line.strip())
+        kwargs.setdefault("source", str(path))
         return self.ingest(read_jsonl(path), **kwargs)
 
     def _write(self, batch: dict[str, dict[str, Any]], stats: IngestStats, bar: Any) -> None:

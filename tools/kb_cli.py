@@ -16,6 +16,8 @@ import json
 import sys
 from typing import Any
 
+from tools.errors import InputError
+
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     Errors (``I2CRError``) propagate to ``graph.cli.main``, which prints them in one line and exits 2.
     """
     a = _parser().parse_args(argv)
+    if a.command == "search" and a.k is not None and a.k < 1:
+        raise InputError(f"kb search -k {a.k}: expected a positive number of candidates")
+    if a.command == "ingest" and a.batch_size < 1:
+        raise InputError(f"kb ingest --batch-size {a.batch_size}: expected a positive integer")
     try:
         kb, ctx = _open(a)
         if a.command == "ingest":
@@ -79,13 +85,17 @@ def main(argv: list[str] | None = None) -> int:
 
             stats = kb.ingest_file(a.file, batch_size=a.batch_size, on_error=a.on_error,
                                    progress=not a.no_progress, report=report)
+            dup = stats.duplicates_note(a.file)
+            if dup:
+                print(f"{a.file}: warning: {dup}", file=sys.stderr)
             if a.json:
                 print(json.dumps({**stats.as_dict(), "count": kb.count()}, ensure_ascii=False))
             else:
                 print(f"{stats.added} added, {stats.updated} updated, {stats.unchanged} unchanged, "
-                      f"{stats.skipped} skipped; {kb.count()} entities in '{kb.collection_name}' at {kb.where}")
+                      f"{stats.skipped} skipped, {stats.duplicates} duplicate qid(s); "
+                      f"{kb.count()} entities in '{kb.collection_name}' at {kb.where}")
         elif a.command == "search":
-            rows = kb.search(a.mention, a.context, k=a.k or ctx.top_k, mode=a.mode)
+            rows = kb.search(a.mention, a.context, k=ctx.top_k if a.k is None else a.k, mode=a.mode)
             if a.json:
                 print(json.dumps(rows, ensure_ascii=False, indent=1))
             else:

@@ -97,7 +97,7 @@ def invoke_model(model: BaseChatModel, messages: list, *, spec: Any,
     try:
         reply = model.invoke(messages)
     except Exception as exc:  # the client already retried transient errors with backoff
-        raise ModelError(f"{setting} '{describe(spec)}'{_where(model)} failed: {_failure(exc)}") from exc
+        raise ModelError(failure_message(setting, spec, model, exc)) from exc
     content = getattr(reply, "content", reply)
     if isinstance(content, list):  # content blocks
         content = "".join(b.get("text", "") if isinstance(b, dict) else str(b) for b in content)
@@ -117,10 +117,21 @@ def describe(spec: Any) -> str:
     return type(spec).__name__
 
 
+def failure_message(setting: str, spec: Any, model: Any, exc: Exception) -> str:
+    """``<setting> '<spec>' at <base url> failed: <why>`` — one line for a failed model call."""
+    return f"{setting} '{describe(spec)}'{_where(model)} failed: {_failure(exc)}"
+
+
 def _where(model: Any) -> str:
-    """`` at <base url>`` for a remote model, else nothing."""
+    """`` at <base url>`` for a remote (OpenAI-compatible) model or embedder, else nothing."""
+    model = getattr(model, "bound", model)  # model.bind(...) wraps the model
     url = getattr(model, "openai_api_base", None)
-    return f" at {url}" if url else ""
+    if not url:
+        for client in (getattr(model, "root_client", None), getattr(model, "client", None)):
+            url = getattr(client, "base_url", None) or getattr(getattr(client, "_client", None), "base_url", None)
+            if url:
+                break
+    return f" at {str(url).rstrip('/')}" if url else ""
 
 
 def _failure(exc: Exception) -> str:
