@@ -273,6 +273,12 @@ def run_eval(dataset: str | Path, labels: str | Path | dict | None = None, out: 
         raise InputError(f"--fail-fast: expected a non-negative number, got {fail_fast}")
     if max_failure_share is not None and not 0 < max_failure_share <= 1:
         raise InputError(f"--max-failure-share: expected a number in (0, 1], got {max_failure_share}")
+    pool = None
+    if isolation == "process":
+        from evals.worker import WorkerPool
+
+        # pickles the settings now (no process starts yet): what cannot reach a worker is a one-line error
+        pool = WorkerPool(concurrency, ctx, graph, failed_record=failed_record)
     ds = load_dataset(dataset, labels, images)
     chosen = select(ds.examples, limit=limit, sample=sample, seed=seed)
     run_dir = Path(out)
@@ -283,14 +289,14 @@ def run_eval(dataset: str | Path, labels: str | Path | dict | None = None, out: 
     with RunLock(run_dir):
         return _run_locked(ds, chosen, run_dir, ctx, labels=labels, images=images, limit=limit, sample=sample,
                            seed=seed, concurrency=concurrency, retry_errors=retry_errors, progress=progress,
-                           report=report, graph=graph, on_record=on_record, isolation=isolation,
+                           report=report, graph=graph, on_record=on_record, pool=pool,
                            fail_fast=fail_fast, max_failure_share=max_failure_share)
 
 
 def _run_locked(ds: Dataset, chosen: list[Example], run_dir: Path, ctx: Context, *, labels: Any, images: Any,
                 limit: int | None, sample: int | None, seed: int, concurrency: int, retry_errors: bool,
                 progress: bool, report: bool, graph: Any, on_record: Callable[[dict], None] | None,
-                isolation: str, fail_fast: int, max_failure_share: float | None) -> dict[str, Any]:
+                pool: Any, fail_fast: int, max_failure_share: float | None) -> dict[str, Any]:
     """:func:`run_eval` once the run folder is locked."""
     config = build_config(ds, labels=labels, images=images, sample=sample, seed=seed, limit=limit,
                           concurrency=concurrency, ctx=ctx)
@@ -308,17 +314,13 @@ def _run_locked(ds: Dataset, chosen: list[Example], run_dir: Path, ctx: Context,
     chosen_ids = {ex.id for ex in chosen}
     previous = [r for r in done.values() if r["id"] in chosen_ids]
 
-    pool = None
-    if isolation == "process" and any(ex.inputs is not None for ex in todo):
-        from evals.worker import WorkerPool
-
-        # pickles the settings now: an object that cannot reach the workers is a one-line error up front
-        pool = WorkerPool(concurrency, ctx, graph, failed_record=failed_record, notes=notes)
+    if pool is not None:
+        pool.notes = notes
     elif graph is None:
         from graph import graph as default_graph
 
         graph = default_graph
-    score_baselines = None if pool else _Baselines(ctx)
+    score_baselines = None if pool is not None else _Baselines(ctx)
     tally = _Tally(previous)
     watch = _FailureWatch(fail_fast, max_failure_share)
     malformed = {ex.id for ex in todo if ex.inputs is None}

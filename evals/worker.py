@@ -184,8 +184,9 @@ class WorkerPool:
     """
 
     def __init__(self, size: int, ctx: Any, graph: Any, *, failed_record: Callable[[Any, str, float], dict],
-                 notes: list[str]):
-        self.size, self.failed_record, self.notes = size, failed_record, notes
+                 notes: list[str] | None = None):
+        self.size, self.failed_record = size, failed_record
+        self.notes = [] if notes is None else notes
         self.blob = payload(ctx, graph)
         self.workers: list[_Worker] = []
         self.deaths: Counter[str] = Counter()
