@@ -151,8 +151,11 @@ class _Worker:
         self.ready = False
         self.current: Any = None  # the Example being linked
         self.started = 0.0
-        self.send.send(list(sys.path))
-        self.send.send_bytes(blob)
+        try:
+            self.send.send(list(sys.path))
+            self.send.send_bytes(blob)
+        except OSError:  # it died at once; its pipe's end tells the pool
+            pass
 
     def assign(self, example: Any) -> None:
         self.current, self.started = example, time.perf_counter()
