@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--graph", choices=("echo", "fake", "both"), default="both")
     p.add_argument("--out", help="write the figures to this JSON file")
     args = p.parse_args(argv)
-    if args.mentions < 3 or args.repeat < 1:
-        print("bench_worker: error: --mentions must be at least 3 and --repeat at least 1", file=sys.stderr)
+    if args.mentions < 4 or args.repeat < 1:
+        print("bench_worker: error: --mentions must be at least 4 and --repeat at least 1", file=sys.stderr)
         return 2
     # the classes as the worker imports them (run as ``-m``, this file is __main__, which a worker cannot import)
     from evals.bench_worker import EchoGraph, HashEmbeddings

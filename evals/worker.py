@@ -10,8 +10,9 @@ the predictions itself, in the parent:
   ``sys.path``, the run's :class:`~graph.context.Context` and the graph, both
   pickled; models load lazily once per worker and are reused for every mention
   it links;
-* a worker links one mention at a time; when it dies, it is replaced and the
-  mention it was linking is tried once more in the new worker; a mention that
+* a worker links one mention at a time (the next one waits in its pipe); when
+  it dies, it is replaced and the mention it was linking is tried once more in
+  the new worker (the one waiting goes back to the queue); a mention that
   kills two workers is recorded as failed (``worker died: SIGSEGV while
   linking``) and the batch goes on;
 * a worker that dies before it is ready twice in a row (the settings cannot be
@@ -46,6 +47,10 @@ from tools.errors import ConfigError, I2CRError
 
 MAX_DEATHS = 2
 """Workers a mention may kill before it is recorded as failed."""
+DEPTH = 2
+"""Mentions sent to a worker ahead: the one it links and the next."""
+PREFETCH_MAX_BYTES = 32 * 1024
+"""A next mention is sent ahead only when its message fits in a pipe's buffer (64 KiB on Linux)."""
 
 
 class WorkerError(I2CRError):
@@ -149,17 +154,26 @@ class _Worker:
         self.send = Connection(to_child_w, readable=False)
         self.recv = Connection(from_child_r, writable=False)
         self.ready = False
-        self.current: Any = None  # the Example being linked
-        self.started = 0.0
+        self.assigned: deque = deque()  # examples sent, in order; the first is the one being linked
+        self.started = 0.0  # when the first of them started
         try:
             self.send.send(list(sys.path))
             self.send.send_bytes(blob)
         except OSError:  # it died at once; its pipe's end tells the pool
             pass
 
-    def assign(self, example: Any) -> None:
-        self.current, self.started = example, time.perf_counter()
-        self.send.send(example)
+    def assign(self, example: Any, data: bytes) -> None:
+        """Send ``example`` (pickled as ``data``); it is linked after those already sent."""
+        self.send.send_bytes(data)
+        if not self.assigned:
+            self.started = time.perf_counter()
+        self.assigned.append(example)
+
+    def finished(self) -> Any:
+        """The example whose record just arrived; the next one starts now."""
+        ex = self.assigned.popleft()
+        self.started = time.perf_counter()
+        return ex
 
     def close(self, *, wait: float) -> None:
         """Ask the process to end (end of input), wait up to ``wait`` s, then terminate it."""
@@ -202,18 +216,8 @@ class WorkerPool:
         try:
             self.workers = [_Worker(self.blob) for _ in range(min(self.size, len(queue)))]
             while self.workers:
-                for w in list(self.workers):
-                    if w.ready and w.current is None and queue:
-                        ex = queue.popleft()
-                        try:
-                            w.assign(ex)
-                        except OSError:  # it died idle, after its last answer
-                            w.current = None
-                            queue.appendleft(ex)
-                            self.notes.append(f"an idle eval worker died ({self._bury(w)}); restarted")
-                            self.workers.append(_Worker(self.blob))
-                            self.restarts += 1
-                busy = [w for w in self.workers if w.current is not None or not w.ready]
+                self._feed(queue)
+                busy = [w for w in self.workers if w.assigned or not w.ready]
                 if not busy:
                     break
                 for conn in wait_for([w.recv for w in busy]):
@@ -232,14 +236,14 @@ class WorkerPool:
                                                   f"{failed_starts} times in a row; nothing was linked by it "
                                                   "(see the messages above; i2cr eval --in-process shows the "
                                                   "failure in this process)") from None
-                        if queue or any(x.current is not None for x in self.workers):
+                        if queue or any(x.assigned for x in self.workers):
                             self.workers.append(_Worker(self.blob))
                             self.restarts += 1
                         continue
                     if kind == "ready":
                         w.ready, failed_starts = True, 0
                     elif kind == "done":
-                        w.current = None
+                        w.finished()
                         record_done(value)
                     elif kind == "fatal":
                         raise ConfigError(value)
@@ -248,16 +252,42 @@ class WorkerPool:
             raise
         self.close(wait=10)
 
+    def _feed(self, queue: deque) -> None:
+        """Give each ready worker a mention, and a second one to start on as soon as it answers the first.
+
+        The second (sent only while more mentions wait than there are workers,
+        and only when small enough to sit in the pipe without blocking this
+        process) hides the hand-off between the processes; a crash is still
+        blamed on the first, the one being linked, and the second is requeued.
+        """
+        for w in list(self.workers):
+            while w.ready and queue and len(w.assigned) < DEPTH:
+                if w.assigned and len(queue) <= len(self.workers):
+                    break
+                data = pickle.dumps(queue[0])
+                if w.assigned and len(data) > PREFETCH_MAX_BYTES:
+                    break
+                try:
+                    w.assign(queue[0], data)
+                except OSError:  # it died after its last answer; if it holds mentions, its end is read next
+                    if not w.assigned:
+                        self.notes.append(f"an idle eval worker died ({self._bury(w)}); restarted")
+                        self.workers.append(_Worker(self.blob))
+                        self.restarts += 1
+                    break
+                queue.popleft()
+
     def _bury(self, w: _Worker) -> str:
         self.workers.remove(w)
         w.close(wait=10)
         return exit_cause(w.proc.returncode)
 
     def _died_linking(self, w: _Worker, cause: str, queue: deque, record_done: Callable[[dict], None]) -> None:
-        ex = w.current
-        if ex is None:
+        if not w.assigned:
             self.notes.append(f"an idle eval worker died ({cause}); restarted")
             return
+        ex, waiting = w.assigned[0], list(w.assigned)[1:]
+        queue.extendleft(reversed(waiting))  # sent but not started: back to the front, not blamed
         self.deaths[ex.id] += 1
         n = self.deaths[ex.id]
         if n < MAX_DEATHS:
@@ -303,7 +333,7 @@ def _child(in_fd: int, out_fd: int) -> int:
     outbox.send(("ready", os.getpid()))
     while True:
         try:
-            example = inbox.recv()
+            example = pickle.loads(inbox.recv_bytes())
         except (EOFError, OSError):
             return 0
         rec = evaluate_one(graph, example, ctx, score_baselines)
