@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import platform
 import re
 import statistics
@@ -93,6 +94,16 @@ def run_worker(ctx: Context, graph: Any, todo: list[Example]) -> tuple[float, li
     return stamps[1] - t0, _intervals(stamps)
 
 
+def machine() -> str:
+    """CPU model, cores and Python version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
 def mean_ci(xs: list[float]) -> tuple[float, float]:
     """Mean and the half-width of its 95% normal interval."""
     return statistics.fmean(xs), 1.96 * statistics.stdev(xs) / math.sqrt(len(xs))
@@ -113,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ctx = Context(linker_mode="llm", linker_model=FakeListChatModel(responses=["1"]),
                   embedding_model=HashEmbeddings(), reflection_threshold=0.0)
-    figures: dict[str, Any] = {"machine": f"{platform.processor() or platform.machine()}, {platform.python_version()}",
-                               "mentions": args.mentions, "repeat": args.repeat}
+    figures: dict[str, Any] = {"machine": machine(), "mentions": args.mentions, "repeat": args.repeat,
+                               "load_average_before": list(os.getloadavg())}
     for name in (("echo", "fake") if args.graph == "both" else (args.graph,)):
         graph = EchoGraph() if name == "echo" else None
         if graph is None:
@@ -146,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
               f"worker {b['ms_per_mention']:.2f} ± {b['ci95_ms']:.2f} ms/mention; overhead "
               f"{diff:+.2f} ms/mention [{diff - half:.2f}, {diff + half:.2f}] (95%); worker start + first mention "
               f"{b['first_mention_s']:.2f} s (in-process first mention {a['first_mention_s'] * 1e3:.1f} ms)")
+    figures["load_average_after"] = list(os.getloadavg())
     if args.out:
         Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")
     return 0
