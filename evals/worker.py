@@ -324,6 +324,9 @@ def _child(in_fd: int, out_fd: int) -> int:
         from evals.runner import _Baselines, evaluate_one
 
         score_baselines = _Baselines(ctx)
+    except I2CRError as exc:  # e.g. a graph "module:attribute" that cannot be imported
+        outbox.send(("fatal", str(exc)))
+        return 3
     except Exception as exc:
         outbox.send(("fatal", "cannot load the run's settings in the eval worker process "
                               f"({type(exc).__name__}: {exc}); objects in the settings must be defined in an "

@@ -312,3 +312,27 @@ def test_worker_benchmark_reports_the_overhead(tmp_path, capsys):
     assert echo["worker"]["first_mention_s"] > echo["inline"]["first_mention_s"]  # the worker's start
     assert "overhead" in capsys.readouterr().out
     assert bench_worker.main(["--mentions", "2"]) == 2
+
+
+def test_a_graph_named_by_module_and_attribute(tmp_path):
+    run = tmp_path / "run"
+    summary = run_eval(WIKIMEL, WIKIMEL_LABELS, run, context=context(ScriptedChatModel(responses=["1"], prompts=[])),
+                       graph="graph.compiled:graph", progress=False, report=False)
+    assert summary["written"] == 6 and summary["errors"] == 1  # 104 is malformed
+    with pytest.raises(ConfigError, match="graph 'nowhere:graph': cannot import it"):
+        run_eval(WIKIMEL, WIKIMEL_LABELS, tmp_path / "run2",
+                 context=context(ScriptedChatModel(responses=["1"], prompts=[])), graph="nowhere:graph",
+                 progress=False, report=False)
+
+
+def test_cli_in_process_links_objects_that_cannot_reach_a_worker(tmp_path, capsys, cli_with):
+    class Local(ScriptedChatModel):  # a class local to a function cannot be pickled
+        pass
+
+    data = jsonl(tmp_path / "d.jsonl", [f"game {i}" for i in range(3)])
+    cli_with(Local(responses=["1"], prompts=[]))
+    assert eval_main([str(data), "--no-progress", "--no-report", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "setting linker_model: the Local object cannot be sent" in err
+    assert eval_main([str(data), "--no-progress", "--no-report", "--out", str(tmp_path / "a"), "--in-process"]) == 0
+    assert "3/3 mentions" in capsys.readouterr().out
