@@ -4,7 +4,12 @@
               [--concurrency C] [--set key=value ...] [--retry-errors] --out run/
     i2cr report run/
 
-Re-running the same ``i2cr eval`` command resumes an interrupted run.
+Re-running the same ``i2cr eval`` command resumes an interrupted run. Mentions
+are linked in worker processes (a crash in a model costs one mention); a second
+run on the same --out folder is refused while the first one runs. Exit status:
+0 when the run ends, 2 on bad input or settings, when every mention failed, or
+when the run stopped early because its mentions kept failing for one reason;
+130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -26,10 +31,18 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="run only the first N mentions (after --sample)")
     p.add_argument("--sample", type=int, help="run a random sample of N mentions")
     p.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
-    p.add_argument("--concurrency", type=int, default=1, help="mentions linked in parallel (default 1)")
+    p.add_argument("--concurrency", type=int, default=1,
+                   help="mentions linked in parallel, one worker process each (default 1)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting of graph/context.py, e.g. --set linker_model=openai:gpt-4o-mini (repeatable)")
     p.add_argument("--retry-errors", action="store_true", help="on resume, run again the mentions that failed")
+    p.add_argument("--fail-fast", type=int, default=5, metavar="N",
+                   help="stop when the first N mentions all fail with the same error (default 5; 0 = never)")
+    p.add_argument("--max-failure-share", type=float, default=0.5, metavar="F",
+                   help="stop when, after 20 mentions, more than this share failed with one error "
+                        "(default 0.5; 1 = never)")
+    p.add_argument("--in-process", action="store_true",
+                   help="link in this process, not in worker processes (no crash isolation; for debugging)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-report", action="store_true", help="skip report.md / rounds.png at the end")
     return p
@@ -46,7 +59,9 @@ def eval_main(argv: list[str]) -> int:
         summary = run_eval(args.data, args.labels, args.out, context=ctx, images=args.images, limit=args.limit,
                            sample=args.sample, seed=args.seed, concurrency=args.concurrency,
                            retry_errors=args.retry_errors, progress=not args.no_progress,
-                           report=not args.no_report)
+                           report=not args.no_report, isolation="inline" if args.in_process else "process",
+                           fail_fast=args.fail_fast,
+                           max_failure_share=None if args.max_failure_share == 1 else args.max_failure_share)
     except I2CRError as exc:
         print(f"i2cr eval: error: {exc}", file=sys.stderr)
         return 2
@@ -62,6 +77,14 @@ def eval_main(argv: list[str]) -> int:
         print(f"note: {note}", file=sys.stderr)
     if summary.get("report"):
         print(f"report: {summary['report']}")
+    if summary.get("stopped"):
+        print(f"i2cr eval: error: stopped early: {summary['stopped']}. Fix the cause, then run the same command "
+              "with --retry-errors to resume", file=sys.stderr)
+        return 2
+    if summary.get("all_failed"):
+        print(f"i2cr eval: error: every mention failed ({summary['done']} of {summary['selected']}); "
+              f"most often: {summary['common_error']}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -5,9 +5,13 @@
                        context=Context(linker_model="openai:gpt-4o-mini"), sample=100, seed=0)
 
 Each mention becomes one line of ``run/predictions.jsonl``, written (and
-fsync'd) as soon as it is done; the same call resumes a killed run, skipping the
-ids already written. A record that fails (malformed input, model error) is
-written with its error and the run goes on.
+fsync'd) by this process as soon as it is done; the same call resumes a killed
+run, skipping the ids already written. A record that fails (malformed input,
+model error) is written with its error and the run goes on. The graph runs in
+worker processes (:mod:`evals.worker`), so a native crash inside a model costs
+one mention, not the batch. The run folder is locked while a run uses it. A run
+whose mentions keep failing for one reason stops early (``summary["stopped"]``).
+See docs/evaluation-robustness.md.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import threading
 import time
+from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,11 +31,18 @@ from typing import Any, Callable, Iterable
 from evals import baselines
 from evals.datasets import Dataset, Example, load_dataset
 from evals.metrics import match, match_qid
-from evals.store import PredictionWriter, check_resume, read_config, read_predictions, write_config
+from evals.store import PredictionWriter, RunLock, check_resume, read_config, read_predictions, write_config
 from graph.context import Context
 from tools.errors import I2CRError, InputError
 
 SECRET_SETTINGS = ("openai_api_key",)
+FAIL_FAST = 5
+"""Stop when the first this many mentions of a run all fail with the same error (0: never)."""
+MAX_FAILURE_SHARE = 0.5
+"""Stop when more than this share of the mentions linked so far failed with one error (None: never) ..."""
+FAILURE_SHARE_AFTER = 20
+"""... once at least this many mentions were linked in the run."""
+ISOLATION = ("process", "inline")
 
 
 def context_settings(ctx: Context) -> dict[str, Any]:
@@ -154,6 +167,61 @@ def evaluate_one(graph: Any, ex: Example, ctx: Context, score_baselines: Callabl
     return rec
 
 
+def failed_record(ex: Example, error: str, seconds: float = 0.0) -> dict[str, Any]:
+    """The line of a mention whose linking did not return (its worker process died)."""
+    inputs = ex.inputs or {}
+    return {"id": ex.id, "mention": inputs.get("mention"), "gold": ex.gold, "prediction": None,
+            "correct": None if ex.gold is None else False,
+            "correct_qid": None if match_qid(None, ex.gold) is None else False,
+            "status": None, "stop_round": None, "round1": None, "round1_correct": None if ex.gold is None else False,
+            "llm_calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "seconds": round(seconds, 4),
+            "has_image": bool(inputs.get("image")), "has_image_desc": bool(inputs.get("image_desc")),
+            "baselines": {"first": baselines.first_candidate(inputs.get("candidates"))},
+            "trace": [], "clues": [], "error": error}
+
+
+def failure_reason(error: str) -> str:
+    """An error with quoted names and numbers masked: two failures with the same result are one reason."""
+    return re.sub(r"'[^']*'|\"[^\"]*\"|\d+(?:\.\d+)?", "_", " ".join(str(error).split()))
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` on one line, cut to ``limit`` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class _StopRun(Exception):
+    """Raised from the record callback when the run should stop early; carries the reason."""
+
+
+class _FailureWatch:
+    """Decides when a run is failing for one reason and should stop (malformed records do not count)."""
+
+    def __init__(self, fail_fast: int, share: float | None, after: int = FAILURE_SHARE_AFTER):
+        self.fail_fast, self.share, self.after = fail_fast, share, after
+        self.n = 0
+        self.failed: Counter[str] = Counter()
+        self.example: dict[str, str] = {}
+
+    def add(self, rec: dict) -> str | None:
+        """Count ``rec``; return why the run should stop, or ``None``."""
+        self.n += 1
+        if rec.get("error"):
+            reason = failure_reason(rec["error"])
+            self.failed[reason] += 1
+            self.example.setdefault(reason, one_line(rec["error"]))
+        if not self.failed:
+            return None
+        reason, count = self.failed.most_common(1)[0]
+        if self.fail_fast and self.n == self.fail_fast and count == self.n:
+            return f"the first {self.n} mentions all failed with the same error: {self.example[reason]}"
+        if self.share is not None and self.n >= self.after and count > self.share * self.n:
+            return (f"{count} of the {self.n} mentions linked so far ({100 * count / self.n:.0f}%) failed with "
+                    f"the same error: {self.example[reason]}")
+        return None
+
+
 def build_config(ds: Dataset, *, labels: Any, images: Any, sample: int | None, seed: int,
                  limit: int | None, concurrency: int, ctx: Context) -> dict[str, Any]:
     """What identifies a run (compared on resume) and what the report shows."""
@@ -178,20 +246,58 @@ def run_eval(dataset: str | Path, labels: str | Path | dict | None = None, out: 
              context: Context | dict | None = None, images: str | Path | None = None, limit: int | None = None,
              sample: int | None = None, seed: int = 0, concurrency: int = 1, retry_errors: bool = False,
              progress: bool = True, report: bool = True, graph: Any = None,
-             on_record: Callable[[dict], None] | None = None) -> dict[str, Any]:
+             on_record: Callable[[dict], None] | None = None, isolation: str = "process",
+             fail_fast: int = FAIL_FAST, max_failure_share: float | None = MAX_FAILURE_SHARE) -> dict[str, Any]:
     """Run (or resume) the graph over a dataset, writing ``out/predictions.jsonl``; return a summary.
 
-    ``on_record`` is called with each line after it is written (tests use it to
-    simulate a crash). With ``report``, ``report.md`` and ``rounds.png`` are
-    written at the end.
+    ``isolation="process"`` links in ``concurrency`` worker processes that are
+    restarted when they die (see :mod:`evals.worker`; objects in ``context`` and
+    ``graph`` must then be picklable, or ``graph`` a ``"module:attribute"``);
+    ``"inline"`` links in this process (``concurrency`` threads). The run stops
+    early when its first ``fail_fast`` mentions all fail with the same error, or
+    when, after ``FAILURE_SHARE_AFTER`` mentions, more than
+    ``max_failure_share`` of them failed with one error; ``summary["stopped"]``
+    then says why. ``summary["all_failed"]`` is true when every mention of the
+    selection failed. ``on_record`` is called with each line after it is
+    written (tests use it to simulate a crash). With ``report``, ``report.md``
+    and ``rounds.png`` are written at the end.
     """
+    # everything that can be checked is checked before the first mention: the settings (built here,
+    # validated by Context), the options, the dataset, the run folder and its lock
     ctx = context if isinstance(context, Context) else Context(**(context or {}))
-    if concurrency < 1:
+    if not isinstance(concurrency, int) or concurrency < 1:
         raise InputError(f"--concurrency: expected a positive number, got {concurrency}")
+    if isolation not in ISOLATION:
+        raise InputError(f"isolation: expected one of {list(ISOLATION)}, got {isolation!r}")
+    if not isinstance(fail_fast, int) or fail_fast < 0:
+        raise InputError(f"--fail-fast: expected a non-negative number, got {fail_fast}")
+    if max_failure_share is not None and not 0 < max_failure_share <= 1:
+        raise InputError(f"--max-failure-share: expected a number in (0, 1], got {max_failure_share}")
+    pool = None
+    if isolation == "process":
+        from evals.worker import WorkerPool
+
+        # pickles the settings now (no process starts yet): what cannot reach a worker is a one-line error
+        pool = WorkerPool(concurrency, ctx, graph, failed_record=failed_record)
     ds = load_dataset(dataset, labels, images)
     chosen = select(ds.examples, limit=limit, sample=sample, seed=seed)
     run_dir = Path(out)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"--out {run_dir}: cannot create the run folder ({exc.strerror or exc})") from None
+    with RunLock(run_dir):
+        return _run_locked(ds, chosen, run_dir, ctx, labels=labels, images=images, limit=limit, sample=sample,
+                           seed=seed, concurrency=concurrency, retry_errors=retry_errors, progress=progress,
+                           report=report, graph=graph, on_record=on_record, pool=pool,
+                           fail_fast=fail_fast, max_failure_share=max_failure_share)
+
+
+def _run_locked(ds: Dataset, chosen: list[Example], run_dir: Path, ctx: Context, *, labels: Any, images: Any,
+                limit: int | None, sample: int | None, seed: int, concurrency: int, retry_errors: bool,
+                progress: bool, report: bool, graph: Any, on_record: Callable[[dict], None] | None,
+                pool: Any, fail_fast: int, max_failure_share: float | None) -> dict[str, Any]:
+    """:func:`run_eval` once the run folder is locked."""
     config = build_config(ds, labels=labels, images=images, sample=sample, seed=seed, limit=limit,
                           concurrency=concurrency, ctx=ctx)
     config["selected"] = len(chosen)
@@ -208,15 +314,20 @@ def run_eval(dataset: str | Path, labels: str | Path | dict | None = None, out: 
     chosen_ids = {ex.id for ex in chosen}
     previous = [r for r in done.values() if r["id"] in chosen_ids]
 
-    if graph is None:
+    if pool is not None:
+        pool.notes = notes
+    elif graph is None:
         from graph import graph as default_graph
 
         graph = default_graph
-    score_baselines = _Baselines(ctx)
+    score_baselines = None if pool is not None else _Baselines(ctx)
     tally = _Tally(previous)
+    watch = _FailureWatch(fail_fast, max_failure_share)
+    malformed = {ex.id for ex in todo if ex.inputs is None}
     bar = _progress_bar(len(chosen), len(previous), progress)
     bar.set_postfix_str(tally.postfix(), refresh=False)
     written = 0
+    stopped = None
     with PredictionWriter(run_dir) as writer:
         def record_done(rec: dict) -> None:
             nonlocal written
@@ -227,18 +338,35 @@ def run_eval(dataset: str | Path, labels: str | Path | dict | None = None, out: 
             bar.update(1)
             if on_record is not None:
                 on_record(rec)
+            reason = None if rec["id"] in malformed else watch.add(rec)
+            if reason and written < len(todo):
+                raise _StopRun(reason)
 
         try:
-            if concurrency == 1:
-                for ex in todo:
+            # malformed records need no model: written first, here
+            for ex in todo:
+                if ex.inputs is None:
+                    record_done(evaluate_one(None, ex, ctx, lambda inputs: {}))
+            linkable = [ex for ex in todo if ex.inputs is not None]
+            if pool is not None:
+                pool.run(linkable, record_done)
+            elif concurrency == 1:
+                for ex in linkable:
                     record_done(evaluate_one(graph, ex, ctx, score_baselines))
             else:
-                _run_pool(todo, lambda ex: evaluate_one(graph, ex, ctx, score_baselines), concurrency, record_done)
+                _run_pool(linkable, lambda ex: evaluate_one(graph, ex, ctx, score_baselines), concurrency,
+                          record_done)
+        except _StopRun as stop:
+            stopped = str(stop)
         finally:
             bar.close()
+    done = len(previous) + written
     summary = {"run_dir": str(run_dir), "selected": len(chosen), "resumed_from": len(previous),
-               "written": written, "done": len(previous) + written, "errors": tally.errors,
-               "accuracy": tally.accuracy(), "notes": ds.warnings + notes}
+               "written": written, "done": done, "errors": tally.errors,
+               "accuracy": tally.accuracy(), "notes": ds.warnings + notes, "stopped": stopped,
+               "all_failed": bool(chosen) and done == len(chosen) and tally.errors == done,
+               "common_error": tally.common_error(),
+               "worker_restarts": pool.restarts if pool is not None else 0}
     if report:
         from evals.report import write_report
 
@@ -279,18 +407,30 @@ class _Tally:
 
     def __init__(self, records: list[dict]):
         self.correct = self.scored = self.errors = 0
+        self.reasons: Counter[str] = Counter()
+        self.example: dict[str, str] = {}
         for rec in records:
             self.add(rec)
 
     def add(self, rec: dict) -> None:
         if rec.get("error"):
             self.errors += 1
+            reason = failure_reason(rec["error"])
+            self.reasons[reason] += 1
+            self.example.setdefault(reason, one_line(rec["error"]))
         if rec.get("gold") is not None:
             self.scored += 1
             self.correct += bool(rec.get("correct"))
 
     def accuracy(self) -> float | None:
         return self.correct / self.scored if self.scored else None
+
+    def common_error(self) -> str | None:
+        """The most frequent error (one example of its text) and its count, or ``None``."""
+        if not self.reasons:
+            return None
+        reason, count = self.reasons.most_common(1)[0]
+        return f"{self.example[reason]} ({count}x)"
 
     def postfix(self) -> str:
         acc = self.accuracy()

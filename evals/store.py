@@ -5,6 +5,10 @@ counts as done, so a run killed at any point (Ctrl-C, ``kill -9``, a crash)
 loses at most the line being written. On resume, :func:`read_predictions`
 drops a truncated last line and :class:`PredictionWriter` cuts it off the file
 before appending, so the file stays one JSON object per line.
+
+A run holds :class:`RunLock` (an ``fcntl`` lock on ``.lock`` in the folder)
+while it uses the folder, so a second run on the same folder is refused
+instead of linking every mention again and writing every id twice.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from tools.errors import ConfigError, InputError
 
 PREDICTIONS = "predictions.jsonl"
 CONFIG = "config.json"
+LOCK = ".lock"
 # settings that may change between the runs of one folder without changing the results
 RESUMABLE_KEYS = ("limit", "concurrency", "created")
 
@@ -116,3 +121,48 @@ def check_resume(run_dir: str | Path, old: dict[str, Any], new: dict[str, Any]) 
         listed = "; ".join(diffs[:6]) + ("; ..." if len(diffs) > 6 else "")
         raise ConfigError(f"{Path(run_dir)} holds a run with a different configuration ({listed}). "
                           "Re-run with the same options to resume it, or choose another --out folder.")
+
+
+class RunLock:
+    """An exclusive lock on a run folder for the duration of a run (``with RunLock(run_dir): ...``).
+
+    The lock is ``flock`` on ``run_dir/.lock``: the system releases it when the
+    process ends, however it ends (``kill -9`` included), so a stale lock file
+    never blocks a later run. The file holds the pid of the run that has it,
+    for the error message.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self._fh: Any = None
+
+    def __enter__(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            return self
+        path = self.run_dir / LOCK
+        try:
+            fh = open(path, "a+", encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"--out {self.run_dir}: cannot write in the run folder ({exc.strerror or exc})") from None
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip()
+            fh.close()
+            raise ConfigError(f"{self.run_dir} is in use by another i2cr eval run"
+                              f"{f' (pid {holder})' if holder.isdigit() else ''}; wait for it to end or "
+                              "choose another --out folder") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing the file releases the lock
+            self._fh = None

@@ -42,18 +42,29 @@ def lines(run: Path) -> list[dict]:
 
 
 class CountingGraph:
-    """The real graph, counting invocations per id."""
+    """The real graph, logging each invocation's id and process to a file (it runs in the eval worker)."""
 
-    def __init__(self):
-        self.ids: list[str] = []
+    def __init__(self, log: Path):
+        self.log = Path(log)
 
     def invoke(self, inputs, context=None):
-        self.ids.append(inputs["id"])
+        with open(self.log, "a") as fh:
+            fh.write(f"{inputs['id']} {os.getpid()}\n")
         return real_graph.invoke(inputs, context=context)
+
+    def calls(self) -> list[tuple[str, int]]:
+        """(id, pid) of every invocation so far."""
+        if not self.log.is_file():
+            return []
+        return [(i, int(p)) for i, p in (line.split() for line in self.log.read_text().splitlines())]
+
+    @property
+    def ids(self) -> list[str]:
+        return [i for i, _ in self.calls()]
 
 
 class Slow(ScriptedChatModel):
-    """A scripted model that takes its time (the kill -9 test uses the same class name in its subprocess)."""
+    """A scripted model that takes its time (the kill -9 test's subprocess and its eval worker import it)."""
 
     def _call(self, *args, **kwargs):
         time.sleep(0.1)
@@ -254,14 +265,16 @@ def test_resume_after_a_crash_and_a_truncated_line(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_eval(WIKIMEL, WIKIMEL_LABELS, run, context=fake_context(), progress=False, on_record=crash_after_three)
     assert len(lines(run)) == 3
+    before = {r["id"] for r in lines(run)}
+    assert "104" in before  # the malformed record is written first, without a model
     with open(run / "predictions.jsonl", "a") as fh:  # a kill in the middle of a write
         fh.write('{"id": "105", "prediction": {"qi')
-    graph = CountingGraph()
+    graph = CountingGraph(tmp_path / "calls.log")
     summary = run_eval(WIKIMEL, WIKIMEL_LABELS, run, context=fake_context(), progress=False, graph=graph)
     ids = [r["id"] for r in lines(run)]
     assert sorted(ids) == ["101", "102", "103", "104", "105", "106"]  # none lost, none twice
     assert summary["resumed_from"] == 3 and summary["written"] == 3
-    assert "105" in graph.ids and not set(graph.ids) & {"101", "102", "103"}
+    assert "105" in graph.ids and sorted(graph.ids) == sorted({"101", "102", "103", "105", "106"} - before)
     assert "truncated" in " ".join(summary["notes"])
 
 
@@ -297,14 +310,10 @@ def test_concurrent_run_has_every_mention_once(tmp_path):
 KILL_SCRIPT = """
 import sys, time
 sys.path[:0] = [{repo!r}, {tests!r}]
-from fakes import BagOfWordsEmbeddings, ScriptedChatModel, TableScorer
+from fakes import BagOfWordsEmbeddings, TableScorer
 from graph import Context
 from evals.runner import run_eval
-
-class Slow(ScriptedChatModel):
-    def _call(self, *args, **kwargs):
-        time.sleep(0.1)
-        return super()._call(*args, **kwargs)
+from test_evals import Slow  # the eval worker process imports it from there (a class of __main__ could not be)
 
 ctx = Context(linker_mode="llm", linker_model=Slow(responses=["1"], prompts=[]), embedding_model=BagOfWordsEmbeddings(),
               verifier=TableScorer({{"Michael Jordan": 0.9, "George Washington": 0.9}}), reflection_threshold=0.0)
@@ -329,6 +338,8 @@ def test_kill_minus_nine_then_resume(tmp_path):
             break
         time.sleep(0.02)
     assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    with pytest.raises(ConfigError, match=f"{run} is in use by another i2cr eval run \\(pid {proc.pid}\\)"):
+        run_eval(data, None, run, context=fake_context(), progress=False, report=False)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     killed_with = len(read_predictions(run)[0])
