@@ -25,8 +25,9 @@ if not embedded_llm.llama_cpp_available():
 
 import llama_cpp  # noqa: E402
 
-from tools import llama_cpp_chat as lc  # noqa: E402
-from tools.llama_cpp_chat import load_llama_cpp_chat_model  # noqa: E402
+from tools import llama_cpp_chat  # noqa: E402
+from tools import llama_cpp_runtime as lc  # noqa: E402
+from tools.llama_cpp_chat import LlamaCppChatModel, load_llama_cpp_chat_model  # noqa: E402
 
 MESSAGES = [SystemMessage("Answer with the name of the entity."), HumanMessage("the river in paris is the")]
 SPR_FLAGS = "fpu sse sse2 avx avx2 avx512f avx512bw avx512_bf16 amx_bf16 avx512_fp16 amx_tile amx_int8"
@@ -45,7 +46,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("I2CR_CACHE_DIR", str(tmp_path / "cache"))
     for var in (lc.EXTRA_BUFTS_ENV, lc.PROBE_ENV, lc._FAULT_ENV):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(lc, "_LOADED", type(lc._LOADED)())
+    monkeypatch.setattr(llama_cpp_chat, "_LOADED", type(llama_cpp_chat._LOADED)())
     monkeypatch.setattr(lc, "_PROBED", set())
     yield
 
@@ -127,7 +128,7 @@ def test_the_loader_passes_the_setting_to_llama_cpp(q4_gguf, tmp_path, monkeypat
     monkeypatch.setenv(lc.PROBE_ENV, "off")  # the probe has its own tests; here only the in-process load
     with LlamaLog() as log:
         model = embedded_llm.load_embedded_chat_model(None, temperature=0.0, max_tokens=4)
-    assert isinstance(model, lc.LlamaCppChatModel) and model.extra_bufts is False
+    assert isinstance(model, LlamaCppChatModel) and model.extra_bufts is False
     llama = model._shared().llama
     assert llama.model_params.use_extra_bufts is False
     assert any("model buffer size" in line for line in log.lines) and log.extra_buffers() == set()
@@ -197,8 +198,10 @@ def test_quantized_gguf_scores_equal_a_left_to_right_evaluation_with_and_without
         text = model.invoke(MESSAGES).content  # and it generates
         assert isinstance(text, str)
         by_setting[setting] = scores
-    for off, on in zip(by_setting["off"], by_setting["on"]):  # repacked or not, the same numbers
-        assert np.allclose(off, on, atol=5e-2)  # repacked kernels round activations differently
+    # repacked or not, the same numbers up to rounding (the repacked kernels round the activations
+    # differently: up to 0.06 nats seen); a broken kernel is off by whole nats
+    diffs = np.abs(np.concatenate(by_setting["off"]) - np.concatenate(by_setting["on"]))
+    assert diffs.max() < 0.15 and diffs.mean() < 0.03, diffs
 
 
 # ---- the probe --------------------------------------------------------------------------------
@@ -215,7 +218,7 @@ def test_a_native_crash_in_the_probe_is_a_one_line_model_error(q4_gguf, tmp_path
                           "try I2CR_LLAMA_EXTRA_BUFTS=off"), msg
     records = tmp_path / "cache" / "models" / "llama_cpp_probe"
     assert not records.exists() or not list(records.iterdir())  # a crash is not recorded as a success
-    assert not lc._LOADED  # and nothing was loaded in this process
+    assert not llama_cpp_chat._LOADED  # and nothing was loaded in this process
 
     monkeypatch.setenv(lc.EXTRA_BUFTS_ENV, "off")  # already off: the hint no longer suggests it
     with pytest.raises(ModelError, match=r"crashed \(SIGSEGV\).*extra buffer types off\); try I2CR_NO_LLAMA_CPP=1"):
