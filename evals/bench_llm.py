@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {"model": a.model, "mentions": len(examples), "load_seconds": round(load_s, 2), "scoring": {}}
     print(f"{a.model}: loaded in {load_s:.1f} s; {len(examples)} mentions", flush=True)
     if type(model).__name__ == "LlamaCppChatModel":
-        from tools.llama_cpp_chat import cpu_summary, extra_bufts_setting
+        from tools.llama_cpp_runtime import cpu_summary, extra_bufts_setting
 
         results["llama_cpp"] = {"cpu": cpu_summary(), "threads": model.n_threads, "extra_bufts": model.extra_bufts,
                                 "extra_bufts_setting": extra_bufts_setting()}
