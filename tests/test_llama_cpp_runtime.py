@@ -90,24 +90,26 @@ class LlamaLog:
 
 # ---- the setting -----------------------------------------------------------------------------
 
-def test_extra_buffer_types_are_off_on_an_amx_cpu_and_the_setting_is_checked(tmp_path, monkeypatch):
+def test_extra_buffer_types_are_off_by_default_and_on_an_amx_cpu_and_the_setting_is_checked(tmp_path, monkeypatch):
     fake_cpu(tmp_path, monkeypatch, "Intel(R) Xeon(R) Platinum 8488C", SPR_FLAGS)
     assert lc.cpu_has_amx() and "AMX: yes" in lc.cpu_summary() and "AVX-512: yes" in lc.cpu_summary()
-    assert lc.use_extra_bufts() is False
-    monkeypatch.setenv(lc.EXTRA_BUFTS_ENV, "on")  # the user overrides auto
+    assert lc.extra_bufts_setting() == "off" and lc.use_extra_bufts() is False  # the default
+    monkeypatch.setenv(lc.EXTRA_BUFTS_ENV, "auto")
+    assert lc.use_extra_bufts() is False  # auto: never on a CPU with AMX
+    monkeypatch.setenv(lc.EXTRA_BUFTS_ENV, "on")  # the user insists
     assert lc.use_extra_bufts() is True
     fake_cpu(tmp_path, monkeypatch, "AMD EPYC", ZEN_FLAGS)
     assert not lc.cpu_has_amx() and "AMX: no" in lc.cpu_summary()
-    monkeypatch.setenv(lc.EXTRA_BUFTS_ENV, " OFF ")
-    assert lc.use_extra_bufts() is False
-    monkeypatch.setenv(lc.EXTRA_BUFTS_ENV, "auto")
+    monkeypatch.setenv(lc.EXTRA_BUFTS_ENV, " AUTO ")
     assert lc.use_extra_bufts() is True
+    monkeypatch.setenv(lc.EXTRA_BUFTS_ENV, "")
+    assert lc.use_extra_bufts() is False
     monkeypatch.setattr(lc, "CPUINFO", str(tmp_path / "absent"))  # not Linux: nothing known, no AMX
     assert not lc.cpu_has_amx() and "unknown CPU" in lc.cpu_summary()
     monkeypatch.setenv(lc.EXTRA_BUFTS_ENV, "maybe")
     with pytest.raises(ConfigError) as err:
         lc.use_extra_bufts()
-    assert str(err.value) == "I2CR_LLAMA_EXTRA_BUFTS='maybe': expected one of auto, on, off"
+    assert str(err.value) == "I2CR_LLAMA_EXTRA_BUFTS='maybe': expected one of off, auto, on"
     with pytest.raises(ConfigError, match="I2CR_LLAMA_EXTRA_BUFTS"):  # the loader reads it before any load
         load_llama_cpp_chat_model(tmp_path / "never-read.gguf", model_name="embedded", temperature=0,
                                   max_tokens=4)
@@ -119,10 +121,10 @@ def test_extra_buffer_types_are_off_on_an_amx_cpu_and_the_setting_is_checked(tmp
 
 
 def test_the_loader_passes_the_setting_to_llama_cpp(q4_gguf, tmp_path, monkeypatch):
-    """On an AMX CPU the weights are not repacked: the model parameters llama.cpp loaded with say so,
-    and llama.cpp reports no extra weight buffer. Forced on, the same file is repacked (on a CPU and
-    build that can), so the flag is what makes the difference. Both through the ``embedded`` spec's
-    loader, as a pip-installed user runs it."""
+    """On an AMX CPU the weights are not repacked (by default, and with ``auto``): the model parameters
+    llama.cpp loaded with say so, and llama.cpp reports no extra weight buffer. Forced on, the same file
+    is repacked (on a CPU and build that can), so the flag is what makes the difference. Through the
+    ``embedded`` spec's loader, as a pip-installed user runs it."""
     fake_cpu(tmp_path, monkeypatch, "Intel(R) Xeon(R) Platinum 8488C", SPR_FLAGS)
     monkeypatch.setattr(embedded_llm, "embedded_gguf_path", lambda variant=None: q4_gguf)
     monkeypatch.setenv(lc.PROBE_ENV, "off")  # the probe has its own tests; here only the in-process load
@@ -133,6 +135,9 @@ def test_the_loader_passes_the_setting_to_llama_cpp(q4_gguf, tmp_path, monkeypat
     assert llama.model_params.use_extra_bufts is False
     assert any("model buffer size" in line for line in log.lines) and log.extra_buffers() == set()
     model.label_logprobs(MESSAGES, ["A", "B"])  # and it evaluates
+    monkeypatch.setenv(lc.EXTRA_BUFTS_ENV, "auto")
+    again = embedded_llm.load_embedded_chat_model(None, temperature=0.0, max_tokens=4)
+    assert again.extra_bufts is False and again._shared() is model._shared()  # the same load, shared
 
     monkeypatch.setenv(lc.EXTRA_BUFTS_ENV, "on")
     with LlamaLog() as log:
@@ -208,6 +213,7 @@ def test_quantized_gguf_scores_equal_a_left_to_right_evaluation_with_and_without
 
 def test_a_native_crash_in_the_probe_is_a_one_line_model_error(q4_gguf, tmp_path, monkeypatch):
     fake_cpu(tmp_path, monkeypatch, "AMD EPYC 9B45", ZEN_FLAGS)
+    monkeypatch.setenv(lc.EXTRA_BUFTS_ENV, "on")
     monkeypatch.setenv(lc._FAULT_ENV, "segv")  # the child loads the model, then segfaults for real
     with pytest.raises(ModelError) as err:
         load_llama_cpp_chat_model(q4_gguf, model_name="embedded", temperature=0, max_tokens=4, n_ctx=128)
@@ -220,7 +226,7 @@ def test_a_native_crash_in_the_probe_is_a_one_line_model_error(q4_gguf, tmp_path
     assert not records.exists() or not list(records.iterdir())  # a crash is not recorded as a success
     assert not llama_cpp_chat._LOADED  # and nothing was loaded in this process
 
-    monkeypatch.setenv(lc.EXTRA_BUFTS_ENV, "off")  # already off: the hint no longer suggests it
+    monkeypatch.delenv(lc.EXTRA_BUFTS_ENV)  # off, the default: the hint no longer suggests it
     with pytest.raises(ModelError, match=r"crashed \(SIGSEGV\).*extra buffer types off\); try I2CR_NO_LLAMA_CPP=1"):
         load_llama_cpp_chat_model(q4_gguf, model_name="embedded", temperature=0, max_tokens=4, n_ctx=128)
 
@@ -238,6 +244,7 @@ def test_the_probe_runs_once_per_file_and_setting_and_is_recorded(q4_gguf, tmp_p
     monkeypatch.setattr(lc.subprocess, "run", no_child)
     lc._PROBED.clear()  # as in a new process: the record on disk is enough
     assert lc.ensure_llama_cpp_runs(q4_gguf, model_name="embedded", extra_bufts=True, n_threads=1) == 0.0
+    monkeypatch.setenv(lc.EXTRA_BUFTS_ENV, "on")  # the loader finds the record too
     model = load_llama_cpp_chat_model(q4_gguf, model_name="embedded", temperature=0, max_tokens=4, n_ctx=128)
     assert model.extra_bufts is True
     with pytest.raises(AssertionError, match="ran again"):  # another setting, or another CPU, is probed anew

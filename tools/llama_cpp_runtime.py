@@ -5,12 +5,14 @@ only ``llama_cpp`` (no LangChain: ~1 s less per probe).
 
 * **Extra buffer types** are llama.cpp's repacked copies of the weights
   (``CPU_REPACK``; ``AMX`` on Sapphire-Rapids-class Intel CPUs). llama.cpp's
-  AMX matrix multiply segfaults in ``decode`` (ggml-org/llama.cpp#20824), so on
-  a CPU whose flags include ``amx_tile``/``amx_int8``/``amx_bf16`` they are off.
-  ``$I2CR_LLAMA_EXTRA_BUFTS``: ``auto`` (default: off on AMX CPUs, on
-  elsewhere), ``on`` or ``off``. llama-cpp-python 0.3.x has no keyword for
-  llama.cpp's ``use_extra_bufts`` model parameter; ``_llama_class`` sets it on
-  the parameters before the weights load and ``new_llama`` checks it stuck.
+  AMX matrix multiply segfaults in ``decode`` (ggml-org/llama.cpp#20824), and
+  on the AVX-512 EPYC measured (docs/embedded-llm.md) the plain weights were
+  faster than the repacked ones and used ~600 MB less memory, so they are off
+  by default on every CPU. ``$I2CR_LLAMA_EXTRA_BUFTS``: ``off`` (default),
+  ``auto`` (off on a CPU whose flags include ``amx_tile``/``amx_int8``/
+  ``amx_bf16``, on elsewhere) or ``on``. llama-cpp-python 0.3.x has no keyword
+  for llama.cpp's ``use_extra_bufts`` model parameter; ``_llama_class`` sets it
+  on the parameters before the weights load and ``new_llama`` checks it stuck.
 * **The probe**: before a GGUF is first used with a setting on a CPU, a child
   process loads it and evaluates ~30 tokens as a batch and one more token. A
   child killed by a signal (SIGSEGV, SIGILL, SIGABRT...) becomes a one-line
@@ -40,7 +42,8 @@ SEED = 0
 
 # ---- the CPU and llama.cpp's extra buffer types ---------------------------------------------
 EXTRA_BUFTS_ENV = "I2CR_LLAMA_EXTRA_BUFTS"
-EXTRA_BUFTS_CHOICES = ("auto", "on", "off")
+EXTRA_BUFTS_CHOICES = ("off", "auto", "on")
+EXTRA_BUFTS_DEFAULT = "off"  # measured: no loss (a gain) on AVX-512 without AMX; AMX crashes with them
 AMX_FLAGS = ("amx_tile", "amx_int8", "amx_bf16")
 CPUINFO = "/proc/cpuinfo"
 
@@ -76,8 +79,8 @@ def cpu_has_amx(flags: frozenset[str] | None = None) -> bool:
 
 
 def extra_bufts_setting() -> str:
-    """``$I2CR_LLAMA_EXTRA_BUFTS`` checked: ``auto`` (default), ``on`` or ``off``."""
-    raw = os.environ.get(EXTRA_BUFTS_ENV, "").strip().lower() or "auto"
+    """``$I2CR_LLAMA_EXTRA_BUFTS`` checked: ``off`` (default), ``auto`` or ``on``."""
+    raw = os.environ.get(EXTRA_BUFTS_ENV, "").strip().lower() or EXTRA_BUFTS_DEFAULT
     if raw not in EXTRA_BUFTS_CHOICES:
         raise ConfigError(f"{EXTRA_BUFTS_ENV}={os.environ[EXTRA_BUFTS_ENV]!r}: expected one of "
                           f"{', '.join(EXTRA_BUFTS_CHOICES)}")
@@ -85,7 +88,7 @@ def extra_bufts_setting() -> str:
 
 
 def use_extra_bufts() -> bool:
-    """Whether llama.cpp may repack weights into its extra buffer types: off on AMX CPUs unless forced on."""
+    """Whether llama.cpp may repack weights into its extra buffer types: only when ``on``, or ``auto`` without AMX."""
     setting = extra_bufts_setting()
     if setting != "auto":
         return setting == "on"
