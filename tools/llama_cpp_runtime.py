@@ -1,7 +1,7 @@
 """llama.cpp on this CPU: the extra-buffer-type setting and the one-time probe in a child process.
 
 Kept apart from ``tools/llama_cpp_chat.py`` so that the probe's child imports
-only ``llama_cpp`` (no LangChain: ~1 s less per probe).
+only ``llama_cpp`` (no LangChain: 1-6 s less per probe on a busy 2-core machine).
 
 * **Extra buffer types** are llama.cpp's repacked copies of the weights
   (``CPU_REPACK``; ``AMX`` on Sapphire-Rapids-class Intel CPUs). llama.cpp's
@@ -14,7 +14,7 @@ only ``llama_cpp`` (no LangChain: ~1 s less per probe).
   for llama.cpp's ``use_extra_bufts`` model parameter; ``_llama_class`` sets it
   on the parameters before the weights load and ``new_llama`` checks it stuck.
 * **The probe**: before a GGUF is first used with a setting on a CPU, a child
-  process loads it and evaluates ~30 tokens as a batch and one more token. A
+  process loads it and evaluates 30 tokens as a batch and one more token. A
   child killed by a signal (SIGSEGV, SIGILL, SIGABRT...) becomes a one-line
   ``ModelError`` naming the model, the file and the CPU, instead of a core dump
   of the caller. A success is recorded in ``<cache>/models/llama_cpp_probe/``
@@ -153,7 +153,7 @@ def new_llama(path: str, *, n_ctx: int, n_threads: int, extra_bufts: bool) -> An
 PROBE_ENV = "I2CR_LLAMA_PROBE"
 PROBE_TIMEOUT_S = 600.0
 PROBE_N_CTX = 256
-# ~40 tokens: evaluated as one batch (matrix-matrix kernels, where the repacked/AMX weights run), then one token
+# 30 tokens (Qwen2.5) evaluated as one batch (matrix-matrix kernels, where the repacked/AMX weights run), then one token
 PROBE_TEXT = ("The river flows through the old city. The king of the band played a song in Paris and "
               "London; the film won the prize of the year.")
 _FAULT_ENV = "I2CR_LLAMA_PROBE_FAULT"  # test hook: the probe child crashes itself (segv) after loading
