@@ -15,6 +15,11 @@
 Runtime: llama.cpp through ``llama-cpp-python`` when it is importable (see
 ``tools/llama_cpp_chat.py``), otherwise transformers' GGUF loader (slower; the
 dequantized weights are saved in the cache folder so that costs ~1 min once).
+``I2CR_NO_LLAMA_CPP=1`` picks transformers even when llama.cpp is installed.
+On every CPU the llama.cpp load goes through ``tools/llama_cpp_runtime.py``:
+no repacked weights on AMX CPUs (``I2CR_LLAMA_EXTRA_BUFTS``), and a one-time
+probe in a child process so that a native crash is a ``ModelError``, not a
+core dump (docs/embedded-llm.md).
 """
 
 from __future__ import annotations
