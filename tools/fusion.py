@@ -11,8 +11,19 @@ The weights file is JSON written by ``evals/fit_fusion.py``:
 ``{"features": [...], "text": {"coef": [...], "intercept": x, "mean": [...], "scale": [...]},
 "clue": {...}, "llm_weight": {"likelihood": w, "choice": w} (or one number for both),
 "llm_floor": f (optional: the LLM's log-probabilities, relative to its top candidate, are floored
-at -f), "fit": {...}}``. The packaged one is fitted on
-the WikiMEL dev split (cross-validated figures in its ``fit`` entry and the README).
+at -f), "nil_row": true (optional), "fit": {...}}``.
+
+``nil_row``: the models were fitted as a conditional logit with a "none of
+these" alternative scored 0 beside the candidates (``evals/fit_fusion.py``), so
+``softmax([logits..., 0])`` is a calibrated distribution over the candidates
+*and* nil (:func:`distribution`): its candidate probabilities are absolute, not
+relative to the other candidates, and feed both the text-first gate and the nil
+decision (``nil_threshold``). Files without it (older fits) give the plain
+softmax over the candidates and never answer nil.
+
+Rank features (``tools.features.RANK_FEATURES``) are computed by the caller
+from the list's order only when that order is informative; see
+:func:`tools.features.candidate_features`.
 """
 
 from __future__ import annotations
@@ -59,6 +70,7 @@ class FusionWeights:
         if floor is not None and (isinstance(floor, bool) or not isinstance(floor, (int, float)) or floor <= 0):
             raise ConfigError(f"fusion_weights {source}: llm_floor must be a positive number, got {floor!r}")
         self.llm_floor = None if floor is None else float(floor)
+        self.nil_row = bool(data.get("nil_row", False))
         self.fit = data.get("fit", {})
 
     def llm_weight_for(self, method: str) -> float:
@@ -78,6 +90,59 @@ class FusionWeights:
         m = self.models["clue" if with_clues else "text"]
         x = (features[:, self.index] - m["mean"]) / m["scale"]
         return x @ m["coef"] + m["intercept"]
+
+
+def distribution(scores: np.ndarray, nil_row: bool) -> tuple[np.ndarray, float]:
+    """Probabilities of the candidates and of nil from their scores.
+
+    With ``nil_row`` a nil alternative scored 0 joins the softmax (the models'
+    intercepts were fitted against it); without, nil gets 0 and the candidates
+    share all the mass.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if not nil_row:
+        return softmax(scores), 0.0
+    full = softmax(np.append(scores, 0.0))
+    return full[:-1], float(full[-1])
+
+
+def nil_decision(p_top: float | None, nil_threshold: float | None, nil_row: bool) -> bool:
+    """Whether to answer nil: the best candidate's calibrated probability is below ``nil_threshold``.
+
+    Never with ``nil_threshold=None`` (the off switch) or with weights that have no nil row
+    (their probabilities are relative to the other candidates, not absolute).
+    """
+    return nil_threshold is not None and nil_row and (p_top is None or p_top < nil_threshold)
+
+
+def weights_document(models: dict[str, dict[str, Any]], *, llm_weight: Any = 1.0, llm_floor: float | None = None,
+                     nil_row: bool = True, fit: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON content of a weights file (the one format :class:`FusionWeights` reads).
+
+    ``models``: ``{"text": {"coef", "intercept", "mean", "scale"}, "clue": {...}}`` over ``ALL_FEATURES``.
+    """
+    out: dict[str, Any] = {"features": list(ALL_FEATURES)}
+    for kind in ("text", "clue"):
+        m = models[kind]
+        if len(m["coef"]) != len(ALL_FEATURES):
+            raise ValueError(f"model '{kind}' has {len(m['coef'])} weights for {len(ALL_FEATURES)} features")
+        out[kind] = {k: (float(m[k]) if k == "intercept" else [float(v) for v in m[k]])
+                     for k in ("coef", "intercept", "mean", "scale")}
+    out["llm_weight"] = llm_weight
+    if llm_floor is not None:
+        out["llm_floor"] = llm_floor
+    out["nil_row"] = bool(nil_row)
+    out["fit"] = fit or {}
+    return out
+
+
+def write_weights(path: str | Path, document: dict[str, Any]) -> Path:
+    """Write a weights document (checked by loading it back) to ``path``."""
+    FusionWeights(document, str(path))
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(document, indent=1) + "\n")
+    return p
 
 
 def floored(logp: Any, floor: float | None) -> np.ndarray:
