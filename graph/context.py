@@ -124,6 +124,19 @@ class Context:
                   "transformers; other models: a sampled answer). 'auto': likelihood where the model supports "
                   "it, else choice."},
     )
+    candidate_order: Literal["auto", "ranked", "unordered"] = field(
+        default="auto",
+        metadata={"description": "Fused mode: whether the candidate list's order is evidence (the list-rank "
+                  "features). 'ranked': yes; 'unordered': no, shuffling the list cannot change the answer; "
+                  "'auto' (default): ranked for knowledge-base retrieval results, unordered for lists given "
+                  "with the input."},
+    )
+    nil_threshold: float | None = field(
+        default=0.5,
+        metadata={"description": "Fused mode: answer nil when the best candidate's calibrated probability (a "
+                  "'none of these' alternative scored beside the candidates) is below this. Empty = never "
+                  "answer nil from the scores (weights files without a nil row never do)."},
+    )
     llm_in_clue_rounds: bool = field(
         default=False,
         metadata={"description": "Fused mode: also ask the LLM again, with the clues, in clue rounds that are "
@@ -240,6 +253,12 @@ class Context:
             raise ConfigError(f"linker_mode: expected 'fused' or 'llm', got {self.linker_mode!r}")
         if self.llm_scoring not in ("auto", "likelihood", "choice"):
             raise ConfigError(f"llm_scoring: expected 'auto', 'likelihood' or 'choice', got {self.llm_scoring!r}")
+        if self.candidate_order not in ("auto", "ranked", "unordered"):
+            raise ConfigError(f"candidate_order: expected 'auto', 'ranked' or 'unordered', got {self.candidate_order!r}")
+        if self.nil_threshold is not None and (isinstance(self.nil_threshold, bool) or not isinstance(
+                self.nil_threshold, (int, float)) or not 0 <= self.nil_threshold <= 1):
+            raise ConfigError(f"nil_threshold: expected a number between 0 and 1 or empty (off), "
+                              f"got {self.nil_threshold!r}")
         for name in ("gate_threshold", "confidence_threshold"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
@@ -275,7 +294,7 @@ def coerce_setting(name: str, raw: str, *, origin: str | None = None) -> Any:
         if isinstance(default, int):
             return int(text)
         if isinstance(default, float) or name in ("verification_threshold", "object_min_confidence", "llm_weight"):
-            return float(text) if text else None
+            return float(text) if text and text.lower() not in ("none", "off") else None
         if isinstance(default, list) or name == "object_labels":
             return json.loads(text) if text.startswith("[") else [c.strip() for c in text.split(",") if c.strip()]
     except ValueError as exc:

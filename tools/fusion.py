@@ -106,6 +106,21 @@ def distribution(scores: np.ndarray, nil_row: bool) -> tuple[np.ndarray, float]:
     return full[:-1], float(full[-1])
 
 
+def order_is_ranked(candidate_order: str, source: str | None) -> bool:
+    """Whether the list's order counts as evidence (the rank features are read).
+
+    ``ranked``/``unordered`` as declared; ``auto``: ranked only for lists the
+    knowledge base retrieval ranked (``source == "knowledge base"``); a list that
+    came with the input is treated as unordered, so shuffling it cannot change
+    the answer (see docs/generalisation.md for the measurement behind this default).
+    """
+    if candidate_order == "ranked":
+        return True
+    if candidate_order == "unordered":
+        return False
+    return source == "knowledge base"
+
+
 def nil_decision(p_top: float | None, nil_threshold: float | None, nil_row: bool) -> bool:
     """Whether to answer nil: the best candidate's calibrated probability is below ``nil_threshold``.
 
