@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from evals.datasets import load_dataset
-from evals.fit_fusion import clue_texts, fit_clogit, fit_lr, fold_of, predict
+from evals.fit_fusion import DiskEmbedder, fit_clogit, fit_lr, fold_of, predict, unordered
 from evals.metrics import normalize_name, wilson
 from tools.features import ALL_FEATURES, RANK_FEATURES, TEXT_FEATURES, candidate_features
 from tools.fusion import distribution, softmax
@@ -56,37 +56,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("I2CR_SHARED_DATA") or ROOT.parent / "shared" / "data")
 RANK_COLS = [ALL_FEATURES.index(f) for f in RANK_FEATURES]
 GATE = 0.95
-
-
-class DiskEmbedder:
-    """The embedded embedder behind a text -> vector cache kept on disk (float16)."""
-
-    def __init__(self, path: Path, spec: str = "embedded"):
-        from tools.embeddings import get_embedder
-
-        self.path, self.inner = path, get_embedder(spec)
-        self.cache: dict[str, np.ndarray] = pickle.loads(path.read_bytes()) if path.is_file() else {}
-        self.added = 0
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
-        if missing:
-            vecs = self.inner.embed(missing)
-            self.cache.update(zip(missing, vecs.astype(np.float16)))
-            self.added += len(missing)
-            if self.added >= 5000:
-                self.save()
-        return np.stack([self.cache[t].astype(np.float32) for t in texts])
-
-    def cosine(self, query: str, texts: list[str]) -> list[float]:
-        v = self.embed([query, *texts])
-        return [float(x) for x in v[1:] @ v[0]]
-
-    def save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_bytes(pickle.dumps(self.cache))
-        tmp.replace(self.path)
-        self.added = 0
 
 
 def load_module(path: str, name: str) -> Any:
@@ -121,21 +90,11 @@ def build(path: str, labels: str, featurize: Any, emb: DiskEmbedder, cache: Path
         nil.append(is_nil)
         names.append([c["name"] for c in cands])
         ids.append(ex.id)
-        if k and k % 500 == 0:
+        if k and k % 200 == 0:
             print(f"  {tag}: {k}/{len(exs)} mentions, {time.perf_counter() - t:.0f} s", file=sys.stderr)
     emb.save()
     out = {"X": X, "gold": np.asarray(gold), "nil": np.asarray(nil), "ids": ids}
     f.write_bytes(pickle.dumps(out))
-    return out
-
-
-def unordered(X: list[np.ndarray]) -> list[np.ndarray]:
-    """The same rows with the rank features replaced by their average over the list."""
-    out = []
-    for x in X:
-        x = x.copy()
-        x[:, RANK_COLS] = x[:, RANK_COLS].mean(0)
-        out.append(x)
     return out
 
 
@@ -215,17 +174,23 @@ def main(argv: list[str] | None = None) -> int:
     sets = {"wikimel_dev": (str(wm / "WikiMEL_dev.json"), str(wm / "WikiMEL_dev_label.json"))}
     for v in ("a_shuffled", "b_titles", "c_no_attributes", "d_nil", "e_all"):
         sets[v] = (str(vdir / f"{v}.json"), str(vdir / f"{v}_label.json"))
+    wd_sets = {"train": (str(wd / "wikidiverse_train.json"), str(wd / "wikidiverse_train_label.json")),
+               "val": (str(wd / "wikidiverse_val.json"), str(wd / "wikidiverse_val_label.json"))}
     feats = {}
-    for name, (d, l) in sets.items():
-        feats[("new", name)] = build(d, l, new_feat, emb, cache, "new")
-        feats[("old", name)] = build(d, l, old_feat, emb, cache, "old")
-    train = build(str(wd / "wikidiverse_train.json"), str(wd / "wikidiverse_train_label.json"), new_feat, emb, cache,
-                  "new", sample=a.train_sample)
-    val_new = build(str(wd / "wikidiverse_val.json"), str(wd / "wikidiverse_val_label.json"), new_feat, emb, cache, "new")
-    val_old = build(str(wd / "wikidiverse_val.json"), str(wd / "wikidiverse_val_label.json"), old_feat, emb, cache, "old")
+    # cheapest first (the variants a and d reuse the dev split's texts), so an interrupted run keeps the most
+    for name in ("wikimel_dev", "a_shuffled", "d_nil"):
+        feats[("new", name)] = build(*sets[name], new_feat, emb, cache, "new", sample=None)
+        feats[("old", name)] = build(*sets[name], old_feat, emb, cache, "old")
+    train = build(*wd_sets["train"], new_feat, emb, cache, "new", sample=a.train_sample)
+    val_new = build(*wd_sets["val"], new_feat, emb, cache, "new")
+    val_old = build(*wd_sets["val"], old_feat, emb, cache, "old")
+    for name in ("c_no_attributes", "b_titles", "e_all"):
+        feats[("new", name)] = build(*sets[name], new_feat, emb, cache, "new")
+        feats[("old", name)] = build(*sets[name], old_feat, emb, cache, "old")
 
     old_cols = [old.ALL_FEATURES.index(f) for f in old.TEXT_FEATURES]  # the old text model's columns
     new_cols = [ALL_FEATURES.index(f) for f in TEXT_FEATURES]
+    free_cols = [ALL_FEATURES.index(f) for f in TEXT_FEATURES if f not in RANK_FEATURES]
     dev_new, dev_old = feats[("new", "wikimel_dev")], feats[("old", "wikimel_dev")]
     n = len(dev_new["X"])
     fold = fold_of(n, a.folds)
@@ -247,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         mix_u = unordered(dev_tr_r) + tr_X_unord
         g_mix = np.concatenate([dev_new["gold"][tr], train["gold"]])
         m_r = fit_clogit(mix_r, g_mix, new_cols, a.C)
-        m_u = fit_clogit(mix_u, g_mix, new_cols, a.C)
+        m_u = fit_clogit(mix_u, g_mix, free_cols, a.C)
         print(f"fold {f}: fitted in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         for name in sets:
             fn, fo = feats[("new", name)], feats[("old", name)]
@@ -256,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 oof[("before", name)][j] = predict(m_old, fo["X"][j], old_cols)
                 oof[("after-ranked", name)][j] = predict(m_r, fn["X"][j], new_cols)
-                oof[("after", name)][j] = predict(m_u, unordered([fn["X"][j]])[0], new_cols)
+                oof[("after", name)][j] = predict(m_u, fn["X"][j], free_cols)
     rows = []
     for name in sets:
         fn = feats[("new", name)]
@@ -271,18 +236,31 @@ def main(argv: list[str] | None = None) -> int:
     z_before = [predict(old_model, x, old_all) for x in val_old["X"]]
     full_mix = unordered(dev_new["X"]) + tr_X_unord
     g_full = np.concatenate([dev_new["gold"], train["gold"]])
-    m_full = fit_clogit(full_mix, g_full, new_cols, a.C)
-    z_after = [predict(m_full, x, new_cols) for x in unordered(val_new["X"])]
+    m_full = fit_clogit(full_mix, g_full, free_cols, a.C)
+    z_after = [predict(m_full, x, free_cols) for x in val_new["X"]]
     for s, z, nil_row in (("before", z_before, False), ("after", z_after, True)):
         pred, top, ptop = decide(z, nil_row, a.nil_threshold)
         rows.append(("wikidiverse_val", s, metrics(pred, top, ptop, val_new["gold"], val_new["nil"])))
-    # nil threshold sweep on the training mix's own out-of-fold answers (how the default was chosen)
+    # nil threshold sweep: the held-out answers of every set at other thresholds (sensitivity, not tuning)
+    sweep = {}
+    for th in (None, 0.3, 0.4, 0.5, 0.6):
+        for name in ("wikimel_dev", "d_nil", "e_all"):
+            pred, top, ptop = decide(oof[("after", name)], True, th)
+            r = metrics(pred, top, ptop, feats[("new", name)]["gold"], feats[("new", name)]["nil"])
+            sweep[f"{name}@{th}"] = {"top1": r["top1"]["p"], "nil_f1": r["nil_f1"]}
+        pred, top, ptop = decide(z_after, True, th)
+        r = metrics(pred, top, ptop, val_new["gold"], val_new["nil"])
+        sweep[f"wikidiverse_val@{th}"] = {"top1": r["top1"]["p"], "nil_f1": r["nil_f1"]}
+    results["nil_threshold_sweep"] = sweep
     out_dir = Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, s, res in rows:
         results["sets"].setdefault(name, {})[s] = res
     (out_dir / "table.json").write_text(json.dumps(results, indent=1, default=float))
     print_table(rows)
+    print("\nnil_threshold sensitivity (after, unordered): " + "; ".join(
+        f"{k} {100 * v['top1']:.1f}/{v['nil_f1'] if v['nil_f1'] is None else round(v['nil_f1'], 2)}"
+        for k, v in sweep.items()))
     if a.write_weights:
         results["full_model"] = m_full
         (out_dir / "full_model.json").write_text(json.dumps(m_full))

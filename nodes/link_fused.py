@@ -84,7 +84,7 @@ def score_round(state: State, ctx: Context, usage: dict[str, Any]) -> dict[str, 
     feats = candidate_features(state["mention"], state.get("context") or "", cands, embedder, clue_text, ocr_text,
                                ranked=ranked)
     weights = load_weights(ctx.fusion_weights)
-    scores = weights.logits(feats, with_clues=bool(clue_text))
+    scores = weights.logits(feats, with_clues=bool(clue_text), ranked=ranked)
     prior, _ = distribution(scores, weights.nil_row)
     out: dict[str, Any] = {"round": state["round"], "keys": [candidate_key(c) for c in cands],
                            "prior": [round(float(p), 4) for p in prior], "llm": None, "ranked": ranked,

@@ -11,7 +11,8 @@ The weights file is JSON written by ``evals/fit_fusion.py``:
 ``{"features": [...], "text": {"coef": [...], "intercept": x, "mean": [...], "scale": [...]},
 "clue": {...}, "llm_weight": {"likelihood": w, "choice": w} (or one number for both),
 "llm_floor": f (optional: the LLM's log-probabilities, relative to its top candidate, are floored
-at -f), "nil_row": true (optional), "fit": {...}}``.
+at -f), "nil_row": true (optional), "text_unordered"/"clue_unordered" (optional: models fitted
+without the list's order, used when it is not informative), "fit": {...}}``.
 
 ``nil_row``: the models were fitted as a conditional logit with a "none of
 these" alternative scored 0 beside the candidates (``evals/fit_fusion.py``), so
@@ -52,7 +53,9 @@ class FusionWeights:
             raise ConfigError(f"fusion_weights {source}: unknown feature(s) {unknown}")
         self.index = [ALL_FEATURES.index(f) for f in self.features]
         self.models = {}
-        for kind in ("text", "clue"):
+        for kind in ("text", "clue", "text_unordered", "clue_unordered"):
+            if kind not in data and kind.endswith("_unordered"):
+                continue
             m = data[kind]
             self.models[kind] = {k: np.asarray(m[k], dtype=np.float64) for k in ("coef", "mean", "scale")}
             self.models[kind]["intercept"] = float(m["intercept"])
@@ -85,9 +88,14 @@ class FusionWeights:
         """
         return floored(logp, self.llm_floor)
 
-    def logits(self, features: np.ndarray, *, with_clues: bool) -> np.ndarray:
-        """Per-candidate logits of the ``clue`` (``with_clues``) or ``text`` model."""
-        m = self.models["clue" if with_clues else "text"]
+    def logits(self, features: np.ndarray, *, with_clues: bool, ranked: bool = True) -> np.ndarray:
+        """Per-candidate logits of the ``clue`` (``with_clues``) or ``text`` model.
+
+        ``ranked=False``: the model fitted without the list's order (``<kind>_unordered``) when the file
+        has one; else the same model (the caller has already averaged the rank features).
+        """
+        kind = "clue" if with_clues else "text"
+        m = self.models.get(kind if ranked else f"{kind}_unordered") or self.models[kind]
         x = (features[:, self.index] - m["mean"]) / m["scale"]
         return x @ m["coef"] + m["intercept"]
 
@@ -134,10 +142,14 @@ def weights_document(models: dict[str, dict[str, Any]], *, llm_weight: Any = 1.0
                      nil_row: bool = True, fit: dict[str, Any] | None = None) -> dict[str, Any]:
     """The JSON content of a weights file (the one format :class:`FusionWeights` reads).
 
-    ``models``: ``{"text": {"coef", "intercept", "mean", "scale"}, "clue": {...}}`` over ``ALL_FEATURES``.
+    ``models``: ``{"text": {"coef", "intercept", "mean", "scale"}, "clue": {...}}`` over ``ALL_FEATURES``,
+    optionally ``text_unordered`` / ``clue_unordered`` (fitted without the rank features: used when the
+    list's order is not informative).
     """
     out: dict[str, Any] = {"features": list(ALL_FEATURES)}
-    for kind in ("text", "clue"):
+    for kind in ("text", "clue", "text_unordered", "clue_unordered"):
+        if kind not in models and kind.endswith("_unordered"):
+            continue
         m = models[kind]
         if len(m["coef"]) != len(ALL_FEATURES):
             raise ValueError(f"model '{kind}' has {len(m['coef'])} weights for {len(ALL_FEATURES)} features")
