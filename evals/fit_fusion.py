@@ -34,7 +34,7 @@ from tools.clues.precomputed import describe_all, parse_image_desc, precomputed_
 from tools.embeddings import get_embedder
 from tools.errors import I2CRError
 from tools.features import ALL_FEATURES, CLUE_FEATURES, RANK_FEATURES, TEXT_FEATURES, candidate_features
-from tools.fusion import PACKAGED_WEIGHTS, distribution, softmax, weights_document, write_weights
+from tools.fusion import PACKAGED_WEIGHTS, distribution, nil_decision, softmax, weights_document, write_weights
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikimel"
 GATES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -130,12 +130,13 @@ def unordered(X: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def fit_models(X: list[np.ndarray], gold: np.ndarray, C: float, *, ranked: np.ndarray | None = None,
-               has_clues: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
+               has_clues: np.ndarray | None = None, source: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
     """The four nil-row models of a weights file, widened to ``ALL_FEATURES``.
 
     ``text``/``clue`` read the list's order of the mentions marked ``ranked`` (the others' rank
     features are averaged); ``text_unordered``/``clue_unordered`` never see it. Clue models are
     fitted on the mentions ``has_clues`` (all when not given; the text models when none).
+    ``source``: each mention's dataset; given, every dataset weighs the same in the fit.
     """
     n = len(X)
     ranked = np.ones(n, bool) if ranked is None else np.asarray(ranked, bool)
@@ -149,7 +150,12 @@ def fit_models(X: list[np.ndarray], gold: np.ndarray, C: float, *, ranked: np.nd
         sel = np.flatnonzero(has_clues) if kind == "clue" and has_clues.any() else np.arange(n)
         for suffix, rows, drop in (("", X_r, ()), ("_unordered", X_u, RANK_FEATURES)):
             cols = _cols(tuple(f for f in names if f not in drop))
-            out[kind + suffix] = widen(fit_clogit([rows[i] for i in sel], gold[sel], cols, C), cols)
+            sw = None
+            if source is not None:
+                src = np.asarray(source)[sel]
+                sizes = {d: int((src == d).sum()) for d in np.unique(src)}
+                sw = np.array([len(src) / (len(sizes) * sizes[d]) for d in src])
+            out[kind + suffix] = widen(fit_clogit([rows[i] for i in sel], gold[sel], cols, C, sample_weight=sw), cols)
     return out
 
 
@@ -164,6 +170,12 @@ def fit_lr(X: list[np.ndarray], gold: np.ndarray, cols: list[int], C: float) -> 
     lr = LogisticRegression(C=C, max_iter=2000).fit((rows - mean) / scale, y)
     return {"coef": lr.coef_[0].tolist(), "intercept": float(lr.intercept_[0]),
             "mean": mean.tolist(), "scale": scale.tolist()}
+
+
+def balance_weights(sizes: list[int]) -> np.ndarray:
+    """Per-mention weights giving each dataset of a mix the same total weight (mean weight 1)."""
+    total, k = sum(sizes), len(sizes)
+    return np.concatenate([np.full(n, total / (k * n)) for n in sizes if n])
 
 
 def fit_clogit(X: list[np.ndarray], gold: np.ndarray, cols: list[int], C: float,
@@ -289,7 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--embedding-cache", default=None, help="a pickle file caching embeddings across runs")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the conditional logits")
-    p.add_argument("--nil-threshold", type=float, default=0.5, help="the nil decision the CV figures use")
+    p.add_argument("--nil-threshold", type=float, default=0.5, help="the nil decision the CV figures use "
+                   "(nil_threshold: nil's share of nil + best candidate)")
+    p.add_argument("--no-balance", dest="balance", action="store_false",
+                   help="weight every mention equally (default: each dataset of the mix weighs the same)")
     p.add_argument("--out", default=str(PACKAGED_WEIGHTS), help="where to write the weights JSON")
     a = p.parse_args(argv)
     if a.folds < 2:
@@ -320,12 +335,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(X)} labelled mentions with candidates; features in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     fit: dict[str, Any] = {"data": [Path(x).name for x in a.data], "order": orders, "sample": samples,
                            "mentions": len(X), "folds": a.folds, "C": a.C, "embedding_model": a.embedding_model,
-                           "nil_threshold": a.nil_threshold, "method": "conditional logit with a nil row (L-BFGS)"}
+                           "nil_threshold": a.nil_threshold, "balanced": a.balance,
+                           "method": "conditional logit with a nil row (L-BFGS)"}
     fold = fold_of(len(X), a.folds)
     preds: dict[str, list] = {"text": [None] * len(X), "text_unordered": [None] * len(X)}
     for f in range(a.folds):
         tr = np.flatnonzero(fold != f)
-        models = fit_models([X[i] for i in tr], gold_a[tr], a.C, ranked=ranked_a[tr], has_clues=np.zeros(len(tr), bool))
+        models = fit_models([X[i] for i in tr], gold_a[tr], a.C, ranked=ranked_a[tr], has_clues=np.zeros(len(tr), bool),
+                            source=src_a[tr] if a.balance else None)
         for i in np.flatnonzero(fold == f):
             x = X[i] if ranked_a[i] else unordered([X[i]])[0]
             for kind in preds:
@@ -338,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             pr, _ = distribution(z, True)
             b = int(np.argmax(pr))
             conf.append(float(pr[b]))
-            pred.append(-1 if pr[b] < a.nil_threshold else b)
+            pred.append(-1 if nil_decision(float(pr[b]), float(1 - pr.sum()), a.nil_threshold, True) else b)
         pred_a, conf_a = np.asarray(pred), np.asarray(conf)
         fit["cv"][kind] = {}
         for d, path in enumerate(a.data):
@@ -347,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
             right = np.where(nil_a, pred_a < 0, (pred_a == gold_a) & (gold_a >= 0))[sel]
             print(f"{kind:15} {Path(path).name}: {a.folds}-fold CV {line}")
             fit["cv"][kind][Path(path).name] = {"top1": float(right.mean()), "gated_share": float((conf_a[sel] >= 0.95).mean())}
-    models = fit_models(X, gold_a, a.C, ranked=ranked_a, has_clues=clues_a)
+    models = fit_models(X, gold_a, a.C, ranked=ranked_a, has_clues=clues_a, source=src_a if a.balance else None)
     for kind in ("text", "text_unordered"):
         used = [(f, w) for f, w in zip(ALL_FEATURES, models[kind]["coef"]) if w]
         print(f"  {kind} weights (standardised): " + ", ".join(f"{n}={w:+.2f}" for n, w in used))

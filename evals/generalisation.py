@@ -47,10 +47,10 @@ from typing import Any
 import numpy as np
 
 from evals.datasets import load_dataset
-from evals.fit_fusion import DiskEmbedder, fit_clogit, fit_lr, fold_of, predict, unordered
+from evals.fit_fusion import DiskEmbedder, balance_weights, fit_clogit, fit_lr, fold_of, predict, unordered
 from evals.metrics import normalize_name, wilson
 from tools.features import ALL_FEATURES, RANK_FEATURES, TEXT_FEATURES, candidate_features
-from tools.fusion import distribution, softmax
+from tools.fusion import distribution, nil_decision
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("I2CR_SHARED_DATA") or ROOT.parent / "shared" / "data")
@@ -126,16 +126,23 @@ def metrics(pred: np.ndarray, top: np.ndarray, ptop: np.ndarray, gold: np.ndarra
             "gated_acc": ci(int(top_right[gated].sum()), int(gated.sum()))}
 
 
-def decide(logits: list[np.ndarray], nil_row: bool,
-           nil_threshold: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Answers (-1 = nil), top candidates and their probabilities from per-mention logits."""
+def decide(logits: list[np.ndarray], nil_row: bool, nil_threshold: float | None,
+           rule: str = "share") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Answers (-1 = nil), top candidates and their probabilities from per-mention logits.
+
+    ``rule``: ``share`` = :func:`tools.fusion.nil_decision` (the linker's rule);
+    ``top`` = nil when the top candidate's probability is below the threshold (for comparison).
+    """
     pred, ptop, top = [], [], []
     for z in logits:
-        p, _ = distribution(z, nil_row)
+        p, p_nil = distribution(z, nil_row)
         i = int(np.argmax(p))
         top.append(i)
         ptop.append(float(p[i]))
-        pred.append(-1 if (nil_threshold is not None and nil_row and p[i] < nil_threshold) else i)
+        if rule == "top":  # the alternative rule, for comparison: a floor on the top candidate's probability
+            pred.append(-1 if (nil_threshold is not None and nil_row and p[i] < nil_threshold) else i)
+        else:
+            pred.append(-1 if nil_decision(float(p[i]), p_nil, nil_threshold, nil_row) else i)
     return np.asarray(pred), np.asarray(top), np.asarray(ptop)
 
 
@@ -149,8 +156,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nil-threshold", type=float, default=0.5)
     p.add_argument("--before-features", default=None, help="the parent commit's tools/features.py (default: git show)")
     p.add_argument("--before-weights", default=None, help="the parent commit's weights file (default: git show)")
+    p.add_argument("--variant-sample", type=int, default=300,
+                   help="variants b, c and e (new names and descriptions need their own embeddings) are measured on "
+                        "this seeded sample of the dev mentions (0 = all); a and d reuse the dev split's and are whole")
+    p.add_argument("--no-balance", dest="balance", action="store_false",
+                   help="weight the training mix's mentions equally (default: each dataset weighs the same)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
     p.add_argument("--write-weights", default=None, help="also write the 'after' weights fitted on the whole mix here")
     a = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(a.threads)
     cache = Path(a.cache)
     cache.mkdir(parents=True, exist_ok=True)
     before_dir = cache / "before"
@@ -185,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     val_new = build(*wd_sets["val"], new_feat, emb, cache, "new")
     val_old = build(*wd_sets["val"], old_feat, emb, cache, "old")
     for name in ("c_no_attributes", "b_titles", "e_all"):
-        feats[("new", name)] = build(*sets[name], new_feat, emb, cache, "new")
-        feats[("old", name)] = build(*sets[name], old_feat, emb, cache, "old")
+        feats[("new", name)] = build(*sets[name], new_feat, emb, cache, "new", sample=a.variant_sample or None)
+        feats[("old", name)] = build(*sets[name], old_feat, emb, cache, "old", sample=a.variant_sample or None)
 
     old_cols = [old.ALL_FEATURES.index(f) for f in old.TEXT_FEATURES]  # the old text model's columns
     new_cols = [ALL_FEATURES.index(f) for f in TEXT_FEATURES]
@@ -202,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     oof: dict[tuple[str, str], list] = {}
     for name in sets:
         for s in systems:
-            oof[(s, name)] = [None] * len(feats[("new", name)]["X"])
+            oof[(s, name)] = [None] * len(feats[("old" if s == "before" else "new", name)]["X"])
     for f in range(a.folds):
         tr = [i for i in range(n) if fold[i] != f]
         t = time.perf_counter()
@@ -211,24 +227,27 @@ def main(argv: list[str] | None = None) -> int:
         mix_r = dev_tr_r + tr_X_unord
         mix_u = unordered(dev_tr_r) + tr_X_unord
         g_mix = np.concatenate([dev_new["gold"][tr], train["gold"]])
-        m_r = fit_clogit(mix_r, g_mix, new_cols, a.C)
-        m_u = fit_clogit(mix_u, g_mix, free_cols, a.C)
+        sw = balance_weights([len(tr), len(train["X"])]) if a.balance else None
+        m_r = fit_clogit(mix_r, g_mix, new_cols, a.C, sample_weight=sw)
+        m_u = fit_clogit(mix_u, g_mix, free_cols, a.C, sample_weight=sw)
         print(f"fold {f}: fitted in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         for name in sets:
             fn, fo = feats[("new", name)], feats[("old", name)]
+            for j, rid in enumerate(fo["ids"]):
+                if fold[pos[rid]] == f:
+                    oof[("before", name)][j] = predict(m_old, fo["X"][j], old_cols)
             for j, rid in enumerate(fn["ids"]):
                 if fold[pos[rid]] != f:
                     continue
-                oof[("before", name)][j] = predict(m_old, fo["X"][j], old_cols)
                 oof[("after-ranked", name)][j] = predict(m_r, fn["X"][j], new_cols)
                 oof[("after", name)][j] = predict(m_u, fn["X"][j], free_cols)
     rows = []
     for name in sets:
-        fn = feats[("new", name)]
         for s in systems:
             nil_row = s != "before"
+            fx = feats[("old" if s == "before" else "new", name)]
             pred, top, ptop = decide(oof[(s, name)], nil_row, a.nil_threshold)
-            res = metrics(pred, top, ptop, fn["gold"], fn["nil"])
+            res = metrics(pred, top, ptop, fx["gold"], fx["nil"])
             rows.append((name, s, res))
     # WikiDiverse val: before = packaged (WikiMEL-fitted) weights; after = fitted on train sample + WikiMEL dev
     old_model = {k: old_w["text"][k] for k in ("coef", "intercept", "mean", "scale")}
@@ -236,21 +255,24 @@ def main(argv: list[str] | None = None) -> int:
     z_before = [predict(old_model, x, old_all) for x in val_old["X"]]
     full_mix = unordered(dev_new["X"]) + tr_X_unord
     g_full = np.concatenate([dev_new["gold"], train["gold"]])
-    m_full = fit_clogit(full_mix, g_full, free_cols, a.C)
+    m_full = fit_clogit(full_mix, g_full, free_cols, a.C,
+                        sample_weight=balance_weights([n, len(train["X"])]) if a.balance else None)
     z_after = [predict(m_full, x, free_cols) for x in val_new["X"]]
     for s, z, nil_row in (("before", z_before, False), ("after", z_after, True)):
         pred, top, ptop = decide(z, nil_row, a.nil_threshold)
         rows.append(("wikidiverse_val", s, metrics(pred, top, ptop, val_new["gold"], val_new["nil"])))
     # nil threshold sweep: the held-out answers of every set at other thresholds (sensitivity, not tuning)
     sweep = {}
-    for th in (None, 0.3, 0.4, 0.5, 0.6):
-        for name in ("wikimel_dev", "d_nil", "e_all"):
-            pred, top, ptop = decide(oof[("after", name)], True, th)
-            r = metrics(pred, top, ptop, feats[("new", name)]["gold"], feats[("new", name)]["nil"])
-            sweep[f"{name}@{th}"] = {"top1": r["top1"]["p"], "nil_f1": r["nil_f1"]}
-        pred, top, ptop = decide(z_after, True, th)
+    for rule, th in (("share", None), ("share", 0.4), ("share", 0.5), ("share", 0.6), ("share", 0.7),
+                     ("top", 0.3), ("top", 0.5)):
+        for sysname in ("after", "after-ranked"):
+            for name in ("wikimel_dev", "a_shuffled", "d_nil", "e_all"):
+                pred, top, ptop = decide(oof[(sysname, name)], True, th, rule)
+                r = metrics(pred, top, ptop, feats[("new", name)]["gold"], feats[("new", name)]["nil"])
+                sweep[f"{sysname}:{name}@{rule}{th}"] = {"top1": r["top1"]["p"], "nil_f1": r["nil_f1"]}
+        pred, top, ptop = decide(z_after, True, th, rule)
         r = metrics(pred, top, ptop, val_new["gold"], val_new["nil"])
-        sweep[f"wikidiverse_val@{th}"] = {"top1": r["top1"]["p"], "nil_f1": r["nil_f1"]}
+        sweep[f"after:wikidiverse_val@{rule}{th}"] = {"top1": r["top1"]["p"], "nil_f1": r["nil_f1"]}
     results["nil_threshold_sweep"] = sweep
     out_dir = Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -258,9 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         results["sets"].setdefault(name, {})[s] = res
     (out_dir / "table.json").write_text(json.dumps(results, indent=1, default=float))
     print_table(rows)
-    print("\nnil_threshold sensitivity (after, unordered): " + "; ".join(
-        f"{k} {100 * v['top1']:.1f}/{v['nil_f1'] if v['nil_f1'] is None else round(v['nil_f1'], 2)}"
-        for k, v in sweep.items()))
+    print("\nnil decision sensitivity (Top-1 counting nil / nil F1):")
+    for k, v in sweep.items():
+        print(f"  {k:45} {100 * v['top1']:.1f} / {'-' if v['nil_f1'] is None else round(v['nil_f1'], 2)}")
     if a.write_weights:
         results["full_model"] = m_full
         (out_dir / "full_model.json").write_text(json.dumps(m_full))

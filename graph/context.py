@@ -133,9 +133,10 @@ class Context:
     )
     nil_threshold: float | None = field(
         default=0.5,
-        metadata={"description": "Fused mode: answer nil when the best candidate's calibrated probability (a "
-                  "'none of these' alternative scored beside the candidates) is below this. Empty = never "
-                  "answer nil from the scores (weights files without a nil row never do)."},
+        metadata={"description": "Fused mode: answer nil when, of the best candidate and the calibrated "
+                  "'none of these' alternative scored beside the candidates, nil's share of their probability "
+                  "exceeds this (0.5: nil when it is the most probable answer; higher: nil more rarely). "
+                  "Empty/'off' = never answer nil from the scores (weights files without a nil row never do)."},
     )
     llm_in_clue_rounds: bool = field(
         default=False,

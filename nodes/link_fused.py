@@ -124,10 +124,11 @@ def fused_pick(state: State, ctx: Context, usage: dict[str, Any]) -> tuple[dict 
     top = [{"name": state["candidates"][i]["name"], "p": dist["probs"][i]} for i in order[:3]]
     info: dict[str, Any] = {"confidence": dist["probs"][best] if best is not None else None, "top": top,
                             "gated": dist["gated"], "p_nil": dist.get("p_nil")}
-    if best is not None and nil_decision(dist["probs"][best], ctx.nil_threshold, bool(dist.get("nil_row"))):
+    p_nil = float(dist.get("p_nil") or 0.0)
+    if best is not None and nil_decision(dist["probs"][best], p_nil, ctx.nil_threshold, bool(dist.get("nil_row"))):
         info["nil"] = True
-        info["nil_note"] = (f"nil: best candidate's calibrated probability {dist['probs'][best]:.3f} "
-                            f"< nil_threshold {ctx.nil_threshold}")
+        info["nil_note"] = (f"nil: no candidate supported (nil p={p_nil:.3f} against the best candidate's "
+                            f"{dist['probs'][best]:.3f}; nil_threshold {ctx.nil_threshold})")
         pick = None
     if reused:
         info["note"] = "re-choice from this round's distribution: no model call"

@@ -147,8 +147,9 @@ def test_nil_row_distribution_and_decision():
     assert abs(p.sum() + p_nil - 1) < 1e-9 and p_nil > 0
     q, q_nil = distribution(np.array([2.0, 0.0]), False)
     assert q_nil == 0.0 and abs(q.sum() - 1) < 1e-9
-    assert nil_decision(0.3, 0.5, True) and not nil_decision(0.7, 0.5, True)
-    assert not nil_decision(0.3, None, True) and not nil_decision(0.3, 0.5, False)
+    assert nil_decision(0.3, 0.4, 0.5, True) and not nil_decision(0.4, 0.3, 0.5, True)  # the more probable wins
+    assert not nil_decision(0.3, 0.4, 0.6, True)  # a higher threshold answers nil more rarely
+    assert not nil_decision(0.3, 0.4, None, True) and not nil_decision(0.3, 0.4, 0.5, False)
 
 
 def test_conditional_logit_learns_a_calibrated_nil():

@@ -129,13 +129,21 @@ def order_is_ranked(candidate_order: str, source: str | None) -> bool:
     return source == "knowledge base"
 
 
-def nil_decision(p_top: float | None, nil_threshold: float | None, nil_row: bool) -> bool:
-    """Whether to answer nil: the best candidate's calibrated probability is below ``nil_threshold``.
+def nil_decision(p_top: float | None, p_nil: float, nil_threshold: float | None, nil_row: bool) -> bool:
+    """Whether to answer nil rather than the best candidate.
 
-    Never with ``nil_threshold=None`` (the off switch) or with weights that have no nil row
-    (their probabilities are relative to the other candidates, not absolute).
+    Of the two leading answers, the best candidate (probability ``p_top``) and nil (``p_nil``),
+    nil is chosen when its share ``p_nil / (p_nil + p_top)`` exceeds ``nil_threshold``: 0.5 is
+    the most probable answer (the choice that maximises expected accuracy when nil counts as
+    an answer), higher values answer nil more rarely. Never with ``nil_threshold=None`` (the off
+    switch) or with weights that have no nil row (their probabilities are relative to the other
+    candidates, not absolute).
     """
-    return nil_threshold is not None and nil_row and (p_top is None or p_top < nil_threshold)
+    if nil_threshold is None or not nil_row:
+        return False
+    if not p_top:
+        return True
+    return p_nil / (p_nil + p_top) > nil_threshold
 
 
 def weights_document(models: dict[str, dict[str, Any]], *, llm_weight: Any = 1.0, llm_floor: float | None = None,
