@@ -20,7 +20,6 @@ CV figures are stored with them.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

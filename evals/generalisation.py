@@ -14,13 +14,14 @@ Sets (each reported separately, never scored by weights fitted on it):
 
 Systems:
 
-* ``before``: the feature code and logistic regression of the parent commit
-  (``--before-features``, ``--before-weights``), the WikiMEL-fitted packaged weights on
+* ``before``: the feature code and logistic regression of commit ``--before-commit``
+  (its ``tools/features.py`` and weights file, extracted with ``git show`` into the cache
+  folder), the WikiMEL-fitted packaged weights on
   WikiDiverse val; never answers nil.
 * ``after``: this branch's features (normalised names, acronym/derived-name
   evidence, neutral fact features) and the nil-row conditional logit, fitted on the
-  training mix; nil when the top candidate's calibrated probability is below
-  ``--nil-threshold``. ``after-ranked`` reads the list order (``candidate_order=ranked``),
+  training mix (each dataset weighing the same); nil by :func:`tools.fusion.nil_decision`
+  with ``--nil-threshold`` (nil's share of nil + best candidate). ``after-ranked`` reads the list order (``candidate_order=ranked``),
   ``after`` does not (``unordered``).
 
 Measured per set: Top-1 counting nil (a nil answer is right when the gold is nil),
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--C", type=float, default=1.0)
     p.add_argument("--nil-threshold", type=float, default=0.5)
+    p.add_argument("--before-commit", default="11adda1", help="the commit whose linker is 'before'")
     p.add_argument("--before-features", default=None, help="the parent commit's tools/features.py (default: git show)")
     p.add_argument("--before-weights", default=None, help="the parent commit's weights file (default: git show)")
     p.add_argument("--variant-sample", type=int, default=300,
@@ -162,19 +164,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-balance", dest="balance", action="store_false",
                    help="weight the training mix's mentions equally (default: each dataset weighs the same)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
-    p.add_argument("--write-weights", default=None, help="also write the 'after' weights fitted on the whole mix here")
     a = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(a.threads)
     cache = Path(a.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    before_dir = cache / "before"
+    before_dir = cache / f"before_{a.before_commit}"
     bf = Path(a.before_features or before_dir / "old_features.py")
     bw = Path(a.before_weights or before_dir / "fusion_weights.json")
-    for label, path in (("--before-features", bf), ("--before-weights", bw)):
+    for path, src in ((bf, "tools/features.py"), (bw, "tools/data/fusion_weights.json")):
         if not path.is_file():
-            p.error(f"{label}: file not found: {path} (git show <commit>:tools/... > it)")
+            import subprocess
+
+            got = subprocess.run(["git", "-C", str(ROOT), "show", f"{a.before_commit}:{src}"], capture_output=True, text=True)
+            if got.returncode:
+                p.error(f"--before-commit {a.before_commit}: cannot read {src}: {got.stderr.strip()}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(got.stdout)
     old = load_module(str(bf), "old_features")
     old_w = json.loads(bw.read_text())
     emb = DiskEmbedder(cache / "embeddings_embedded.pkl")
@@ -283,9 +290,6 @@ def main(argv: list[str] | None = None) -> int:
     print("\nnil decision sensitivity (Top-1 counting nil / nil F1):")
     for k, v in sweep.items():
         print(f"  {k:45} {100 * v['top1']:.1f} / {'-' if v['nil_f1'] is None else round(v['nil_f1'], 2)}")
-    if a.write_weights:
-        results["full_model"] = m_full
-        (out_dir / "full_model.json").write_text(json.dumps(m_full))
     return 0
 
 
