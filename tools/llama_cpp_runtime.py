@@ -181,7 +181,7 @@ def probe_key(path: str | Path, *, extra_bufts: bool) -> tuple[str, dict]:
 
 
 def _probe_dir() -> Path:
-    from tools.embedded_llm import cache_dir
+    from tools.cache import cache_dir
 
     return cache_dir() / "llama_cpp_probe"
 
