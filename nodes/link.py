@@ -20,12 +20,13 @@ from langgraph.runtime import Runtime
 
 from graph.context import Context, resolve_context
 from graph.progress import record
-from graph.inputs import candidate_key
 from graph.state import State
 from nodes.link_fused import fused_pick
-from nodes.prompt_parts import candidate_desc, clue_block, count_call, linker, round_clues
+from nodes.prompt_parts import candidate_desc, clue_block, round_clues
 from prompts import linking as P
 from tools.answers import parse_answer
+from tools.candidates import candidate_key
+from tools.linker import count_call, load_linker
 from tools.models import describe, invoke_model
 from tools.texts import entity_ref
 
@@ -73,7 +74,7 @@ def link_on_text(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         return {"attempts": attempts, "trace": record(entry)}
     if ctx.linker_mode == "fused":
         return _link_fused(state, ctx, entry, attempts, usage)
-    raw, tokens = invoke_model(linker(ctx), build_messages(state, ctx), spec=ctx.linker_model)
+    raw, tokens = invoke_model(load_linker(ctx), build_messages(state, ctx), spec=ctx.linker_model)
     count_call(usage, tokens["input_tokens"], tokens["output_tokens"])
     shown = shown_candidates(state)
     answer = parse_answer(raw, [c["name"] for c in shown], qids=[c.get("qid") for c in shown],

@@ -357,3 +357,42 @@ def test_a_verifier_that_cannot_use_the_image_in_a_clue_round_ends_the_run_on_th
     assert out["status"] == "fallback" and out["stop_round"] == 2 and out["entity"]["name"] == "Jordan"
     assert len([t for t in out["trace"] if t["step"] == "clue"]) == 1  # no clue round after it
     assert out["warnings"] == [verifies[1]["note"]]
+
+
+# ---- reflection as a plain function (tools/reflection.py) ------------------------------------------
+
+def _reflect(attempts, excluded=(), **settings):
+    from tools.reflection import reflect_pick
+
+    values = dict(round_no=1, linker_mode="llm", confidence_threshold=0.5, reflection_threshold=0.3,
+                  max_rechoices=3, unparseable_fallback="top_candidate", embedding_model=BagOfWordsEmbeddings())
+    return reflect_pick(INPUT["mention"], INPUT["context"], CANDS, attempts, list(excluded), **{**values, **settings})
+
+
+def test_reflect_pick_llm_mode_rules_out_a_pick_below_alpha_then_keeps_the_best():
+    country = {"key": "Q810", "outcome": "entity", "raw": "2", "score": None}
+    r = _reflect([country])
+    assert not r.settled and r.excluded == ["Q810"] and r.attempts[-1]["score"] < 0.3
+    assert r.event["event"] == "excluded" and r.event["qid"] == "Q810" and "alpha 0.3" in r.event["reason"]
+    player = {"key": "Q41421", "outcome": "entity", "raw": "1", "score": None}
+    r2 = _reflect([*r.attempts, player], r.excluded)
+    assert r2.settled and r2.answer["qid"] == "Q41421" and r2.note == "passed reflection"
+    assert r2.details["reflection_passed"] is True and r2.details["reflection_score"] >= 0.3
+    r3 = _reflect([country], max_rechoices=0)  # no re-choice left: the best-scoring pick is the answer
+    assert r3.settled and r3.answer["qid"] == "Q810" and "best-scoring pick kept" in r3.note
+
+
+def test_reflect_pick_fused_mode_keeps_a_pick_below_the_confidence_threshold_and_loads_no_embedder():
+    attempt = {"key": "Q1", "outcome": "entity", "raw": "", "score": None, "confidence": 0.2}
+    r = _reflect([attempt], linker_mode="fused", embedding_model="no-such-provider:x")
+    assert r.settled and r.answer["qid"] == "Q1" and r.excluded == []
+    assert r.details["reflection_threshold"] == 0.5 and "below 0.5: kept" in r.note == r.details["note"]
+
+
+def test_reflect_pick_nil_and_unusable_answers():
+    r = _reflect([{"key": None, "outcome": "nil", "raw": "nil", "score": None}])
+    assert r.settled and r.answer is None and r.note == "nil" and "nil accepted" in r.details["note"]
+    bad = {"key": None, "outcome": "unparseable", "raw": "??", "score": None}
+    assert not _reflect([bad]).settled
+    assert _reflect([bad], max_rechoices=0).answer["qid"] == "Q41421"
+    assert _reflect([bad], max_rechoices=0, unparseable_fallback="nil").answer is None
