@@ -33,7 +33,7 @@ from pydantic import Field, TypeAdapter, ValidationError, field_validator
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from tools.context_types import CLUE_TYPES
+from tools.clues.base import CLUE_TYPES
 from tools.errors import ConfigError
 from tools.specs import check_model_settings
 

@@ -25,9 +25,6 @@ KNOWN = {
     "cli": (frozenset({"graph.cli", "evals.cli", "tools.kb_cli"}),
             "the three command-line modules call each other (i2cr eval / i2cr kb); "
             "phase 2 of issue #13 makes the CLI one top layer imported by nothing"),
-    "verifiers": (frozenset({"tools.verify", "tools.verifiers.clip", "tools.verifiers.judge"}),
-                  "tools/verifiers/{clip,judge}.py import TextEmbeddingScorer / entity_text from tools.verify "
-                  "inside their functions; phase 2 points them at tools.texts and a module of their own"),
 }
 
 

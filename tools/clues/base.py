@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+CLUE_TYPES = ("ocr", "objects", "scene", "caption")
+"""The clue kinds, in the default order of the clue rounds (``Context.clue_order``)."""
+
 
 @dataclass
 class Clue:
