@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from graph.cli import parse_settings
+from graph.context import parse_settings
 from tools.errors import I2CRError
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from graph.inputs import normalize_candidates
+from tools.candidates import normalize_candidates
 from tools.clues.precomputed import parse_image_desc
 from tools.errors import InputError
 

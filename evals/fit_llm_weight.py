@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--gate: expected a number between 0 and 1, got {a.gate}")
     from evals.datasets import load_dataset
     from evals.fit_fusion import build_matrix
-    from graph.cli import parse_settings
+    from graph.context import parse_settings
     from tools.fusion import load_weights
 
     extra = parse_settings(a.set)

@@ -34,7 +34,7 @@ from pydantic.json_schema import SkipJsonSchema
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tools.clues.base import CLUE_TYPES
-from tools.errors import ConfigError
+from tools.errors import ConfigError, InputError
 from tools.specs import check_model_settings
 
 ENV_PREFIX = "I2CR_"
@@ -345,6 +345,18 @@ def coerce_setting(name: str, raw: str, *, origin: str | None = None) -> Any:
     except ValueError as exc:
         raise ConfigError(f"{label}={raw!r}: {exc}") from None
 
+
+
+def parse_settings(pairs: list[str]) -> dict[str, Any]:
+    """``["max_rounds=2", "clue_order=ocr,caption"]`` (``--set key=value``) → typed settings; unknown keys rejected."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise InputError(f"--set {pair!r}: expected key=value")
+        key = key.strip().replace("-", "_")
+        out[key] = coerce_setting(key, value, origin=f"--set {key}")
+    return out
 
 _defaults: dict[tuple, Context] = {}
 
