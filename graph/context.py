@@ -160,7 +160,8 @@ class Context(BaseSettings):
         default=0.5, ge=0, le=1,
         description="alpha: cosine(mention+context, entity name+description) a pick "
                   "must reach to pass intra-modal reflection. The reference uses 0.8 with its own "
-                  "embedder; 0.5 is calibrated for the embedded all-MiniLM-L6-v2 (see README).",
+                  "embedder; 0.5 is calibrated for the embedded all-MiniLM-L6-v2 "
+                  "(docs/method.md, 'Thresholds of the offline defaults').",
     )
     max_rechoices: int = Field(
         default=3, ge=0,

@@ -21,7 +21,7 @@ class TextEmbeddingScorer:
 
     name = "embedded:clue-text-embedding"
     # all-MiniLM-L6-v2 cosines of an image description with a short entity bio are low
-    # (median 0.14 for the right entity); calibration in README "Thresholds of the offline defaults".
+    # (median 0.14 for the right entity); calibration in docs/method.md "Thresholds of the offline defaults".
     default_threshold = 0.2
 
     def __init__(self) -> None:
