@@ -26,8 +26,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from evals.common import defaults, run_main
 
@@ -98,6 +99,7 @@ def bench(name: str, fn: Callable[[str], Any], images: list[str], repeat: int) -
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Time each clue tool and verifier on the images; print the table (and write --json)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--images", nargs="*", default=[])

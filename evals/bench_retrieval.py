@@ -65,11 +65,13 @@ def du_mb(path: Path) -> float:
 
 
 def pct(values: list[float], q: float) -> float:
+    """The ``q``-th percentile of ``values`` (NaN when empty)."""
     return float(np.percentile(values, q)) if values else float("nan")
 
 
 # ------------------------------------------------------------------ phases ----
 def phase_wikimel_ingest(a: argparse.Namespace) -> dict[str, Any]:
+    """Ingest the WikiMEL KB (then again, unchanged): throughput, disk, peak RSS."""
     from tools.kb import KnowledgeBase
 
     path = Path(a.workdir) / "wikimel_kb"
@@ -89,6 +91,7 @@ def phase_wikimel_ingest(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def phase_wikimel_query(a: argparse.Namespace) -> dict[str, Any]:
+    """Recall@k of each retriever on WikiMEL dev, and query latency."""
     from tools.kb import KnowledgeBase, query_text
 
     data = json.loads((Path(a.data) / "WikiMEL_dev.json").read_text())
@@ -147,6 +150,7 @@ def synthetic_records(n: int, seed: int = 1):
 
 
 def phase_syn_ingest(a: argparse.Namespace) -> dict[str, Any]:
+    """Ingest a synthetic KB of ``a.size`` entities (random vectors): time, disk, peak RSS."""
     from tools.kb import KnowledgeBase
 
     path = Path(a.workdir) / f"syn_{a.size}"
@@ -176,6 +180,7 @@ def phase_syn_ingest(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def phase_syn_query(a: argparse.Namespace) -> dict[str, Any]:
+    """Query latency and surname recall on a synthetic KB."""
     from tools.kb import KnowledgeBase
 
     kb = KnowledgeBase(path=Path(a.workdir) / f"syn_{a.size}", embeddings=RandomEmbeddings(seed=7))
@@ -220,6 +225,7 @@ def run_phase(name: str, a: argparse.Namespace, **extra: Any) -> dict[str, Any]:
 
 
 def tables(res: dict[str, Any]) -> str:
+    """The markdown tables of the results."""
     lines = []
     if "wikimel" in res:
         w, q = res["wikimel"]["ingest"], res["wikimel"]["query"]
@@ -250,6 +256,7 @@ def tables(res: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the chosen benchmarks, each phase in its own process; print the tables."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", nargs="?", choices=("wikimel", "synthetic", "all"), default="all")
     p.add_argument("--data", default=None, help="WikiMEL folder (default: $I2CR_DATA_DIR/wikimel, "

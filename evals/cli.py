@@ -53,8 +53,8 @@ def eval_main(argv: list[str]) -> int:
     """Entry point of ``i2cr eval``; returns the exit code."""
     args = eval_parser().parse_args(argv)
     try:
-        from graph.context import Context
         from evals.runner import run_eval
+        from graph.context import Context
 
         ctx = Context(**parse_settings(args.set))
         summary = run_eval(args.data, args.labels, args.out, context=ctx, images=args.images, limit=args.limit,

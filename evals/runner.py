@@ -21,10 +21,11 @@ import json
 import random
 import re
 from collections import Counter
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from evals.datasets import Dataset, Example, load_dataset
 from evals.predict import Baselines, evaluate_one, failed_record

@@ -38,10 +38,11 @@ import subprocess
 import sys
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tools.errors import ConfigError, I2CRError
 

@@ -94,6 +94,7 @@ def _link(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``i2cr`` parser (``link``; ``kb``, ``eval`` and ``report`` are dispatched before it)."""
     parser = argparse.ArgumentParser(prog="i2cr", description="Multimodal entity linking with I2CR.")
     sub = parser.add_subparsers(dest="command", required=True)
     link = sub.add_parser("link", help="link one mention and print the result as JSON")

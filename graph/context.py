@@ -40,7 +40,7 @@ from tools.specs import check_model_settings
 ENV_PREFIX = "I2CR_"
 
 # a spec string, or (from Python) a model/embedder/scorer object; the JSON schema (Studio) shows a string
-ModelSetting = Union[str, SkipJsonSchema[Any]]
+ModelSetting = Union[str, SkipJsonSchema[Any]]  # noqa: UP007 (pydantic's documented SkipJsonSchema form)
 
 
 class Context(BaseSettings):

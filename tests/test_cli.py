@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from providers_helpers import FakeOpenAI
-
 from graph.cli import main
+
+from providers_helpers import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = str(ROOT / "evals" / "data" / "example_wikimel_25999.json")

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-from fakes import BagOfWordsEmbeddings, ScriptedChatModel, TableScorer, scripted
 
 from evals import metrics as M
 from evals.cli import eval_main, report_main
@@ -22,6 +21,8 @@ from evals.store import read_predictions
 from graph import Context
 from graph import graph as real_graph
 from tools.errors import ConfigError, InputError
+
+from fakes import BagOfWordsEmbeddings, ScriptedChatModel, TableScorer, scripted
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).resolve().parents[1]
@@ -387,9 +388,9 @@ def test_eval_command_errors_are_one_line(tmp_path, capsys, argv, fragment):
 
 
 def test_llm_benchmark_times_each_scoring_method_and_skips_what_the_model_cannot_do(tmp_path, monkeypatch, capsys):
-    from providers_helpers import FakeOpenAI
-
     from evals import bench_llm
+
+    from providers_helpers import FakeOpenAI
 
     data = Path(__file__).parent / "data" / "wikimel_small.json"
     out = tmp_path / "bench.json"

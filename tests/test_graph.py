@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fakes import BagOfWordsEmbeddings, TableScorer, scripted
 from PIL import Image
 
 from graph import Context, build_graph, graph, link
 from tools.errors import ConfigError, InputError, ModelError
+
+from fakes import BagOfWordsEmbeddings, TableScorer, scripted
 
 CANDS = [
     {"qid": "Q41421", "name": "Michael Jordan", "desc": "American basketball player for the Chicago Bulls"},

@@ -29,7 +29,7 @@ class Clue:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Clue":
+    def from_dict(cls, data: dict[str, Any]) -> Clue:
         return cls(type=data["type"], text=data.get("text", ""), source=data.get("source", ""),
                    details=dict(data.get("details") or {}))
 

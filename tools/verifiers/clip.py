@@ -59,7 +59,7 @@ def _load_clip(name: str):
     return model.eval(), processor
 
 
-def _features(output) -> "np.ndarray":
+def _features(output) -> np.ndarray:
     """Unit-normalised embeddings from ``get_*_features`` (a tensor in transformers 4, a model output in 5)."""
     tensor = output if hasattr(output, "detach") else output.pooler_output
     vecs = tensor.detach().float().numpy()
