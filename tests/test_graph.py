@@ -397,3 +397,18 @@ def test_reflect_pick_nil_and_unusable_answers():
     assert not _reflect([bad]).settled
     assert _reflect([bad], max_rechoices=0).answer["qid"] == "Q41421"
     assert _reflect([bad], max_rechoices=0, unparseable_fallback="nil").answer is None
+
+
+def test_llm_pick_offers_the_candidates_not_ruled_out_and_maps_the_answer():
+    from tools.llm_linker import llm_pick
+
+    model = scripted("2")
+    r = llm_pick(model, "Jordan", "Jordan scored 30 points", CANDS, ["Q810"], [{"type": "ocr", "text": "BULLS 23"}],
+                 retry_raw="maybe?", max_desc_chars=300, allow_nil=True)
+    prompt = model.prompts[-1]
+    assert r.outcome == "entity" and r.pick["qid"] == "Q1"  # "2" is the second of the two shown: Jordan River
+    assert "1. Michael Jordan" in prompt and "2. Jordan River" in prompt and "2. Jordan —" not in prompt
+    assert "Ruled out already (no longer in the list): Jordan." in prompt and "BULLS 23" in prompt
+    assert '"maybe?" could not be used' in prompt
+    unusable = llm_pick(scripted("the tall one"), "Jordan", "", CANDS, [], [], allow_nil=False)
+    assert unusable.outcome == "unparseable" and unusable.pick is None and "failed attempt" in unusable.note

@@ -31,6 +31,17 @@ from tools.texts import entity_text, query_text
 MEASURES = {"fused": ("confidence_threshold", "confidence", True), "llm": ("reflection_threshold", "alpha", False)}
 
 
+def pick_score(linker_mode: str, mention: str, context: str, pick: dict, attempt: dict, *,
+               embedding_model: Any = "embedded", openai_base_url: str | None = None,
+               openai_api_key: str | None = None) -> float:
+    """The reflection score of ``pick``: its fused probability (``fused``, from the attempt), or the
+    cosine of "mention. context" with "name. description" (``llm``; the embedder is loaded here)."""
+    if linker_mode == "fused":
+        return float(attempt.get("confidence") or 0.0)
+    embedder = get_embedder(embedding_model, base_url=openai_base_url, api_key=openai_api_key)
+    return embedder.cosine(query_text(mention, context), [entity_text(pick)])[0]
+
+
 @dataclass
 class Reflection:
     """The outcome of reflecting on one attempt.
@@ -65,7 +76,7 @@ def reflect_pick(mention: str, context: str, candidates: list[dict], attempts: l
     excluded = list(excluded)
     last = attempts[-1]
     setting, measure, keep_below = MEASURES[linker_mode]
-    threshold = confidence_threshold if setting == "confidence_threshold" else reflection_threshold
+    threshold = {"confidence_threshold": confidence_threshold, "reflection_threshold": reflection_threshold}[setting]
     pick = by_key.get(last["key"]) if last["outcome"] == "entity" else None
     details: dict[str, Any] = {}
     event: dict[str, Any] = {}
@@ -77,12 +88,8 @@ def reflect_pick(mention: str, context: str, candidates: list[dict], attempts: l
         return Reflection(True, None, "nil", attempts, [], None, {"note": "nil accepted: nothing to reflect on"})
 
     if pick is not None:
-        if linker_mode == "fused":
-            score = float(last.get("confidence") or 0.0)
-        else:
-            embedder = get_embedder(embedding_model, base_url=openai_base_url, api_key=openai_api_key)
-            score = embedder.cosine(query_text(mention, context), [entity_text(pick)])[0]
-        last["score"] = score
+        score = last["score"] = pick_score(linker_mode, mention, context, pick, last, embedding_model=embedding_model,
+                                           openai_base_url=openai_base_url, openai_api_key=openai_api_key)
         passed = score >= threshold
         details.update(reflection_score=round(score, 4), reflection_passed=passed, reflection_threshold=threshold)
         if passed:
