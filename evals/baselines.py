@@ -9,7 +9,6 @@ from typing import Any
 
 from tools.texts import entity_ref, entity_text, query_text
 
-
 public = entity_ref
 """``{"qid", "name"}`` of an entity (``None`` stays ``None``)."""
 

@@ -23,11 +23,14 @@ import json
 import os
 import resource
 import statistics
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
+
+from evals.common import defaults, run_main
 
 
 def generated_image(folder: Path) -> str:
@@ -96,6 +99,7 @@ def bench(name: str, fn: Callable[[str], Any], images: list[str], repeat: int) -
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Time each clue tool and verifier on the images; print the table (and write --json)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--images", nargs="*", default=[])
@@ -115,9 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     import_s = time.perf_counter() - t0
     folder = Path(tempfile.mkdtemp(prefix="i2cr_bench_clues_"))
     images = [generated_image(folder), *sample_photos(), *args.images]
-    ctx = SimpleNamespace(ocr_engine="rapidocr", object_model="embedded", scene_model="embedded",
-                          caption_model="embedded", embedding_model="embedded", use_precomputed_clues=False,
-                          openai_base_url=None, openai_api_key=None, request_timeout=60.0, max_retries=1)
+    ctx = defaults().model_copy(update={"use_precomputed_clues": False, "max_retries": 1})
     entity = {"name": "NATO", "desc": "North Atlantic Treaty Organization, intergovernmental military alliance"}
 
     rows = [
@@ -132,17 +134,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.clip:
         from tools.verifiers.clip import ClipScorer
 
-        clip_ctx = SimpleNamespace(**{**vars(ctx), "scene_model": f"clip:{args.clip}"})
+        clip_ctx = ctx.model_copy(update={"scene_model": f"clip:{args.clip}"})
         rows.append(bench(f"scene (clip:{args.clip})", lambda p: scene.extract(p, clip_ctx, {}), images, args.repeat))
         rows.append(bench(f"verify (clip:{args.clip})",
                           lambda p: ClipScorer(args.clip).score(entity, image=p, image_desc=None, ctx=ctx),
                           images, args.repeat))
     if args.detector:
-        det_ctx = SimpleNamespace(**{**vars(ctx), "object_model": f"huggingface:{args.detector}"})
+        det_ctx = ctx.model_copy(update={"object_model": f"huggingface:{args.detector}"})
         rows.append(bench(f"objects (huggingface:{args.detector})", lambda p: objects.extract(p, det_ctx, {}),
                           images, args.repeat))
     if args.captioner:
-        cap_ctx = SimpleNamespace(**{**vars(ctx), "caption_model": f"huggingface:{args.captioner}"})
+        cap_ctx = ctx.model_copy(update={"caption_model": f"huggingface:{args.captioner}"})
         rows.append(bench(f"caption (huggingface:{args.captioner})", lambda p: caption.extract(p, cap_ctx, {}),
                           images, args.repeat))
 
@@ -165,4 +167,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main("bench_clues", main))

@@ -12,6 +12,9 @@ ingest time, query p50/p95, disk, memory for each size.
 Every measured phase runs in its own subprocess so peak RSS belongs to it.
 
     python -m evals.bench_retrieval wikimel   [--data DIR] [--workdir /tmp/i2cr_bench] [--embedding-model embedded]
+
+``--data`` is the WikiMEL folder (``WikiMEL_dev.json``, its labels, ``kb_entities.jsonl``); default
+``$I2CR_DATA_DIR/wikimel``, else ``../shared/data/wikimel`` beside the repository (``evals/common.py``).
     python -m evals.bench_retrieval synthetic [--sizes 10000,100000,1000000]
     python -m evals.bench_retrieval all       # both, then the markdown tables
 """
@@ -32,7 +35,8 @@ from typing import Any
 import numpy as np
 from langchain_core.embeddings import Embeddings
 
-DATA = Path("/work/shared/data/wikimel")
+from evals.common import data_dir, default_labels, defaults, run_main
+
 WORKDIR = Path("/tmp/i2cr_bench")
 
 
@@ -61,11 +65,13 @@ def du_mb(path: Path) -> float:
 
 
 def pct(values: list[float], q: float) -> float:
+    """The ``q``-th percentile of ``values`` (NaN when empty)."""
     return float(np.percentile(values, q)) if values else float("nan")
 
 
 # ------------------------------------------------------------------ phases ----
 def phase_wikimel_ingest(a: argparse.Namespace) -> dict[str, Any]:
+    """Ingest the WikiMEL KB (then again, unchanged): throughput, disk, peak RSS."""
     from tools.kb import KnowledgeBase
 
     path = Path(a.workdir) / "wikimel_kb"
@@ -85,10 +91,12 @@ def phase_wikimel_ingest(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def phase_wikimel_query(a: argparse.Namespace) -> dict[str, Any]:
+    """Recall@k of each retriever on WikiMEL dev, and query latency."""
     from tools.kb import KnowledgeBase, query_text
 
     data = json.loads((Path(a.data) / "WikiMEL_dev.json").read_text())
-    labels = json.loads((Path(a.data) / "WikiMEL_dev_label.json").read_text())
+    labels = json.loads(Path(default_labels(Path(a.data) / "WikiMEL_dev.json")
+                             or Path(a.data) / "WikiMEL_dev_label.json").read_text())
     kb = KnowledgeBase(path=Path(a.workdir) / "wikimel_kb", embeddings=a.embedding_model)
     ks = (1, 5, 10, 50)
     hits = {m: {k: 0 for k in ks} for m in ("hybrid", "dense", "lexical")}
@@ -142,6 +150,7 @@ def synthetic_records(n: int, seed: int = 1):
 
 
 def phase_syn_ingest(a: argparse.Namespace) -> dict[str, Any]:
+    """Ingest a synthetic KB of ``a.size`` entities (random vectors): time, disk, peak RSS."""
     from tools.kb import KnowledgeBase
 
     path = Path(a.workdir) / f"syn_{a.size}"
@@ -171,6 +180,7 @@ def phase_syn_ingest(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def phase_syn_query(a: argparse.Namespace) -> dict[str, Any]:
+    """Query latency and surname recall on a synthetic KB."""
     from tools.kb import KnowledgeBase
 
     kb = KnowledgeBase(path=Path(a.workdir) / f"syn_{a.size}", embeddings=RandomEmbeddings(seed=7))
@@ -215,6 +225,7 @@ def run_phase(name: str, a: argparse.Namespace, **extra: Any) -> dict[str, Any]:
 
 
 def tables(res: dict[str, Any]) -> str:
+    """The markdown tables of the results."""
     lines = []
     if "wikimel" in res:
         w, q = res["wikimel"]["ingest"], res["wikimel"]["query"]
@@ -245,11 +256,13 @@ def tables(res: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the chosen benchmarks, each phase in its own process; print the tables."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", nargs="?", choices=("wikimel", "synthetic", "all"), default="all")
-    p.add_argument("--data", default=str(DATA))
+    p.add_argument("--data", default=None, help="WikiMEL folder (default: $I2CR_DATA_DIR/wikimel, "
+                   "else ../shared/data/wikimel beside the repository)")
     p.add_argument("--workdir", default=str(WORKDIR))
-    p.add_argument("--embedding-model", default="embedded")
+    p.add_argument("--embedding-model", default=None, help="default: the embedding_model setting")
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--sizes", default="10000,100000,1000000")
     p.add_argument("--queries", type=int, default=200)
@@ -264,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="continue a synthetic ingest stopped by --max-seconds or a kill (times add up)")
     p.add_argument("--progress", type=int, default=0, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    a.data = str(a.data or data_dir() / "wikimel")
+    if a.embedding_model is None:
+        model = defaults().embedding_model
+        a.embedding_model = model if isinstance(model, str) else "embedded"
     if a.phase:
         print(json.dumps(PHASES[a.phase](a)))
         return 0
@@ -291,4 +308,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("bench_retrieval", main))

@@ -30,7 +30,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from evals.datasets import Example
-from evals.records import Baselines, evaluate_one, failed_record
+from evals.predict import Baselines, evaluate_one, failed_record
 from evals.worker import WorkerPool
 from graph.context import Context
 
@@ -77,6 +77,7 @@ def _intervals(stamps: list[float]) -> list[float]:
 
 
 def run_inline(ctx: Context, graph: Any, todo: list[Example]) -> tuple[float, list[float]]:
+    """Link ``todo`` in this process: total seconds and seconds per mention."""
     baselines = Baselines(ctx)
     t0 = time.perf_counter()
     stamps = [t0]
@@ -87,6 +88,7 @@ def run_inline(ctx: Context, graph: Any, todo: list[Example]) -> tuple[float, li
 
 
 def run_worker(ctx: Context, graph: Any, todo: list[Example]) -> tuple[float, list[float]]:
+    """Link ``todo`` in one worker process: total seconds and seconds per mention."""
     pool = WorkerPool(1, ctx, graph, failed_record=failed_record)
     t0 = time.perf_counter()
     stamps = [t0]
@@ -110,6 +112,7 @@ def mean_ci(xs: list[float]) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Time inline against worker-process linking; print the figures."""
     p = argparse.ArgumentParser(prog="python -m evals.bench_worker", description=__doc__.split("\n")[0])
     p.add_argument("--mentions", type=int, default=200, help="mentions per run (default 200)")
     p.add_argument("--repeat", type=int, default=3, help="runs per mode (default 3)")

@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from graph.cli import parse_settings
+from evals.common import run_main
+from graph.context import parse_settings
 from tools.errors import I2CRError
 
 
@@ -52,8 +53,8 @@ def eval_main(argv: list[str]) -> int:
     """Entry point of ``i2cr eval``; returns the exit code."""
     args = eval_parser().parse_args(argv)
     try:
-        from graph.context import Context
         from evals.runner import run_eval
+        from graph.context import Context
 
         ctx = Context(**parse_settings(args.set))
         summary = run_eval(args.data, args.labels, args.out, context=ctx, images=args.images, limit=args.limit,
@@ -93,13 +94,13 @@ def report_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="i2cr report", description="Summarise a run folder of i2cr eval.")
     p.add_argument("run", help="run folder (holding predictions.jsonl and config.json)")
     args = p.parse_args(argv)
-    try:
-        from evals.report import write_report
+    return run_main("i2cr report", _report, args.run)
 
-        path = write_report(args.run)
-    except I2CRError as exc:
-        print(f"i2cr report: error: {exc}", file=sys.stderr)
-        return 2
+
+def _report(run: str) -> int:
+    from evals.report import write_report
+
+    path = write_report(run)
     print(f"report: {path}\nfigure: {path.parent / 'rounds.png'}")
     return 0
 

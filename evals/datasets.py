@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from graph.inputs import normalize_candidates
+from tools.candidates import normalize_candidates
 from tools.clues.precomputed import parse_image_desc
 from tools.errors import InputError
 

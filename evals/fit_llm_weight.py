@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from evals.fit_fusion import DATA, _acc, _cols, fold_of, out_of_fold_logits
-from tools.errors import I2CRError
+from evals.common import default_labels, defaults, run_main, wikimel_dev
+from evals.fit_fusion import _acc, _cols, fold_of, out_of_fold_logits
 from tools.features import TEXT_FEATURES
 from tools.fusion import PACKAGED_WEIGHTS, floored, softmax
 
@@ -128,16 +128,19 @@ def evaluate(logits: list[np.ndarray], gold: np.ndarray, scores: dict[str, dict]
             "seconds": float(np.mean(secs)) if secs else 0.0}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, their defaults taken from ``Context()`` (gate, models) and ``evals/common.py`` (data, labels)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data", nargs="?", default=str(DATA / "WikiMEL_dev.json"))
-    p.add_argument("--labels", default=None)
+    p.add_argument("data", nargs="?", default=None,
+                   help="dataset (default: WikiMEL dev under $I2CR_DATA_DIR, else ../shared/data)")
+    p.add_argument("--labels", default=None, help="gold labels (default: <data>_label.json beside the data)")
     p.add_argument("--weights", default=str(PACKAGED_WEIGHTS), help="fusion weights whose text model is used")
     p.add_argument("--out", default=None, help="weights file to write (default: --weights)")
-    p.add_argument("--linker-model", default="embedded")
+    p.add_argument("--linker-model", default=None, help="default: the linker_model setting")
     p.add_argument("--llm-scoring", default="likelihood", choices=("likelihood", "choice"))
-    p.add_argument("--embedding-model", default="embedded")
-    p.add_argument("--gate", type=float, default=0.9, help="the gate_threshold the graph runs with")
+    p.add_argument("--embedding-model", default=None, help="default: the embedding_model setting")
+    p.add_argument("--gate", type=float, default=None,
+                   help="default: the gate_threshold setting, the gate the graph runs with")
     p.add_argument("--also-gates", type=lambda v: [float(x) for x in v.split(",") if x.strip()], default=[],
                    metavar="G1,G2", help="more gates to report (the weight written is the --gate one's)")
     p.add_argument("--llm-floor", type=float, default=5.0,
@@ -149,18 +152,30 @@ def main(argv: list[str] | None = None) -> int:
                    help="a graph setting for the model (repeatable), e.g. openai_base_url=http://localhost:8000/v1")
     p.add_argument("--cache", default=None, help="JSONL of the model's scores (default: runs/llm-scores/<data>.jsonl)")
     a = p.parse_args(argv)
+    ctx = defaults()
+    a.data = a.data or str(wikimel_dev())
+    a.gate = ctx.gate_threshold if a.gate is None else a.gate
+    a.linker_model = a.linker_model or ctx.linker_model
+    a.embedding_model = a.embedding_model or ctx.embedding_model
     a.llm_floor = a.llm_floor if a.llm_floor and a.llm_floor > 0 else None
     if a.folds < 2:
         p.error(f"--folds: expected at least 2, got {a.folds}")
     if not 0 <= a.gate <= 1:
         p.error(f"--gate: expected a number between 0 and 1, got {a.gate}")
+    a.labels = a.labels or default_labels(a.data)
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Fit ``llm_weight`` and write it into the weights file (see the module's docstring)."""
+    a = parse_args(argv)
     from evals.datasets import load_dataset
     from evals.fit_fusion import build_matrix
-    from graph.cli import parse_settings
+    from graph.context import parse_settings
     from tools.fusion import load_weights
 
     extra = parse_settings(a.set)
-    labels = a.labels or (str(DATA / "WikiMEL_dev_label.json") if a.data == str(DATA / "WikiMEL_dev.json") else None)
+    labels = a.labels
     base = load_weights(a.weights)  # fails early, naming the file, if unusable
     t = time.perf_counter()
     m = build_matrix(a.data, labels, a.embedding_model)
@@ -215,8 +230,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except I2CRError as exc:  # bad data, labels, weights or model: one line naming them
-        sys.exit(f"fit_llm_weight: error: {exc}")
+if __name__ == "__main__":  # bad data, labels, weights or model: one line naming them, exit 2
+    sys.exit(run_main("fit_llm_weight", main))

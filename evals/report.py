@@ -120,9 +120,23 @@ def write_report(run_dir: str | Path) -> Path:
 
 
 def render(s: dict[str, Any], config: dict[str, Any], notes: list[str], records: list[dict]) -> str:
-    """The markdown of the report."""
+    """The markdown of the report: one section after the other."""
     st = config.get("settings") or {}
     L: list[str] = []
+    _header(L, s, config, st)
+    _accuracy(L, s, st, str(config.get("dataset", "?")))
+    _rounds(L, s, st)
+    _exits(L, s)
+    _cost(L, s, config)
+    _errors(L, records)
+    if notes:
+        L.append("\n## Notes\n")
+        L.extend(f"- {n}" for n in notes)
+    return "\n".join(L) + "\n"
+
+
+def _header(L: list[str], s: dict[str, Any], config: dict[str, Any], st: dict[str, Any]) -> None:
+    """Title, dataset, mentions, images and the main settings."""
     dataset = config.get("dataset", "?")
     L.append(f"# I2CR evaluation: {Path(dataset).name}\n")
     sel = s["selected"]
@@ -143,6 +157,9 @@ def render(s: dict[str, Any], config: dict[str, Any], notes: list[str], records:
     if config.get("note"):
         L.insert(-1, f"- {config['note']}")
 
+
+def _accuracy(L: list[str], s: dict[str, Any], st: dict[str, Any], dataset: str) -> None:
+    """Top-1 of the run beside the baselines."""
     L.append("## Top-1 accuracy\n")
     L.append("Names compared as the benchmarks do (case, underscores and whitespace ignored); "
              "95% Wilson intervals; all on the same mentions.\n")
@@ -166,6 +183,9 @@ def render(s: dict[str, Any], config: dict[str, Any], notes: list[str], records:
         L.append("\nPublished Top-1 on the full WikiMEL test set, for orientation (not the same mentions): "
                  + ", ".join(f"{n} {v}" for n, v in PUBLISHED_WIKIMEL) + ".")
 
+
+def _rounds(L: list[str], s: dict[str, Any], st: dict[str, Any]) -> None:
+    """Accuracy after each round, with the clue each round used."""
     L.append("\n## Accuracy after each round\n")
     L.append("The answer after round k is the final entity if the graph stopped at round k or earlier, "
              "else the round-1 answer (what the graph returns when stopped there, reference fallback). "
@@ -184,6 +204,9 @@ def render(s: dict[str, Any], config: dict[str, Any], notes: list[str], records:
         L.append(f"| {k} | {clue} | {_pct(r['acc'])} | {_ci(r)} | {delta} |")
         prev = r["acc"]
 
+
+def _exits(L: list[str], s: dict[str, Any]) -> None:
+    """Where the graph stopped, and the fused linker's text-first gate."""
     L.append("\n## Where the graph stopped\n")
     L.append("| Exit (status) | Stop round | Mentions | Share | Top-1 of group |")
     L.append("|---|---:|---:|---:|---:|")
@@ -198,6 +221,9 @@ def render(s: dict[str, Any], config: dict[str, Any], notes: list[str], records:
         for g in s["gate"]:
             L.append(f"| {g['group']} | {g['count']} | {_pct(g['share'])} | {_pct(g['acc'])} | {_pct(g['round1_acc'])} |")
 
+
+def _cost(L: list[str], s: dict[str, Any], config: dict[str, Any]) -> None:
+    """LLM calls, tokens and seconds per mention."""
     L.append("\n## Cost per mention\n")
     ok = s["cost"]["seconds"]["n"]
     L.append(f"Over the {ok} mention(s) that ran without error. Seconds are wall-clock per mention "
@@ -213,6 +239,9 @@ def render(s: dict[str, Any], config: dict[str, Any], notes: list[str], records:
         L.append(f"| {label} | {_num(c['mean'], d)} | {_num(c['p50'], d)} | {_num(c['p95'], d)} | "
                  f"{_num(c['total'], d)} |")
 
+
+def _errors(L: list[str], records: list[dict]) -> None:
+    """The failed mentions, most common kinds first."""
     errors = [r for r in records if r.get("error")]
     if errors:
         L.append(f"\n## Errors ({len(errors)})\n")
@@ -222,7 +251,3 @@ def render(s: dict[str, Any], config: dict[str, Any], notes: list[str], records:
             L.append(f"- `{r['id']}`: {str(r['error'])[:300]}")
         if len(errors) > 10:
             L.append(f"- ... {len(errors) - 10} more in predictions.jsonl")
-    if notes:
-        L.append("\n## Notes\n")
-        L.extend(f"- {n}" for n in notes)
-    return "\n".join(L) + "\n"

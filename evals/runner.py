@@ -21,13 +21,14 @@ import json
 import random
 import re
 from collections import Counter
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from evals.datasets import Dataset, Example, load_dataset
-from evals.records import Baselines, evaluate_one, failed_record
+from evals.predict import Baselines, evaluate_one, failed_record
 from evals.store import PredictionWriter, RunLock, check_resume, read_config, read_predictions, write_config
 from graph.context import Context
 from tools.errors import InputError
@@ -40,6 +41,8 @@ MAX_FAILURE_SHARE = 0.5
 FAILURE_SHARE_AFTER = 20
 """... once at least this many mentions were linked in the run."""
 ISOLATION = ("process", "inline")
+_Baselines = Baselines  # the former private name (evals/bench_worker.py, tests)
+__all__ = ["run_eval", "select", "evaluate_one", "failed_record", "Baselines", "context_settings"]
 
 
 def context_settings(ctx: Context) -> dict[str, Any]:

@@ -79,7 +79,7 @@ class PredictionWriter:
         """Close the file."""
         self._fh.close()
 
-    def __enter__(self) -> "PredictionWriter":
+    def __enter__(self) -> PredictionWriter:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -136,7 +136,7 @@ class RunLock:
         self.run_dir = Path(run_dir)
         self._fh: Any = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX: no lock

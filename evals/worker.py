@@ -38,10 +38,11 @@ import subprocess
 import sys
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tools.errors import ConfigError, I2CRError
 
@@ -321,7 +322,7 @@ def _child(in_fd: int, out_fd: int) -> int:
     try:
         ctx, ref = pickle.loads(blob)
         graph = load_graph(ref)
-        from evals.records import Baselines, evaluate_one
+        from evals.predict import Baselines, evaluate_one
 
         score_baselines = Baselines(ctx)
     except I2CRError as exc:  # e.g. a graph "module:attribute" that cannot be imported

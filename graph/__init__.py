@@ -7,9 +7,12 @@
 ``build_graph(checkpointer=...)`` compiles a durable copy; ``link(...)`` is the
 one-call helper.
 
-The graph, ``build_graph`` and ``link`` are imported on first use (PEP 562), so
-that the node modules, which import ``graph.context``, can also be imported on
-their own (``import nodes.link``) without a circular import.
+The graph, ``build_graph`` and ``link`` are imported on first use (PEP 562). The
+nodes import this package's foundation (``graph.context``, ``graph.state``,
+``graph.progress``, ``graph.inputs``, ``graph.edges``), and Python runs this file
+before any of them: importing the builder here would import the nodes while the
+first of them is still half-imported (``import nodes.link`` on its own would fail).
+The module graph itself has no circle (``tests/test_imports.py``).
 """
 
 from typing import Any

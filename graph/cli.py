@@ -1,4 +1,4 @@
-"""The ``i2cr`` command line.
+"""The ``i2cr`` command line: the top layer, importing the others and imported by none.
 
     i2cr link --mention M --context C | --context-file PATH|- [--image PATH [--strict-image]]
               [--candidates FILE.json] [--set key=value ...]   (--context - reads the context from stdin)
@@ -18,34 +18,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from graph.context import parse_settings
 from tools.errors import I2CRError, InputError
+from tools.files import read_json_file
 
-
-def parse_settings(pairs: list[str]) -> dict[str, Any]:
-    """``["max_rounds=2", "clue_order=ocr,caption"]`` → typed Context settings (unknown keys rejected)."""
-    from graph.context import coerce_setting
-
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise InputError(f"--set {pair!r}: expected key=value")
-        key = key.strip().replace("-", "_")
-        out[key] = coerce_setting(key, value, origin=f"--set {key}")
-    return out
-
-
-def read_json_file(path: str, what: str) -> Any:
-    """Load a JSON file or raise ``InputError`` naming it (also for JSON nested too deeply to read)."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{what}: file not found: {path}")
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{what}: {path} is not valid JSON ({exc})") from None
-    except RecursionError:
-        raise InputError(f"{what}: {path} is nested too deeply to read as JSON") from None
+# parse_settings and read_json_file are re-exported for evals/cv_eval.py until it imports them from
+# graph.context and tools.files (nothing else may import this module: it is the top layer)
+__all__ = ["build_parser", "main", "parse_settings", "read_json_file", "read_text_arg"]
 
 
 def read_text_arg(value: str | None, path: str | None) -> str:
@@ -115,6 +94,7 @@ def _link(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``i2cr`` parser (``link``; ``kb``, ``eval`` and ``report`` are dispatched before it)."""
     parser = argparse.ArgumentParser(prog="i2cr", description="Multimodal entity linking with I2CR.")
     sub = parser.add_subparsers(dest="command", required=True)
     link = sub.add_parser("link", help="link one mention and print the result as JSON")
@@ -142,9 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] == "kb":
+            from graph.context import Context
             from tools.kb_cli import main as kb_main
 
-            return kb_main(argv[1:])
+            return kb_main(argv[1:], Context)
         if argv and argv[0] in ("eval", "report"):
             from evals import cli as eval_cli
 

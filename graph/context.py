@@ -33,14 +33,14 @@ from pydantic import Field, TypeAdapter, ValidationError, field_validator
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from tools.context_types import CLUE_TYPES
-from tools.errors import ConfigError
+from tools.clues.base import CLUE_TYPES
+from tools.errors import ConfigError, InputError
 from tools.specs import check_model_settings
 
 ENV_PREFIX = "I2CR_"
 
 # a spec string, or (from Python) a model/embedder/scorer object; the JSON schema (Studio) shows a string
-ModelSetting = Union[str, SkipJsonSchema[Any]]
+ModelSetting = Union[str, SkipJsonSchema[Any]]  # noqa: UP007 (pydantic's documented SkipJsonSchema form)
 
 
 class Context(BaseSettings):
@@ -174,7 +174,8 @@ class Context(BaseSettings):
         default=0.5, ge=0, le=1,
         description="alpha: cosine(mention+context, entity name+description) a pick "
                   "must reach to pass intra-modal reflection. The reference uses 0.8 with its own "
-                  "embedder; 0.5 is calibrated for the embedded all-MiniLM-L6-v2 (see README).",
+                  "embedder; 0.5 is calibrated for the embedded all-MiniLM-L6-v2 "
+                  "(docs/method.md, 'Thresholds of the offline defaults').",
     )
     max_rechoices: int = Field(
         default=3, ge=0,
@@ -366,6 +367,18 @@ def coerce_setting(name: str, raw: str, *, origin: str | None = None) -> Any:
     except ValueError as exc:
         raise ConfigError(f"{label}={raw!r}: {exc}") from None
 
+
+
+def parse_settings(pairs: list[str]) -> dict[str, Any]:
+    """``["max_rounds=2", "clue_order=ocr,caption"]`` (``--set key=value``) → typed settings; unknown keys rejected."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise InputError(f"--set {pair!r}: expected key=value")
+        key = key.strip().replace("-", "_")
+        out[key] = coerce_setting(key, value, origin=f"--set {key}")
+    return out
 
 _defaults: dict[tuple, Context] = {}
 

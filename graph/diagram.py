@@ -51,6 +51,7 @@ def with_block(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Write (or ``--check``) the README's diagram block."""
     parser = argparse.ArgumentParser(prog="python -m graph.diagram", description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="exit 1 when README.md's diagram is out of date")

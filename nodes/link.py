@@ -15,48 +15,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
 from graph.context import Context, resolve_context
 from graph.progress import record
-from graph.inputs import candidate_key
 from graph.state import State
 from nodes.link_fused import fused_pick
-from nodes.prompt_parts import candidate_desc, clue_block, count_call, linker, round_clues
-from prompts import linking as P
-from tools.answers import parse_answer
-from tools.models import describe, invoke_model
+from nodes.prompt_parts import round_clues
+from tools.candidates import candidate_key
+from tools.linker import count_call, load_linker
+from tools.llm_linker import llm_pick
+from tools.models import describe
 from tools.texts import entity_ref
-
-
-def shown_candidates(state: State) -> list[dict]:
-    """The candidates offered in this attempt: all but those reflection ruled out this round."""
-    excluded = set(state.get("excluded") or [])
-    return [c for c in state["candidates"] if candidate_key(c) not in excluded]
-
-
-def build_messages(state: State, ctx: Context) -> list:
-    """The chat messages for the current attempt (``llm`` mode).
-
-    Ruled-out picks are removed from the numbered list (small models answer a
-    number they were told to avoid) and named at the end of the prompt.
-    """
-    shown = shown_candidates(state)
-    lines = [P.CANDIDATE_LINE.format(number=i + 1, name=c["name"], desc=candidate_desc(c, ctx.max_desc_chars))
-             for i, c in enumerate(shown)]
-    by_key = {candidate_key(c): c for c in state["candidates"]}
-    excluded = [by_key[k]["name"] for k in state.get("excluded") or [] if k in by_key]
-    rejected = P.REJECTED.format(names="; ".join(excluded)) if excluded else ""
-    attempts = state.get("attempts") or []
-    retry = ""
-    if attempts and attempts[-1]["outcome"] == "unparseable":
-        retry = P.RETRY.format(raw=attempts[-1]["raw"][:80])
-    user = P.USER.format(candidates="\n".join(lines), mention=state["mention"],
-                         context=state.get("context") or "(none)", clues=clue_block(round_clues(state, ctx)),
-                         rejected=rejected,
-                         retry=retry, answer_format=P.ANSWER_FORMAT_NIL if ctx.allow_nil else P.ANSWER_FORMAT)
-    return [SystemMessage(P.SYSTEM_NIL if ctx.allow_nil else P.SYSTEM), HumanMessage(user)]
 
 
 def link_on_text(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -73,22 +43,25 @@ def link_on_text(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         return {"attempts": attempts, "trace": record(entry)}
     if ctx.linker_mode == "fused":
         return _link_fused(state, ctx, entry, attempts, usage)
-    raw, tokens = invoke_model(linker(ctx), build_messages(state, ctx), spec=ctx.linker_model)
-    count_call(usage, tokens["input_tokens"], tokens["output_tokens"])
-    shown = shown_candidates(state)
-    answer = parse_answer(raw, [c["name"] for c in shown], qids=[c.get("qid") for c in shown],
-                          allow_nil=ctx.allow_nil)
-    outcome = answer.kind
-    pick = shown[answer.index] if outcome == "entity" else None
-    key = candidate_key(pick) if pick else None
-    note = {"unparseable": "answer could not be mapped to an offered candidate: counted as a failed attempt"}.get(outcome, "")
-    entry.update(raw=raw, outcome=outcome, model=describe(ctx.linker_model), pick=entity_ref(pick))
-    if note:
-        entry["note"] = note
-    attempts.append({"key": key, "outcome": outcome, "raw": raw, "score": None})
+    return _link_llm(state, ctx, entry, attempts, usage)
+
+
+def _link_llm(state: State, ctx: Context, entry: dict[str, Any], attempts: list, usage: dict) -> dict[str, Any]:
+    """``linker_mode='llm'``: one answer of the linker model (``tools/llm_linker.py``)."""
+    last = attempts[-1] if attempts else None
+    r = llm_pick(load_linker(ctx), state["mention"], state.get("context") or "", state["candidates"],
+                 list(state.get("excluded") or []), round_clues(state, ctx),
+                 retry_raw=last["raw"] if last and last["outcome"] == "unparseable" else None,
+                 spec=ctx.linker_model, max_desc_chars=ctx.max_desc_chars, allow_nil=ctx.allow_nil)
+    count_call(usage, r.tokens["input_tokens"], r.tokens["output_tokens"])
+    entry.update(raw=r.raw, outcome=r.outcome, model=describe(ctx.linker_model), pick=entity_ref(r.pick))
+    if r.note:
+        entry["note"] = r.note
+    attempts.append({"key": candidate_key(r.pick) if r.pick else None, "outcome": r.outcome, "raw": r.raw,
+                     "score": None})
     return {"attempts": attempts, "usage": usage,
-            "trace": record(entry, "pick", round=state["round"], attempt=entry["attempt"], outcome=outcome,
-                            pick=entry["pick"], answer=raw[:80])}
+            "trace": record(entry, "pick", round=state["round"], attempt=entry["attempt"], outcome=r.outcome,
+                            pick=entry["pick"], answer=r.raw[:80])}
 
 
 def _link_fused(state: State, ctx: Context, entry: dict[str, Any], attempts: list, usage: dict) -> dict[str, Any]:

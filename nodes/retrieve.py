@@ -14,8 +14,8 @@ from langgraph.runtime import Runtime
 from langgraph.types import Overwrite
 
 from graph.context import Context, resolve_context
-from graph.progress import record
 from graph.inputs import clip_context, normalize_candidates, validate_input
+from graph.progress import record
 from graph.state import State
 
 

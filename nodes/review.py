@@ -18,9 +18,9 @@ from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
 from graph.context import Context
-from graph.inputs import candidate_key
 from graph.progress import emit, record
 from graph.state import State
+from tools.candidates import candidate_key
 from tools.errors import ConfigError
 from tools.texts import entity_public, entity_ref
 

@@ -15,9 +15,9 @@ from langgraph.runtime import Runtime
 
 from graph.context import Context, resolve_context
 from graph.edges import next_after_verify
-from graph.inputs import candidate_key
 from graph.progress import record
 from graph.state import State
+from tools.candidates import candidate_key
 from tools.errors import InputError
 from tools.texts import entity_ref
 from tools.verify import get_scorer, text_scorer

@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from providers_helpers import FakeOpenAI
+import pytest
 
 from graph.cli import main
+
+from providers_helpers import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = str(ROOT / "evals" / "data" / "example_wikimel_25999.json")
@@ -64,6 +66,19 @@ def test_script_exit_status_and_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "image: file not found" in proc.stderr and "Traceback" not in proc.stderr
 
+
+
+@pytest.mark.parametrize("module, args", [("tools.kb_cli", ["count"]), ("evals.cli", ["data.json"])])
+def test_module_entry_points_report_a_bad_setting_in_one_line(module, args, tmp_path):
+    """``python -m tools.kb_cli`` / ``python -m evals.cli`` work without graph.cli: a bad setting is one line, exit 2."""
+    import os
+
+    env = {**os.environ, "I2CR_KB_PORT": "0", "I2CR_MAX_ROUNDS": "-1"}
+    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "I2CR_KB_PORT='0'" in proc.stderr or "I2CR_MAX_ROUNDS='-1'" in proc.stderr
 
 def test_model_server_down_names_the_model(capsys):
     with FakeOpenAI(fail_first=-1) as server:

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-from fakes import BagOfWordsEmbeddings, ScriptedChatModel, TableScorer, scripted
 
 from evals import metrics as M
 from evals.cli import eval_main, report_main
@@ -22,6 +21,8 @@ from evals.store import read_predictions
 from graph import Context
 from graph import graph as real_graph
 from tools.errors import ConfigError, InputError
+
+from fakes import BagOfWordsEmbeddings, ScriptedChatModel, TableScorer, scripted
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).resolve().parents[1]
@@ -388,9 +389,9 @@ def test_eval_command_errors_are_one_line(tmp_path, capsys, argv, fragment):
 
 
 def test_llm_benchmark_times_each_scoring_method_and_skips_what_the_model_cannot_do(tmp_path, monkeypatch, capsys):
-    from providers_helpers import FakeOpenAI
-
     from evals import bench_llm
+
+    from providers_helpers import FakeOpenAI
 
     data = Path(__file__).parent / "data" / "wikimel_small.json"
     out = tmp_path / "bench.json"
@@ -406,3 +407,54 @@ def test_llm_benchmark_times_each_scoring_method_and_skips_what_the_model_cannot
     choice = figures["scoring"]["choice"]
     assert choice["method"] == "logprobs" and choice["mean_s"] > 0 and choice["tokens"] > 0
     assert figures["mentions"] == 3 and figures["peak_rss_gib"] > 0
+
+
+# ---- what the eval scripts share (evals/common.py) --------------------------------------------------
+
+def test_data_dir_flag_then_environment_then_shared_beside_the_repo(tmp_path, monkeypatch):
+    from evals import common
+
+    monkeypatch.delenv(common.DATA_ENV, raising=False)
+    assert common.data_dir() == Path(common.__file__).resolve().parents[2] / "shared" / "data"
+    monkeypatch.setenv(common.DATA_ENV, str(tmp_path))
+    assert common.data_dir() == tmp_path and common.wikimel_dev() == tmp_path / "wikimel" / "WikiMEL_dev.json"
+    assert common.data_dir(tmp_path / "x") == tmp_path / "x"
+    assert common.default_labels(WIKIMEL) == str(WIKIMEL_LABELS)
+    assert common.default_labels(tmp_path / "nothing.json") is None
+
+
+def test_run_main_prints_one_line_and_exits_2(capsys):
+    from evals.common import run_main
+
+    def bad() -> int:
+        raise InputError("--data: file not found: x.json")
+
+    assert run_main("a_script", bad) == 2
+    assert capsys.readouterr().err == "a_script: error: --data: file not found: x.json\n"
+    assert run_main("a_script", lambda n: n, 3) == 3 and run_main("a_script", lambda: None) == 0
+
+
+def test_fit_llm_weight_defaults_come_from_the_settings(monkeypatch, tmp_path):
+    from evals import fit_llm_weight
+
+    monkeypatch.setenv("I2CR_DATA_DIR", str(tmp_path))
+    a = fit_llm_weight.parse_args([])
+    assert a.gate == Context().gate_threshold == 0.95 and a.linker_model == Context().linker_model
+    assert a.data == str(tmp_path / "wikimel" / "WikiMEL_dev.json") and a.labels is None
+    monkeypatch.setenv("I2CR_GATE_THRESHOLD", "0.8")
+    assert fit_llm_weight.parse_args([str(WIKIMEL)]).gate == 0.8
+    assert fit_llm_weight.parse_args([str(WIKIMEL)]).labels == str(WIKIMEL_LABELS)
+    assert fit_llm_weight.parse_args([str(WIKIMEL), "--gate", "0.5"]).gate == 0.5
+
+
+def test_bench_retrieval_has_no_absolute_data_path():
+    source = (Path(__file__).resolve().parents[1] / "evals" / "bench_retrieval.py").read_text()
+    assert "/work/" not in source and "data_dir()" in source
+
+
+def test_calibrate_thresholds_reads_the_dataset_like_the_runner(capsys):
+    from evals import calibrate_thresholds
+
+    code = calibrate_thresholds.main(["--data", str(WIKIMEL), "--sample", "50", "--embedding-model", "embedded"])
+    out = capsys.readouterr().out
+    assert code == 0 and "mentions with gold among candidates:" in out and "reflection (alpha)" in out

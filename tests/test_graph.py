@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fakes import BagOfWordsEmbeddings, TableScorer, scripted
 from PIL import Image
 
 from graph import Context, build_graph, graph, link
 from tools.errors import ConfigError, InputError, ModelError
+
+from fakes import BagOfWordsEmbeddings, TableScorer, scripted
 
 CANDS = [
     {"qid": "Q41421", "name": "Michael Jordan", "desc": "American basketball player for the Chicago Bulls"},
@@ -357,3 +358,57 @@ def test_a_verifier_that_cannot_use_the_image_in_a_clue_round_ends_the_run_on_th
     assert out["status"] == "fallback" and out["stop_round"] == 2 and out["entity"]["name"] == "Jordan"
     assert len([t for t in out["trace"] if t["step"] == "clue"]) == 1  # no clue round after it
     assert out["warnings"] == [verifies[1]["note"]]
+
+
+# ---- reflection as a plain function (tools/reflection.py) ------------------------------------------
+
+def _reflect(attempts, excluded=(), **settings):
+    from tools.reflection import reflect_pick
+
+    values = dict(round_no=1, linker_mode="llm", confidence_threshold=0.5, reflection_threshold=0.3,
+                  max_rechoices=3, unparseable_fallback="top_candidate", embedding_model=BagOfWordsEmbeddings())
+    return reflect_pick(INPUT["mention"], INPUT["context"], CANDS, attempts, list(excluded), **{**values, **settings})
+
+
+def test_reflect_pick_llm_mode_rules_out_a_pick_below_alpha_then_keeps_the_best():
+    country = {"key": "Q810", "outcome": "entity", "raw": "2", "score": None}
+    r = _reflect([country])
+    assert not r.settled and r.excluded == ["Q810"] and r.attempts[-1]["score"] < 0.3
+    assert r.event["event"] == "excluded" and r.event["qid"] == "Q810" and "alpha 0.3" in r.event["reason"]
+    player = {"key": "Q41421", "outcome": "entity", "raw": "1", "score": None}
+    r2 = _reflect([*r.attempts, player], r.excluded)
+    assert r2.settled and r2.answer["qid"] == "Q41421" and r2.note == "passed reflection"
+    assert r2.details["reflection_passed"] is True and r2.details["reflection_score"] >= 0.3
+    r3 = _reflect([country], max_rechoices=0)  # no re-choice left: the best-scoring pick is the answer
+    assert r3.settled and r3.answer["qid"] == "Q810" and "best-scoring pick kept" in r3.note
+
+
+def test_reflect_pick_fused_mode_keeps_a_pick_below_the_confidence_threshold_and_loads_no_embedder():
+    attempt = {"key": "Q1", "outcome": "entity", "raw": "", "score": None, "confidence": 0.2}
+    r = _reflect([attempt], linker_mode="fused", embedding_model="no-such-provider:x")
+    assert r.settled and r.answer["qid"] == "Q1" and r.excluded == []
+    assert r.details["reflection_threshold"] == 0.5 and "below 0.5: kept" in r.note == r.details["note"]
+
+
+def test_reflect_pick_nil_and_unusable_answers():
+    r = _reflect([{"key": None, "outcome": "nil", "raw": "nil", "score": None}])
+    assert r.settled and r.answer is None and r.note == "nil" and "nil accepted" in r.details["note"]
+    bad = {"key": None, "outcome": "unparseable", "raw": "??", "score": None}
+    assert not _reflect([bad]).settled
+    assert _reflect([bad], max_rechoices=0).answer["qid"] == "Q41421"
+    assert _reflect([bad], max_rechoices=0, unparseable_fallback="nil").answer is None
+
+
+def test_llm_pick_offers_the_candidates_not_ruled_out_and_maps_the_answer():
+    from tools.llm_linker import llm_pick
+
+    model = scripted("2")
+    r = llm_pick(model, "Jordan", "Jordan scored 30 points", CANDS, ["Q810"], [{"type": "ocr", "text": "BULLS 23"}],
+                 retry_raw="maybe?", max_desc_chars=300, allow_nil=True)
+    prompt = model.prompts[-1]
+    assert r.outcome == "entity" and r.pick["qid"] == "Q1"  # "2" is the second of the two shown: Jordan River
+    assert "1. Michael Jordan" in prompt and "2. Jordan River" in prompt and "2. Jordan —" not in prompt
+    assert "Ruled out already (no longer in the list): Jordan." in prompt and "BULLS 23" in prompt
+    assert '"maybe?" could not be used' in prompt
+    unusable = llm_pick(scripted("the tall one"), "Jordan", "", CANDS, [], [], allow_nil=False)
+    assert unusable.outcome == "unparseable" and unusable.pick is None and "failed attempt" in unusable.note

@@ -7,6 +7,9 @@
 Store options (default: the ``I2CR_KB_*`` / ``I2CR_EMBEDDING_MODEL`` settings of
 ``graph/context.py``): ``--path DIR`` (embedded Chroma) or ``--host H --port P``
 (a Chroma server), ``--collection NAME``, ``--embedding-model SPEC``.
+
+The settings reach this module from its caller (``graph/cli.py`` passes ``Context``):
+tools/ import nothing from graph/. ``python -m tools.kb_cli ...`` is ``i2cr kb ...``.
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from tools.errors import InputError
-
+from tools.errors import I2CRError, InputError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,12 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _open(a: argparse.Namespace) -> tuple[Any, Any]:
-    """The KnowledgeBase the options (else the Context settings) point to, and the Context."""
-    from graph.context import Context
+def _open(a: argparse.Namespace, settings: Callable[[], Any]) -> tuple[Any, Any]:
+    """The KnowledgeBase the options (else the run's settings) point to, and the settings."""
     from tools.kb import KnowledgeBase
 
-    ctx = Context()
+    ctx = settings()
     return KnowledgeBase(
         path=a.path or ctx.kb_path, host=a.host or (None if a.path else ctx.kb_host),
         port=a.port or ctx.kb_port, collection=a.collection or ctx.kb_collection,
@@ -67,10 +69,12 @@ def _open(a: argparse.Namespace) -> tuple[Any, Any]:
         base_url=ctx.openai_base_url, api_key=ctx.openai_api_key), ctx
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None, settings: Callable[[], Any]) -> int:
     """Run ``i2cr kb`` with ``argv``; return the exit code (0 ok, 130 interrupted).
 
-    Errors (``I2CRError``) propagate to ``graph.cli.main``, which prints them in one line and exits 2.
+    ``settings()`` returns the run's settings (``graph.context.Context``: ``kb_*``, ``embedding_model``,
+    ``openai_*``, ``top_k``); it is called once the arguments are parsed. Errors (``I2CRError``)
+    propagate to the caller (``graph.cli.main`` prints them in one line and exits 2).
     """
     a = _parser().parse_args(argv)
     if a.command == "search" and a.k is not None and a.k < 1:
@@ -78,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.command == "ingest" and a.batch_size < 1:
         raise InputError(f"kb ingest --batch-size {a.batch_size}: expected a positive integer")
     try:
-        kb, ctx = _open(a)
+        kb, ctx = _open(a, settings)
         if a.command == "ingest":
             def report(no: int, msg: str) -> None:
                 print(f"{a.file}:{no}: skipped: {msg}", file=sys.stderr)
@@ -112,7 +116,16 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    from graph.cli import main as i2cr_main
+def run(argv: list[str], settings: Callable[[], Any]) -> int:
+    """:func:`main`, with an ``I2CRError`` printed as one line ``i2cr kb: error: ...`` (exit 2)."""
+    try:
+        return main(argv, settings)
+    except I2CRError as exc:
+        print(f"i2cr kb: error: {exc}", file=sys.stderr)
+        return 2
 
-    sys.exit(i2cr_main(["kb", *sys.argv[1:]]))
+
+if __name__ == "__main__":  # a program, above every layer: it may take the settings from graph/
+    from graph.context import Context
+
+    sys.exit(run(sys.argv[1:], Context))

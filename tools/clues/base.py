@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+CLUE_TYPES = ("ocr", "objects", "scene", "caption")
+"""The clue kinds, in the default order of the clue rounds (``Context.clue_order``)."""
+
 
 @dataclass
 class Clue:
@@ -26,7 +29,7 @@ class Clue:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Clue":
+    def from_dict(cls, data: dict[str, Any]) -> Clue:
         return cls(type=data["type"], text=data.get("text", ""), source=data.get("source", ""),
                    details=dict(data.get("details") or {}))
 

@@ -25,6 +25,8 @@ import numpy as np
 
 from tools.clues.image_io import ImageToolError, describe_exc, image_key, load_image
 from tools.errors import InputError, ModelError
+from tools.texts import entity_text
+from tools.verifiers.text import TextEmbeddingScorer
 
 _lock = threading.Lock()
 
@@ -57,7 +59,7 @@ def _load_clip(name: str):
     return model.eval(), processor
 
 
-def _features(output) -> "np.ndarray":
+def _features(output) -> np.ndarray:
     """Unit-normalised embeddings from ``get_*_features`` (a tensor in transformers 4, a model output in 5)."""
     tensor = output if hasattr(output, "detach") else output.pooler_output
     vecs = tensor.detach().float().numpy()
@@ -158,8 +160,6 @@ class ClipScorer:
         return self._cached(self._text_cache, text, 50_000, compute)
 
     def score(self, entity: dict, *, image: str | None, image_desc: dict | None, ctx: Any) -> float:
-        from tools.verify import TextEmbeddingScorer, entity_text
-
         if not image:
             if image_desc:
                 return TextEmbeddingScorer().score(entity, image=None, image_desc=image_desc, ctx=ctx)

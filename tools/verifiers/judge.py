@@ -22,6 +22,7 @@ from typing import Any
 
 from tools.clues.image_io import image_data_url, image_key
 from tools.errors import ModelError
+from tools.texts import entity_text
 
 SYSTEM = ("You verify entity links. Given an image (or a description of it) and a candidate entity, "
           "rate how likely it is that the image shows or is about that entity, from 0 (certainly not) "
@@ -95,7 +96,6 @@ class JudgeScorer:
         from langchain_core.messages import HumanMessage, SystemMessage
 
         from tools.clues.precomputed import describe_all
-        from tools.verify import entity_text
 
         question = f"Candidate entity: {entity_text(entity)}\nHow well does the image match this entity (0-1)?"
         if image:
@@ -109,7 +109,6 @@ class JudgeScorer:
 
     def score(self, entity: dict, *, image: str | None, image_desc: dict | None, ctx: Any) -> float:
         from tools.models import invoke_model
-        from tools.verify import entity_text
 
         key = (image_key(image) if image else repr(image_desc), entity_text(entity))
         with self._lock:

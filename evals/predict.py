@@ -1,13 +1,15 @@
-"""One mention's prediction line: the graph run on an example, or the line of a mention that failed.
+"""One mention of a benchmark run: its prediction line (``evaluate_one``) and the baselines beside it.
 
-Used by the run in this process (:mod:`evals.runner`) and by its worker processes (:mod:`evals.worker`).
+Used by the run in this process (:mod:`evals.runner`) and by the worker processes
+(:mod:`evals.worker`) alike; neither imports the other for it.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from evals import baselines
 from evals.datasets import Example

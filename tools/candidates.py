@@ -1,0 +1,70 @@
+"""Candidates as the graph and the eval scripts take them: identity, checks and normalisation.
+
+``normalize_candidates`` turns a candidate list (objects ``{qid, name, desc, ...}`` or
+bare names) into clean dicts and raises ``InputError`` naming the bad item;
+``candidate_key`` is a candidate's identity (its QID, else its name);
+``check_text`` refuses text that is not UTF-8.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tools.errors import InputError
+
+
+def candidate_key(candidate: dict) -> str:
+    """The identity of a candidate: its QID, else its name."""
+    return str(candidate.get("qid") or candidate.get("name"))
+
+
+def normalize_candidates(raw: Any, *, where: str = "candidates") -> list[dict]:
+    """Check and clean a candidate list; strings are taken as names. Duplicates are dropped."""
+    if raw is None:
+        return []
+    if not isinstance(raw, (list, tuple)):
+        raise InputError(f"{where}: expected a list of {{qid, name, desc}} objects, got {type(raw).__name__}")
+    out: list[dict] = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw):
+        if isinstance(item, str):
+            item = {"name": item}
+        if not isinstance(item, dict):
+            raise InputError(f"{where}[{i}]: expected an object with a 'name', got {type(item).__name__}")
+        name = item.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise InputError(f"{where}[{i}]: candidate has no name (got {item!r:.120})")
+        check_text(name, f"{where}[{i}].name")
+        cand = {"name": name.strip()}
+        if item.get("qid") not in (None, ""):
+            cand["qid"] = str(item["qid"]).strip()
+        desc = item.get("desc", item.get("description"))
+        if desc is not None:
+            cand["desc"] = check_text(str(desc), f"{where}[{i}].desc")
+        if isinstance(item.get("score"), (int, float)):
+            cand["score"] = float(item["score"])
+        if isinstance(item.get("image"), str) and item["image"]:
+            cand["image"] = item["image"]  # an entity image (knowledge bases may carry one)
+        if isinstance(item.get("aliases"), list):
+            cand["aliases"] = [str(a) for a in item["aliases"] if str(a).strip()]
+        key = candidate_key(cand)
+        if key not in seen:
+            seen.add(key)
+            out.append(cand)
+    return out
+
+
+def check_text(text: str, where: str) -> str:
+    """``text`` unchanged, or ``InputError`` naming ``where`` when it holds bytes that are not UTF-8.
+
+    Bytes that are not UTF-8 reach Python as lone surrogates (``sys.argv``, ``surrogateescape``
+    file names); no tokenizer or JSON writer accepts them, so they are refused at the entry.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        byte = f"0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"U+{ord(bad):04X}"
+        raise InputError(f"{where}: not valid UTF-8 text (byte {byte} at character {exc.start}); "
+                         "re-encode it as UTF-8") from None
+    return text
