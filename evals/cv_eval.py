@@ -27,7 +27,8 @@ from pathlib import Path
 from evals.fit_fusion import DATA, build_matrix, fold_of, fold_weights
 from evals.report import write_report
 from evals.runner import run_eval
-from graph.cli import parse_settings, read_json_file
+from graph.context import parse_settings
+from tools.files import read_json_file
 from tools.errors import I2CRError, InputError
 from tools.fusion import PACKAGED_WEIGHTS
 

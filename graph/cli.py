@@ -22,9 +22,8 @@ from graph.context import parse_settings
 from tools.errors import I2CRError, InputError
 from tools.files import read_json_file
 
-# parse_settings and read_json_file are re-exported for evals/cv_eval.py until it imports them from
-# graph.context and tools.files (nothing else may import this module: it is the top layer)
-__all__ = ["build_parser", "main", "parse_settings", "read_json_file", "read_text_arg"]
+# the top layer: nothing in graph/, nodes/, tools/ or evals/ imports this module
+__all__ = ["build_parser", "main", "read_text_arg"]
 
 
 def read_text_arg(value: str | None, path: str | None) -> str:

@@ -15,7 +15,6 @@ import ast
 import sys
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("graph", "nodes", "tools", "evals", "prompts")
@@ -26,12 +25,6 @@ PACKAGES = ("graph", "nodes", "tools", "evals", "prompts")
 # (graph.cli, which imports evals.cli and tools.kb_cli). A module imports only from its own layer or below.
 FOUNDATION = {"graph.context", "graph.state", "graph.progress", "graph.inputs", "graph.edges"}
 CLI = {"graph.cli", "evals.cli", "tools.kb_cli"}
-# Imports across the layers still there, each with why; test_known_layer_break_is_gone fails when one goes.
-KNOWN_BREAKS = {
-    ("evals.cv_eval", "graph.cli"): "evals/cv_eval.py (being edited by the nil/generalisation helper) imports "
-                                    "parse_settings / read_json_file from graph.cli; they live in graph.context "
-                                    "and tools.files, re-exported by graph.cli until cv_eval points there",
-}
 
 
 def module_name(path: Path) -> str:
@@ -154,7 +147,7 @@ def test_no_import_circle():
 
 
 def test_imports_flow_down_the_layers():
-    breaks = layer_breaks(import_graph(skip_main=True)) - set(KNOWN_BREAKS)
+    breaks = layer_breaks(import_graph(skip_main=True))
     assert not breaks, f"imports of a higher layer: {sorted(breaks)}"
 
 
@@ -168,12 +161,6 @@ def test_the_layer_check_finds_a_tool_importing_the_graph_and_a_module_importing
 def test_no_tool_imports_the_graph():
     tools = {m: t for m, t in import_graph(skip_main=True).items() if m.startswith("tools")}
     assert not {(m, t) for m, targets in tools.items() for t in targets if t.split(".")[0] not in ("tools", "prompts")}
-
-
-@pytest.mark.parametrize("pair", [pytest.param(pair, marks=pytest.mark.xfail(strict=True, reason=reason))
-                                  for pair, reason in KNOWN_BREAKS.items()])
-def test_known_layer_break_is_gone(pair):
-    assert pair not in layer_breaks(import_graph(skip_main=True))
 
 
 def test_entity_and_query_texts_have_one_home():
