@@ -6,7 +6,7 @@
     I2CR_LLAMA_EXTRA_BUFTS=on python -m evals.bench_llm     # llama.cpp's weight repacking forced on (or off)
 
 For a seeded sample of WikiMEL dev mentions it builds the fused linker's own
-prompts (``nodes/link_fused``: the likelihood prompt with the candidates' names
+prompts (``tools/fused_linker``: the likelihood prompt with the candidates' names
 scored after it, and the lettered prompt) and times one call of each, as the
 graph makes it for an undecided mention in round 1. Printed per scoring method:
 mean, p50 and p95 seconds per call, prompt tokens per call, and the load time
@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--sample and --repeat: expected positive integers, got {a.sample} and {a.repeat}")
     from evals.datasets import load_dataset
     from graph.context import Context
-    from nodes.link_fused import ask_llm
-    from nodes.prompt_parts import linker
+    from tools.fused_linker import ask_llm
+    from tools.linker import load_linker as linker
     from tools.choice import scoring_method
     from tools.errors import I2CRError
 
@@ -82,12 +82,13 @@ def main(argv: list[str] | None = None) -> int:
             results["scoring"][method] = {"error": str(exc)}
             continue
         for ex in examples:
-            state = {"mention": ex.inputs["mention"], "context": ex.inputs.get("context") or "",
-                     "candidates": ex.inputs["candidates"], "clues": [], "round": 1}
+            model = linker(ctx)
             for r in range(a.repeat):
                 t = time.perf_counter()
                 try:
-                    _, call = ask_llm(state, ctx)
+                    _, call = ask_llm(model, ex.inputs["mention"], ex.inputs.get("context") or "",
+                                      ex.inputs["candidates"], [], llm_scoring=ctx.llm_scoring,
+                                      spec=ctx.linker_model, max_desc_chars=ctx.max_desc_chars)
                 except I2CRError as exc:  # a model that fails mid-run: one line naming it and the mention
                     sys.exit(f"bench_llm: error on mention {ex.id}: {exc}")
                 dt = time.perf_counter() - t

@@ -11,7 +11,7 @@ evidence is not decisive (top probability below ``--gate``). This script:
 1. scores every candidate with the text model, out of fold (the folds of
    ``evals/fit_fusion.py``: no mention is scored by text weights fitted on it);
 2. asks the linker model about each undecided mention, through the graph's own
-   prompt and scoring code (``nodes/link_fused.ask_llm``), cached in
+   prompt and scoring code (``tools/fused_linker.ask_llm``), cached in
    ``--cache`` (JSONL, resumable: rerun after a kill and only the rest is asked);
 3. floors the model's log-probabilities at ``--llm-floor`` below its favourite
    (one call cannot veto a candidate), picks the weight that links the most
@@ -45,7 +45,8 @@ GRID = np.round(np.arange(0.0, 3.0001, 0.05), 2)
 def ask(records: dict[str, dict], todo: list[str], settings: dict[str, Any], cache: Path) -> dict[str, dict]:
     """The linker model's scores for the ``todo`` mentions, from ``cache`` or asked now (and cached)."""
     from graph.context import Context
-    from nodes.link_fused import ask_llm
+    from tools.fused_linker import ask_llm
+    from tools.linker import load_linker
 
     ctx = Context(**settings)
     key = f"{settings.get('linker_model')}|{settings.get('llm_scoring')}"
@@ -66,13 +67,14 @@ def ask(records: dict[str, dict], todo: list[str], settings: dict[str, Any], cac
     if missing:
         print(f"asking {settings.get('linker_model')} about {len(missing)} mention(s) "
               f"({len(todo) - len(missing)} cached in {cache})", file=sys.stderr, flush=True)
+    model = load_linker(ctx) if missing else None
     with cache.open("a") as fh:
         for n, rid in enumerate(missing, 1):
             inp = records[rid]
-            state = {"mention": inp["mention"], "context": inp.get("context") or "", "candidates": inp["candidates"],
-                     "clues": [], "round": 1}
             t = time.perf_counter()
-            logp, call = ask_llm(state, ctx)
+            logp, call = ask_llm(model, inp["mention"], inp.get("context") or "", inp["candidates"], [],
+                                 llm_scoring=ctx.llm_scoring, spec=ctx.linker_model,
+                                 max_desc_chars=ctx.max_desc_chars)
             row = {"id": rid, "key": key, "logp": [round(float(x), 4) for x in logp], "method": call["method"],
                    "tokens": call.get("input_tokens", 0), "seconds": round(time.perf_counter() - t, 3)}
             fh.write(json.dumps(row) + "\n")

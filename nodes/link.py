@@ -1,8 +1,9 @@
 """Stage 2: text linking, one pick per attempt, in the ``linker_mode`` of the run.
 
-- ``fused`` (the default, ``nodes/link_fused.py``): every candidate is scored
+- ``fused`` (the default, ``tools/fused_linker.py``): every candidate is scored
   once per round (cheap evidence, plus the LLM's scores when that evidence is
-  not decisive); the pick is the most probable candidate not yet ruled out.
+  not decisive); the pick is the most probable candidate not yet ruled out, or
+  nil when the calibrated "none of these" alternative wins.
 - ``llm``: the linker model is asked to pick one candidate (or nil) from the
   mention, its context and the visual clues gathered so far, with the picks
   reflection already rejected in this round ruled out in the prompt.
@@ -20,13 +21,18 @@ from langgraph.runtime import Runtime
 from graph.context import Context, resolve_context
 from graph.progress import record
 from graph.state import State
-from nodes.link_fused import fused_pick
-from nodes.prompt_parts import round_clues
+from tools import fused_linker
 from tools.candidates import candidate_key
 from tools.linker import count_call, load_linker
 from tools.llm_linker import llm_pick
 from tools.models import describe
 from tools.texts import entity_ref
+
+
+def round_clues(state: State, ctx: Context) -> list[dict]:
+    """The clues the linker sees this round (all so far, or the newest only: ``accumulate_clues``)."""
+    clues = state.get("clues") or []
+    return clues if ctx.accumulate_clues else clues[-1:]
 
 
 def link_on_text(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -65,12 +71,21 @@ def _link_llm(state: State, ctx: Context, entry: dict[str, Any], attempts: list,
 
 
 def _link_fused(state: State, ctx: Context, entry: dict[str, Any], attempts: list, usage: dict) -> dict[str, Any]:
-    """``linker_mode='fused'``: pick the best candidate of the round's scored distribution."""
-    pick, dist, info = fused_pick(state, ctx, usage)
-    key = candidate_key(pick) if pick else None
+    """``linker_mode='fused'``: the best candidate of the round's distribution (scored once per round)."""
+    candidates = state["candidates"]
+    dist = state.get("round_scores")
+    reused = bool(dist) and dist.get("round") == state["round"] and dist.get("keys") == [
+        candidate_key(c) for c in candidates]
+    if not reused:
+        dist = fused_linker.score_round(state["mention"], state.get("context") or "", candidates,
+                                        round_clues(state, ctx), ctx, round_no=state["round"],
+                                        source=state.get("candidate_source"), earlier=state.get("round_scores"),
+                                        usage=usage)
+    pick, info = fused_linker.pick(dist, candidates, set(state.get("excluded") or []), ctx, reused=reused)
     outcome = "entity" if pick else ("nil" if info.get("nil") else "unparseable")
     entry.update(outcome=outcome, mode="fused", pick=entity_ref(pick), **info)
-    attempts.append({"key": key, "outcome": outcome, "raw": "", "score": None, "confidence": info["confidence"]})
+    attempts.append({"key": candidate_key(pick) if pick else None, "outcome": outcome, "raw": "", "score": None,
+                     "confidence": info["confidence"]})
     return {"attempts": attempts, "usage": usage, "round_scores": dist,
             "trace": record(entry, "pick", round=state["round"], attempt=entry["attempt"], outcome=outcome,
                             pick=entry["pick"], confidence=info["confidence"], gated=info["gated"])}

@@ -330,7 +330,7 @@ def test_without_candidates_the_knowledge_base_is_searched(tmp_path):
         run(scripted("1"), inputs={"candidates": None}, kb_path=str(tmp_path / "empty"))
 
 
-@pytest.mark.parametrize("module", ["nodes.link", "nodes.link_fused", "nodes.reflect", "nodes.verify", "nodes.retrieve"])
+@pytest.mark.parametrize("module", ["nodes.link", "nodes.reflect", "nodes.verify", "nodes.retrieve"])
 def test_each_node_module_imports_on_its_own(module):
     """A node module imported first (before ``graph``) must not hit a circular import."""
     import subprocess

@@ -5,7 +5,7 @@ candidates reflection has not ruled out this round (small models answer a
 number they were told to avoid, so ruled-out picks leave the list and are
 named at the end of the prompt); the answer is read leniently
 (``tools/answers.py``). Reflection on the pick is ``tools/reflection.py``.
-The fused mode (the default) is ``nodes/link_fused.py``.
+The fused mode (the default) is ``tools/fused_linker.py``.
 """
 
 from __future__ import annotations
