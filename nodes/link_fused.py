@@ -31,6 +31,7 @@ from tools.embeddings import get_embedder
 from tools.features import candidate_features
 from tools.fusion import load_weights, softmax
 from tools.models import describe
+from tools.texts import entity_ref
 
 
 def choice_messages(state: State, ctx: Context, labels: list[str]) -> list:
@@ -114,6 +115,9 @@ def fused_pick(state: State, ctx: Context, usage: dict[str, Any]) -> tuple[dict 
     top = [{"name": state["candidates"][i]["name"], "p": dist["probs"][i]} for i in order[:3]]
     info: dict[str, Any] = {"confidence": dist["probs"][best] if best is not None else None, "top": top,
                             "gated": dist["gated"]}
+    if dist.get("llm") and dist.get("prior"):  # the text prior's top candidate, before the LLM's scores were added
+        i = max(range(len(dist["prior"])), key=lambda j: dist["prior"][j])
+        info["prior_top"] = {**entity_ref(state["candidates"][i]), "p": dist["prior"][i]}
     if reused:
         info["note"] = "re-choice from this round's distribution: no model call"
     elif dist["gated"]:
