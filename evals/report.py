@@ -80,15 +80,60 @@ def summarize(records: list[dict], config: dict[str, Any]) -> dict[str, Any]:
         "nil_gold": sum(1 for r in scored if r["gold"].get("nil")),
         "with_image": sum(1 for r in records if r.get("has_image")),
         "with_desc": sum(1 for r in records if r.get("has_image_desc")),
+        "top1_gic": M.top1_given_gold_in_candidates(records),
+        "ceiling": M.accuracy(M.gold_reachable(r) for r in scored),
+        "nil": M.nil_scores(records),
+        "llm_effect": M.llm_effect(records),
+        "resolved": M.resolved_scoring(records),
+        "reliability": M.reliability(records),
+        "wrong": [r for r in scored if not M.rec_correct(r)],
     }
 
 
 def error_kind(rec: dict) -> str:
-    """A short class of a failed record's error, for counting (malformed record, input field, model)."""
+    """A short class of a failed record's error, for counting (malformed record, input field, model).
+
+    The text up to its first ``": "`` outside quotes (a colon inside a quoted model name or path
+    does not cut it), on one line, at most 80 characters.
+    """
     if rec.get("where"):
         return "malformed record"
-    text = re.sub(r"^input '[^']*': ", "", str(rec.get("error") or ""))
-    return text.split(":")[0][:60] or "?"
+    text = " ".join(re.sub(r"^input '[^']*': ", "", str(rec.get("error") or "")).split())
+    quote, cut = None, len(text)
+    for i, ch in enumerate(text):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"" and (i == 0 or not text[i - 1].isalnum()):
+            quote = ch
+        elif ch == ":" and text[i + 1:i + 2] in (" ", "") and not re.fullmatch(r"\w+(Error|Exception)", text[:i]):
+            cut = i  # an exception's class alone says too little: its message's first part is kept
+            break
+    kind = text[:cut].strip()
+    return (kind if len(kind) <= 80 else kind[:77] + "...") or "?"
+
+
+def _cell(value: Any, limit: int = 60) -> str:
+    """A markdown table cell: one line, pipes escaped, cut to ``limit`` characters."""
+    text = " ".join(str(value).split())
+    if len(text) > limit:
+        text = text[:limit - 1] + "…"
+    return text.replace("|", "\\|") or "—"
+
+
+def _name(entity: dict | None, nil: str = "nil") -> str:
+    if entity is None:
+        return nil
+    if entity.get("nil"):
+        return "nil"
+    return entity.get("name") or entity.get("qid") or "?"
+
+
+def top3(rec: dict) -> str:
+    """The top-3 candidates of the step that gave the final answer, with their fused probabilities."""
+    entry = M.final_link(rec)
+    if not entry or not entry.get("top"):
+        return "—"
+    return ", ".join(f"{t['name']} {t['p']:.2f}" for t in entry["top"][:3])
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -140,6 +185,7 @@ def render(s: dict[str, Any], config: dict[str, Any], notes: list[str], records:
              f"fallback {st.get('fallback')}; linker_mode {st.get('linker_mode', 'llm')}, gate "
              f"{st.get('gate_threshold')}, llm_scoring {st.get('llm_scoring', 'choice')}, llm_in_clue_rounds "
              f"{st.get('llm_in_clue_rounds', True)} (all settings: `config.json`)\n")
+    L.insert(-1, "- " + resolved_line(s["resolved"], st))
     if config.get("note"):
         L.insert(-1, f"- {config['note']}")
 
@@ -158,14 +204,20 @@ def render(s: dict[str, Any], config: dict[str, Any], notes: list[str], records:
     row("text round alone (round 1)", s["round1"])
     row("first candidate", s["first"])
     row(f"embedding similarity (`{st.get('embedding_model')}`)", s["embedding"])
+    if s["top1_gic"]["n"]:
+        row("I2CR, given the gold is among the candidates", s["top1_gic"])
     if s["recall"]["n"]:
         row("*gold among the candidates (upper bound)*", s["recall"])
+    if s["nil"]:
+        row("*gold among the candidates or nil (upper bound)*", s["ceiling"])
     if s["embedding_missing"]:
         L.append(f"\nEmbedding baseline unavailable on {s['embedding_missing']} mention(s): {s['embedding_reason']}")
     if "wikimel" in str(dataset).lower():
         L.append("\nPublished Top-1 on the full WikiMEL test set, for orientation (not the same mentions): "
                  + ", ".join(f"{n} {v}" for n, v in PUBLISHED_WIKIMEL) + ".")
 
+    if s["nil"]:
+        render_nil(L, s["nil"])
     L.append("\n## Accuracy after each round\n")
     L.append("The answer after round k is the final entity if the graph stopped at round k or earlier, "
              "else the round-1 answer (what the graph returns when stopped there, reference fallback). "
@@ -198,6 +250,8 @@ def render(s: dict[str, Any], config: dict[str, Any], notes: list[str], records:
         for g in s["gate"]:
             L.append(f"| {g['group']} | {g['count']} | {_pct(g['share'])} | {_pct(g['acc'])} | {_pct(g['round1_acc'])} |")
 
+    render_llm_effect(L, s["llm_effect"])
+    render_reliability(L, s["reliability"])
     L.append("\n## Cost per mention\n")
     ok = s["cost"]["seconds"]["n"]
     L.append(f"Over the {ok} mention(s) that ran without error. Seconds are wall-clock per mention "
@@ -213,6 +267,7 @@ def render(s: dict[str, Any], config: dict[str, Any], notes: list[str], records:
         L.append(f"| {label} | {_num(c['mean'], d)} | {_num(c['p50'], d)} | {_num(c['p95'], d)} | "
                  f"{_num(c['total'], d)} |")
 
+    render_wrong(L, s["wrong"])
     errors = [r for r in records if r.get("error")]
     if errors:
         L.append(f"\n## Errors ({len(errors)})\n")
@@ -226,3 +281,101 @@ def render(s: dict[str, Any], config: dict[str, Any], notes: list[str], records:
         L.append("\n## Notes\n")
         L.extend(f"- {n}" for n in notes)
     return "\n".join(L) + "\n"
+
+
+METHOD_NAMES = {"likelihood": "names' likelihood", "logits": "letters (logits)", "logprobs": "letters (API logprobs)",
+                "sampled": "letters (sampled answer)"}
+
+
+def resolved_line(resolved: dict[str, Counter], st: dict[str, Any]) -> str:
+    """The scoring the fused linker actually used (from the traces), beside the configured setting."""
+    methods, weights, gates = resolved["methods"], resolved["weights"], resolved["gates"]
+    if not methods:
+        return (f"Resolved from the traces: the linker model was never asked to score candidates "
+                f"(llm_scoring {st.get('llm_scoring', 'choice')} not exercised)")
+    used = ", ".join(f"{METHOD_NAMES.get(m, m)} on {n} mention(s)" for m, n in methods.most_common())
+    w = ", ".join(f"{w:g}" + (f" ({n})" if len(weights) > 1 else "") for w, n in weights.most_common()) or "n/a"
+    gate = f"; text-first gate {', '.join(f'{g:g}' for g in gates)}" if gates else ""
+    return f"Resolved from the traces: LLM scoring {used}; LLM weight {w}{gate}"
+
+
+def render_nil(L: list[str], nil: dict[str, Any]) -> None:
+    """Nil answers: precision, recall, F1 and Top-1 on nil and non-nil golds apart."""
+    L.append("\n## Nil answers\n")
+    L.append(f"{nil['gold']} gold answer(s) are nil (no entity of the list); the run answered nil "
+             f"{nil['predicted']} time(s), {nil['tp']} of them rightly. A failed mention answers nothing.\n")
+    L.append("| | value | 95% CI | count |")
+    L.append("|---|---:|---:|---:|")
+    for name, key, ci, count in (("nil precision", "precision", "precision_ci", f"{nil['tp']} / {nil['predicted']}"),
+                                 ("nil recall", "recall", "recall_ci", f"{nil['tp']} / {nil['gold']}")):
+        lo, hi = nil[ci]
+        interval = "n/a" if math.isnan(lo) else f"[{100 * lo:.1f}, {100 * hi:.1f}]"
+        L.append(f"| {name} | {_pct(nil[key])} | {interval} | {count} |")
+    L.append(f"| nil F1 | {_pct(nil['f1'])} | | |")
+    for name, key in (("Top-1 on nil golds", "top1_nil"), ("Top-1 on non-nil golds", "top1_non_nil")):
+        a = nil[key]
+        L.append(f"| {name} | {_pct(a['acc'])} | {_ci(a)} | {a['correct']} / {a['n']} |")
+
+
+def render_llm_effect(L: list[str], eff: dict[str, Any]) -> None:
+    """Where the linker model helped or hurt, against the text prior of the step that asked it."""
+    if not eff["asked"]:
+        return
+    L.append("\n## Where the LLM helped or hurt\n")
+    known = eff["asked"] - eff["no_prior"]
+    L.append(f"The linker model was asked on {eff['asked']} mention(s) (that ran, with a gold answer). The text "
+             "prior is the top candidate of the fused evidence before the model's scores were added (`prior_top` "
+             "of the first link step that asked it); *fixed* = the prior was wrong and the answer right, *broken* = "
+             "the reverse.\n")
+    if eff["no_prior"]:
+        L.append(f"No text prior in the trace of {eff['no_prior']} of them (the `llm` linker mode, or a run made "
+                 "before link steps recorded `prior_top`): left out below.\n")
+    if not known:
+        return
+    L.append("| Against the text prior | fixed | broken | both right | both wrong | net |")
+    L.append("|---|---:|---:|---:|---:|---:|")
+    for key, label in (("pick", "the model's round (its pick)"), ("final", "the final answer")):
+        c = eff[key]
+        L.append(f"| {label} | {c['fixed']} | {c['broken']} | {c['both right']} | {c['both wrong']} | "
+                 f"{c['fixed'] - c['broken']:+d} |")
+    for label in ("fixed", "broken"):
+        if eff[label]:
+            ids = ", ".join(f"`{i}`" for i in eff[label][:20]) + (" ..." if len(eff[label]) > 20 else "")
+            L.append(f"\n{label.capitalize()} by the final answer: {ids}")
+
+
+def render_reliability(L: list[str], rel: dict[str, Any]) -> None:
+    """Calibration of the fused confidence of the final answer."""
+    if not rel["n"]:
+        return
+    L.append("\n## Calibration of the fused confidence\n")
+    L.append(f"Over the {rel['n']} final answers with a fused probability (not nil, not failed): does p=0.9 mean "
+             f"90% right? Expected calibration error (10 equal-width bins): **{100 * rel['ece']:.1f} points**.\n")
+    L.append("![reliability diagram](reliability.png)\n")
+    L.append("| Confidence | Mentions | Mean confidence | Top-1 |")
+    L.append("|---|---:|---:|---:|")
+    for b in rel["bins"]:
+        L.append(f"| {b['lo']:.1f}–{b['hi']:.1f} | {b['n']} | {_pct(b['conf'])} | {_pct(b['acc'])} |")
+
+
+def render_wrong(L: list[str], wrong: list[dict]) -> None:
+    """Every wrong answer, one row each."""
+    L.append(f"\n## Wrong answers ({len(wrong)})\n")
+    if not wrong:
+        L.append("None.")
+        return
+    missing = sum(1 for r in wrong if r.get("gold_in_candidates") is False and not r["gold"].get("nil"))
+    failed = sum(1 for r in wrong if r.get("error"))
+    L.append(f"{missing} of the {len(wrong)} had their gold missing from the candidates (no linker could answer "
+             f"them); {failed} failed (see Errors). Top-3: the fused probabilities of the step that gave the "
+             "answer. All traces: `report.html`.\n")
+    L.append("| id | mention | gold | prediction | status | stop round | gold in cands | LLM asked | top-3 (p) |")
+    L.append("|---|---|---|---|---|---:|:---:|:---:|---|")
+    for r in wrong:
+        gic = r.get("gold_in_candidates")
+        gic = "nil gold" if r["gold"].get("nil") else ("?" if gic is None else "yes" if gic else "**no**")
+        status = "error" if r.get("error") else r.get("status")
+        L.append(f"| `{_cell(r['id'], 30)}` | {_cell(r.get('mention') or '', 30)} | {_cell(_name(r['gold']), 40)} | "
+                 f"{_cell(_name(r.get('prediction'), 'nil' if not r.get('error') else '(failed)'), 40)} | "
+                 f"{_cell(status)} | {r.get('stop_round') or '—'} | {gic} | {'yes' if M.llm_asked(r) else 'no'} | "
+                 f"{_cell(top3(r), 90)} |")
