@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from evals import metrics as M
-from evals.plot import plot_rounds, round_labels
+from evals.plot import exit_kind, plot_reliability, plot_rounds, round_labels
 from evals.store import PREDICTIONS, read_config, read_predictions
 from tools.errors import InputError
 
@@ -150,17 +150,27 @@ def write_report(run_dir: str | Path) -> Path:
     s = summarize(records, config)
     settings = config.get("settings") or {}
     labels = round_labels(s["n_rounds"], s["clue_use"])
-    exits_by_round: dict[Any, float] = {}
+    exits_by_round: dict[Any, dict[str, float]] = {}
     for g in s["exits"]:
         key = None if g["status"] == "error" else g["stop_round"]
-        exits_by_round[key] = exits_by_round.get(key, 0.0) + g["share"]
+        kinds = exits_by_round.setdefault(key, {})
+        kind = exit_kind(g["status"])
+        kinds[kind] = kinds.get(kind, 0.0) + g["share"]
     dataset_name = Path(config.get("dataset") or "dataset").name
     plot_rounds(run / "rounds.png", s["per_round"],
                 {"first candidate": s["first"]["acc"], "embedding": s["embedding"]["acc"]},
                 labels, exits_by_round,
-                f"{dataset_name}: {s['scored']} mentions, linker {settings.get('linker_model', '?')}")
+                f"{dataset_name}: {s['scored']} mentions, linker {settings.get('linker_model', '?')}",
+                ceiling=s["ceiling"]["acc"] if s["ceiling"]["n"] else None)
+    if s["reliability"]["n"]:
+        plot_reliability(run / "reliability.png", s["reliability"], f"{dataset_name}: fused confidence")
+    elif (run / "reliability.png").exists():
+        (run / "reliability.png").unlink()  # a stale figure of an earlier report
     path = run / "report.md"
     path.write_text(render(s, config, notes, records), encoding="utf-8")
+    from evals.html_report import write_html
+
+    write_html(run, s, config, records, notes)
     return path
 
 
