@@ -97,6 +97,38 @@ def compact_record(r: dict) -> dict:
     })
 
 
+INTERNED = ("g", "p", "st", "n", "pk", "cl", "s", "md", "by", "src", "lm")
+
+
+def pack(records: list[dict]) -> dict[str, Any]:
+    """The page's data: compact records whose repeated strings (names, statuses, notes) are indices into ``s``."""
+    strings: list[str] = []
+    index: dict[str, int] = {}
+
+    def intern(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if value not in index:
+            index[value] = len(strings)
+            strings.append(value)
+        return index[value]
+
+    def shrink(d: dict) -> dict:
+        out = {k: intern(v) if k in INTERNED else v for k, v in d.items()}
+        for k in ("top", "pr"):
+            if k in out:
+                out[k] = [[intern(n), p] for n, p in out[k]] if k == "top" else [intern(out[k][0]), out[k][1]]
+        return out
+
+    rows = []
+    for r in records:
+        c = shrink(compact_record(r))
+        if "t" in c:
+            c["t"] = [shrink(t) for t in c["t"]]
+        rows.append(c)
+    return {"s": strings, "r": rows}
+
+
 def _pct(x: Any) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
 
@@ -154,31 +186,31 @@ def summary_html(s: dict[str, Any], config: dict[str, Any], notes: list[str]) ->
     return "\n".join(out)
 
 
-def _img(path: Path, alt: str) -> str:
+def _img(path: Path, alt: str, cls: str) -> str:
     if not path.is_file():
         return ""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+    return f'<img class={cls} alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
 def page(s: dict[str, Any], config: dict[str, Any], records: list[dict], notes: list[str],
-         figures: list[tuple[Path, str]]) -> str:
+         figures: list[tuple[Path, str, str]]) -> str:
     """The whole page as one string."""
-    data = json.dumps([compact_record(r) for r in records], ensure_ascii=False, separators=(",", ":"))
+    data = json.dumps(pack(records), ensure_ascii=False, separators=(",", ":"))
     data = data.replace("</", "<\\/").replace("<!--", "<\\!--")
     title = f"I2CR evaluation: {Path(str(config.get('dataset') or 'dataset')).name}"
-    imgs = "".join(_img(p, alt) for p, alt in figures)
+    imgs = "".join(_img(p, alt, cls) for p, alt, cls in figures)
     return (TEMPLATE.replace("%CSP%", CSP).replace("%TITLE%", html.escape(title))
             .replace("%SUMMARY%", summary_html(s, config, notes)).replace("%FIGURES%", imgs)
-            .replace("%DATA%", data))
+            .replace("%INTERNED%", json.dumps(list(INTERNED))).replace("%DATA%", data))
 
 
 def write_html(run: str | Path, s: dict[str, Any], config: dict[str, Any], records: list[dict],
                notes: list[str]) -> Path:
     """Write ``report.html`` into the run folder (after the figures, which it embeds); return its path."""
     run = Path(run)
-    figures = [(run / "rounds.png", "accuracy per round and exits"),
-               (run / "reliability.png", "reliability diagram of the fused confidence")]
+    figures = [(run / "rounds.png", "accuracy per round and exits", "wide"),
+               (run / "reliability.png", "reliability diagram of the fused confidence", "square")]
     path = run / "report.html"
     path.write_text(page(s, config, records, notes, figures), encoding="utf-8")
     return path
@@ -196,7 +228,8 @@ main{padding:10px 18px}section{background:#fff;border:1px solid #ddd;border-radi
 h2{font-size:15px;margin:4px 0 8px}code{background:#f0f0f0;padding:0 3px;border-radius:3px}
 table{border-collapse:collapse}td,th{padding:3px 7px;border-bottom:1px solid #eee;text-align:left;vertical-align:top}
 td.n,th.n{text-align:right}table.sum td{padding:2px 10px}
-#figs img{max-width:49%;height:auto;margin-right:1%;border:1px solid #eee}
+#figs div.row{display:flex;gap:10px;align-items:flex-start}#figs img{height:auto;border:1px solid #eee;min-width:0}
+#figs img.wide{flex:0 1 62%;max-width:62%}#figs img.square{flex:0 1 34%;max-width:34%}
 #controls{display:flex;flex-wrap:wrap;gap:12px;align-items:center;margin-bottom:6px}
 #wrap{display:flex;gap:12px;align-items:flex-start}#tablebox{flex:1 1 55%;max-height:75vh;overflow:auto}
 #mentions th{cursor:pointer;position:sticky;top:0;background:#e9eef3;user-select:none;white-space:nowrap}
@@ -216,8 +249,8 @@ td.n,th.n{text-align:right}table.sum td{padding:2px 10px}
 </style></head>
 <body><header><h1>%TITLE%</h1></header><main>
 <section id=summary><h2>Summary</h2>%SUMMARY%</section>
-<section id=figs><h2>Figures</h2>%FIGURES%</section>
-<section><h2>Mentions</h2>
+<section id=figs><h2>Figures</h2><div class=row>%FIGURES%</div></section>
+<section id=mentions-section><h2>Mentions</h2>
 <div id=controls>
 <label><input type=checkbox id=f-wrong> wrong only</label>
 <label><input type=checkbox id=f-llm> LLM asked</label>
@@ -238,7 +271,14 @@ probabilities, the clue, the verifier's score against &tau;, the final decision.
 <script id=data type="application/json">%DATA%</script>
 <script>
 "use strict";
-const DATA = JSON.parse(document.getElementById("data").textContent);
+const INTERNED = %INTERNED%;
+function unpack(packed) {  // strings were stored once, in packed.s; fields hold their indices
+  const S = packed.s, str = (v) => (typeof v === "number" ? S[v] : v);
+  const fix = (o) => { for (const k of INTERNED) if (k in o) o[k] = str(o[k]);
+    if (o.top) o.top = o.top.map(([n, p]) => [str(n), p]); if (o.pr) o.pr = [str(o.pr[0]), o.pr[1]]; return o; };
+  return packed.r.map((r) => { fix(r); for (const t of r.t || []) fix(t); return r; });
+}
+const DATA = unpack(JSON.parse(document.getElementById("data").textContent));
 const $ = (id) => document.getElementById(id);
 const tbody = document.querySelector("#mentions tbody");
 let sortKey = null, sortDir = 1, current = null;
@@ -337,7 +377,7 @@ for (const th of document.querySelectorAll("#mentions th")) th.addEventListener(
 const violations = [];
 document.addEventListener("securitypolicyviolation", (ev) => violations.push(ev.blockedURI || "?"));
 render();
-if (location.hash.startsWith("#m=")) open(decodeURIComponent(location.hash.slice(3)));
+if (location.hash.startsWith("#m=") && open(decodeURIComponent(location.hash.slice(3)))) $("mentions-section").scrollIntoView();
 function ids() { return [...tbody.children].map((tr) => tr.dataset.id); }
 function selftest() {
   const out = {all: render()};

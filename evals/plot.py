@@ -34,7 +34,8 @@ def exit_kind(status: str | None) -> str:
 
 
 def plot_rounds(path: str | Path, per_round: list[dict], baselines: dict[str, float], labels: list[str],
-                exits: dict[Any, Any], title: str, ceiling: float | None = None) -> Path:
+                exits: dict[Any, Any], title: str, ceiling: float | None = None,
+                ceiling_label: str = "ceiling: gold among the candidates") -> Path:
     """Draw the figure to ``path`` (matplotlib, Agg backend, no display needed).
 
     ``exits`` maps a stop round (``None``: failed) to its share of the mentions, or to
@@ -61,7 +62,7 @@ def plot_rounds(path: str | Path, per_round: list[dict], baselines: dict[str, fl
                        label=f"{name} {100 * value:.1f}")
     if ceiling is not None and not math.isnan(ceiling):
         ax.axhline(100 * ceiling, color="tab:green", linewidth=1.5, alpha=0.7,
-                   label=f"ceiling: gold among candidates {100 * ceiling:.1f}")
+                   label=f"{ceiling_label} {100 * ceiling:.1f}")
     ax.legend(fontsize=8, loc="lower right")
     ax.set_xticks(xs, labels, fontsize=8)
     ax.set_xlim(0.6, max(xs, default=1) + 0.4)

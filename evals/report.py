@@ -161,7 +161,8 @@ def write_report(run_dir: str | Path) -> Path:
                 {"first candidate": s["first"]["acc"], "embedding": s["embedding"]["acc"]},
                 labels, exits_by_round,
                 f"{dataset_name}: {s['scored']} mentions, linker {settings.get('linker_model', '?')}",
-                ceiling=s["ceiling"]["acc"] if s["ceiling"]["n"] else None)
+                ceiling=s["ceiling"]["acc"] if s["ceiling"]["n"] else None,
+                ceiling_label="ceiling: gold among the candidates" + (" or nil" if s["nil_gold"] else ""))
     if s["reliability"]["n"]:
         plot_reliability(run / "reliability.png", s["reliability"], f"{dataset_name}: fused confidence")
     elif (run / "reliability.png").exists():
