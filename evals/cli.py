@@ -100,7 +100,7 @@ def report_main(argv: list[str]) -> int:
     except I2CRError as exc:
         print(f"i2cr report: error: {exc}", file=sys.stderr)
         return 2
-    print(f"report: {path}\nfigure: {path.parent / 'rounds.png'}")
+    print(f"report: {path}\nfigure: {path.parent / 'rounds.png'}\npage: {path.parent / 'report.html'}")
     return 0
 
 
