@@ -98,10 +98,30 @@ def compact_record(r: dict) -> dict:
 
 
 INTERNED = ("g", "p", "st", "n", "pk", "cl", "s", "md", "by", "src", "lm")
+# the fields of each kind of step, in the order they are stored (an array per step; trailing nulls cut)
+FIELDS = {"L": ["cl", "pk", "cf", "top", "ga", "n", "lm", "w", "pr", "md", "raw", "o"],
+          "R": ["sc", "th", "ok", "pk"], "V": ["sc", "th", "ok", "pk", "by", "n"],
+          "C": ["cl", "tx", "src", "n"], "F": ["st", "pk", "n"], "O": ["s", "n"]}
+
+
+def _num(v: Any) -> Any:
+    """Booleans as 0/1 and whole floats as ints (``1`` is shorter than ``1.0``)."""
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
 
 
 def pack(records: list[dict]) -> dict[str, Any]:
-    """The page's data: compact records whose repeated strings (names, statuses, notes) are indices into ``s``."""
+    """The page's data, compact: ``{"s": strings, "r": records}``.
+
+    Repeated strings (names, statuses, notes) are stored once in ``s`` and referred to by index;
+    a record's trace ``t`` is a list of rounds ``[round, step, step, ...]``, each step an array
+    ``[kind, *FIELDS[kind]]``; a reflect or verify step leaves out a pick equal to the link step's
+    before it; ``top`` and ``pr`` are flat ``[name, p, name, p, ...]``. ``unpack`` in the page's
+    script turns it back into :func:`compact_record`'s shape.
+    """
     strings: list[str] = []
     index: dict[str, int] = {}
 
@@ -113,19 +133,36 @@ def pack(records: list[dict]) -> dict[str, Any]:
             strings.append(value)
         return index[value]
 
-    def shrink(d: dict) -> dict:
-        out = {k: intern(v) if k in INTERNED else v for k, v in d.items()}
-        for k in ("top", "pr"):
-            if k in out:
-                out[k] = [[intern(n), p] for n, p in out[k]] if k == "top" else [intern(out[k][0]), out[k][1]]
-        return out
+    def step_array(t: dict, last_pick: Any) -> list:
+        values = []
+        for f in FIELDS[t["k"]]:
+            v = t.get(f)
+            if f in ("top", "pr") and v:
+                v = [x for name, p in (v if f == "top" else [v]) for x in (intern(name), _num(p))]
+            elif f == "pk" and t["k"] in "RV" and v == last_pick:
+                v = None
+            elif f in INTERNED:
+                v = intern(v)
+            values.append(_num(v))
+        while values and values[-1] is None:
+            values.pop()
+        return [t["k"], *values]
 
     rows = []
     for r in records:
-        c = shrink(compact_record(r))
-        if "t" in c:
-            c["t"] = [shrink(t) for t in c["t"]]
-        rows.append(c)
+        c = compact_record(r)
+        out = {k: _num(intern(v) if k in INTERNED else v) for k, v in c.items() if k != "t"}
+        groups: list[list] = []
+        last_pick = None
+        for t in c.get("t", []):
+            if not groups or groups[-1][0] != t.get("r"):
+                groups.append([t.get("r")])
+            groups[-1].append(step_array(t, last_pick))
+            if t["k"] == "L":
+                last_pick = t.get("pk")
+        if groups:
+            out["t"] = groups
+        rows.append(out)
     return {"s": strings, "r": rows}
 
 
@@ -202,7 +239,7 @@ def page(s: dict[str, Any], config: dict[str, Any], records: list[dict], notes: 
     imgs = "".join(_img(p, alt, cls) for p, alt, cls in figures)
     return (TEMPLATE.replace("%CSP%", CSP).replace("%TITLE%", html.escape(title))
             .replace("%SUMMARY%", summary_html(s, config, notes)).replace("%FIGURES%", imgs)
-            .replace("%INTERNED%", json.dumps(list(INTERNED))).replace("%DATA%", data))
+            .replace("%INTERNED%", json.dumps(list(INTERNED))).replace("%FIELDS%", json.dumps(FIELDS)).replace("%DATA%", data))
 
 
 def write_html(run: str | Path, s: dict[str, Any], config: dict[str, Any], records: list[dict],
@@ -271,12 +308,27 @@ probabilities, the clue, the verifier's score against &tau;, the final decision.
 <script id=data type="application/json">%DATA%</script>
 <script>
 "use strict";
-const INTERNED = %INTERNED%;
-function unpack(packed) {  // strings were stored once, in packed.s; fields hold their indices
+const INTERNED = %INTERNED%, FIELDS = %FIELDS%;
+function unpack(packed) {  // see pack() in evals/html_report.py
   const S = packed.s, str = (v) => (typeof v === "number" ? S[v] : v);
-  const fix = (o) => { for (const k of INTERNED) if (k in o) o[k] = str(o[k]);
-    if (o.top) o.top = o.top.map(([n, p]) => [str(n), p]); if (o.pr) o.pr = [str(o.pr[0]), o.pr[1]]; return o; };
-  return packed.r.map((r) => { fix(r); for (const t of r.t || []) fix(t); return r; });
+  const pairs = (flat) => { const out = []; for (let i = 0; i < flat.length; i += 2) out.push([str(flat[i]), flat[i + 1]]); return out; };
+  return packed.r.map((r) => {
+    for (const k of INTERNED) if (k in r) r[k] = str(r[k]);
+    const steps = [];
+    let lastPick = null;
+    for (const [round, ...group] of r.t || []) for (const [k, ...values] of group) {
+      const t = {k: k, r: round};
+      FIELDS[k].forEach((f, i) => { if (values[i] != null) t[f] = values[i]; });
+      for (const f of INTERNED) if (f in t) t[f] = str(t[f]);
+      if (t.top) t.top = pairs(t.top);
+      if (t.pr) t.pr = pairs(t.pr)[0];
+      if (k === "L") lastPick = t.pk == null ? null : t.pk;
+      else if ((k === "R" || k === "V") && t.pk == null) t.pk = lastPick;
+      steps.push(t);
+    }
+    r.t = steps;
+    return r;
+  });
 }
 const DATA = unpack(JSON.parse(document.getElementById("data").textContent));
 const $ = (id) => document.getElementById(id);
