@@ -62,7 +62,7 @@ def compact_step(t: dict) -> dict:
     if step == "reflect":
         return _drop_none({**base, "k": "R", "sc": _r(t.get("reflection_score")),
                            "th": _r(t.get("reflection_threshold")), "ok": t.get("reflection_passed"),
-                           "pk": _name(t.get("pick"))})
+                           "pk": _name(t.get("pick")), "n": t.get("note")})
     if step == "verify":
         return _drop_none({**base, "k": "V", "sc": _r(t.get("verification_score")),
                            "th": _r(t.get("verification_threshold")), "ok": t.get("verification_passed"),
@@ -100,7 +100,7 @@ def compact_record(r: dict) -> dict:
 INTERNED = ("g", "p", "st", "n", "pk", "cl", "s", "md", "by", "src", "lm")
 # the fields of each kind of step, in the order they are stored (an array per step; trailing nulls cut)
 FIELDS = {"L": ["cl", "pk", "cf", "top", "ga", "n", "lm", "w", "pr", "md", "raw", "o"],
-          "R": ["sc", "th", "ok", "pk"], "V": ["sc", "th", "ok", "pk", "by", "n"],
+          "R": ["sc", "th", "ok", "pk", "n"], "V": ["sc", "th", "ok", "pk", "by", "n"],
           "C": ["cl", "tx", "src", "n"], "F": ["st", "pk", "n"], "O": ["s", "n"]}
 
 
@@ -268,16 +268,17 @@ td.n,th.n{text-align:right}table.sum td{padding:2px 10px}
 #figs div.row{display:flex;gap:10px;align-items:flex-start}#figs img{height:auto;border:1px solid #eee;min-width:0}
 #figs img.wide{flex:0 1 62%;max-width:62%}#figs img.square{flex:0 1 34%;max-width:34%}
 #controls{display:flex;flex-wrap:wrap;gap:12px;align-items:center;margin-bottom:6px}
-#wrap{display:flex;gap:12px;align-items:flex-start}#tablebox{flex:1 1 55%;max-height:75vh;overflow:auto}
-#mentions th{cursor:pointer;position:sticky;top:0;background:#e9eef3;user-select:none;white-space:nowrap}
+#wrap{display:flex;gap:12px;align-items:flex-start}#tablebox{flex:1 1 62%;max-height:75vh;overflow:auto}
+#mentions td{padding:2px 5px;font-size:12.5px;max-width:125px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+#mentions th{padding:3px 5px;font-size:12.5px;cursor:pointer;position:sticky;top:0;background:#e9eef3;user-select:none;white-space:nowrap}
 #mentions th.asc:after{content:" \25B2"}#mentions th.desc:after{content:" \25BC"}
 #mentions tbody tr{cursor:pointer}#mentions tbody tr:hover{background:#eef5ff}
 #mentions tr.wrong td:first-child{border-left:4px solid #d33}#mentions tr.right td:first-child{border-left:4px solid #3a3}
 #mentions tr.sel{background:#dde9ff}
-#trace{flex:1 1 45%;max-height:75vh;overflow:auto;background:#fff;border:1px solid #ccc;border-radius:6px;padding:8px 12px}
+#trace{flex:1 1 36%;max-height:75vh;overflow:auto;background:#fff;border:1px solid #ccc;border-radius:6px;padding:8px 12px}
 .round{border-left:3px solid #8aa;margin:8px 0;padding:2px 10px}.round h3{font-size:13px;margin:2px 0}
 .bar{display:flex;align-items:center;gap:6px;font-size:12px;margin:1px 0}
-.bar .lab{width:210px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.bar .lab{width:190px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .bar .track{width:160px;height:11px;background:#eee;position:relative}
 .bar .fill{height:11px;background:#4a7fc1}.bar.pick .fill{background:#e08a1e}
 .bar .tau{position:absolute;top:-2px;width:2px;height:15px;background:#c00}
@@ -298,7 +299,7 @@ td.n,th.n{text-align:right}table.sum td{padding:2px 10px}
 <span id=count class=muted></span></div>
 <div id=wrap><div id=tablebox><table id=mentions><thead><tr>
 <th data-k="i">id</th><th data-k="m">mention</th><th data-k="g">gold</th><th data-k="p">prediction</th>
-<th data-k="st">status</th><th data-k="sr" class=n>stop</th><th data-k="gic">gold in cands</th>
+<th data-k="st">status</th><th data-k="sr" class=n>stop</th><th data-k="gic" title="gold among the candidates">in cands</th>
 <th data-k="llm">LLM</th><th data-k="cf" class=n>p</th></tr></thead><tbody></tbody></table></div>
 <div id=trace><p class=muted>Click a mention to see its trace: each round's candidates with their fused
 probabilities, the clue, the verifier's score against &tau;, the final decision.</p></div></div>
@@ -362,8 +363,8 @@ function render() {
   const html = [];
   for (const r of rows) {
     const cls = (r.ok === 0 ? "wrong" : r.ok === 1 ? "right" : "") + (current === r.i ? " sel" : "");
-    html.push(`<tr class="${cls}" data-id="${esc(r.i)}"><td>${esc(r.i)}</td><td>${esc(r.m)}</td><td>${esc(r.g == null ? "—" : r.g)}</td>` +
-      `<td>${esc(r.p)}</td><td>${esc(r.st)}</td><td class=n>${r.sr == null ? "—" : r.sr}</td><td>${r.gn ? "nil gold" : yn(r.gic)}</td>` +
+    html.push(`<tr class="${cls}" data-id="${esc(r.i)}"><td>${esc(r.i)}</td><td title="${esc(r.m)}">${esc(r.m)}</td>` +
+      `<td title="${esc(r.g)}">${esc(r.g == null ? "—" : r.g)}</td><td title="${esc(r.p)}">${esc(r.p)}</td><td>${esc(r.st)}</td><td class=n>${r.sr == null ? "—" : r.sr}</td><td>${r.gn ? "nil gold" : yn(r.gic)}</td>` +
       `<td>${r.llm ? "yes" : "no"}</td><td class=n>${r.cf == null ? "" : r.cf.toFixed(2)}</td></tr>`);
   }
   tbody.innerHTML = html.join("");
@@ -404,7 +405,7 @@ function open(id) {
         for (const [name, p] of t.top || []) h.push(bar(name, p, name === t.pk, null));
         if (t.n) h.push(`<div class=muted>${esc(t.n)}</div>`);
       } else if (t.k === "R") h.push(`<div>reflection (&alpha;) on ${esc(t.pk)}:</div>` + bar(`score vs α=${t.th}`, t.sc, false, t.th) +
-        `<div class="${t.ok ? "ok" : "bad"}">${t.ok ? "passed" : "rejected"}</div>`);
+        `<div class="${t.ok ? "ok" : "bad"}">${t.ok ? "passed" : "below α"}</div>` + (t.n ? `<div class=muted>${esc(t.n)}</div>` : ""));
       else if (t.k === "V") h.push(`<div>verify ${esc(t.pk)}${t.by ? " (" + esc(t.by) + ")" : ""}:</div>` +
         bar(`score vs τ=${t.th}`, t.sc, false, t.th) + `<div class="${t.ok ? "ok" : "bad"}">${t.ok ? "verified" : "not verified"}</div>` +
         (t.n ? `<div class=muted>${esc(t.n)}</div>` : ""));

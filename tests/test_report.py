@@ -464,3 +464,26 @@ def test_report_of_a_real_fused_run_with_nil_gold(tmp_path):
     packed = json.loads(re.search(r'<script id=data type="application/json">(.*?)</script>', page, re.S)
                         .group(1).replace("<\\/", "</"))
     assert sorted(r["i"] for r in packed["r"]) == sorted(r["id"] for r in records)
+
+
+def screenshot(run: Path, mention: str, out: Path, width: int = 1400, height: int = 1900) -> Path:
+    """A picture of ``run``'s report.html with ``mention``'s trace open (how docs/report.png is made)."""
+    import base64
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        b = Browser(find_chromium() or "chromium", Path(tmp))
+        try:
+            b.call("Emulation.setDeviceMetricsOverride", session=True, width=width, height=height,
+                   deviceScaleFactor=1, mobile=False)
+            b.open((Path(run) / "report.html").resolve().as_uri())
+            b.js(f"document.querySelector('#mentions tbody tr[data-id=\"{mention}\"]').click(); window.scrollTo(0, 0)")
+            shot = b.call("Page.captureScreenshot", session=True, format="png")
+            Path(out).write_bytes(base64.b64decode(shot["data"]))
+        finally:
+            b.close()
+    return Path(out)
+
+
+if __name__ == "__main__":  # python tests/test_report.py RUN MENTION_ID OUT.png
+    print(screenshot(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])))
