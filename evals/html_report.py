@@ -1,7 +1,8 @@
 """``report.html``: one self-contained page of a run (summary, plots, every mention and its trace).
 
 The page needs no server and no network: the figures are embedded as ``data:`` URLs, the
-mentions and their traces as one compact JSON block, the script and the style inline, and a
+mentions and their traces as one compact JSON block (gzip, base64; the page inflates it with the
+browser's ``DecompressionStream``), the script and the style inline, and a
 Content-Security-Policy meta tag forbids every other source (``default-src 'none'``).
 
 Open ``report.html?selftest=1`` to run the page's self-test (filters, sorting, opening a
@@ -12,6 +13,7 @@ reads them with ``chromium --headless --dump-dom``). ``report.html#m=ID`` opens 
 from __future__ import annotations
 
 import base64
+import gzip
 import html
 import json
 import math
@@ -233,8 +235,8 @@ def _img(path: Path, alt: str, cls: str) -> str:
 def page(s: dict[str, Any], config: dict[str, Any], records: list[dict], notes: list[str],
          figures: list[tuple[Path, str, str]]) -> str:
     """The whole page as one string."""
-    data = json.dumps(pack(records), ensure_ascii=False, separators=(",", ":"))
-    data = data.replace("</", "<\\/").replace("<!--", "<\\!--")
+    raw = json.dumps(pack(records), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    data = base64.b64encode(gzip.compress(raw, compresslevel=9, mtime=0)).decode("ascii")  # no "<" can occur
     title = f"I2CR evaluation: {Path(str(config.get('dataset') or 'dataset')).name}"
     imgs = "".join(_img(p, alt, cls) for p, alt, cls in figures)
     return (TEMPLATE.replace("%CSP%", CSP).replace("%TITLE%", html.escape(title))
@@ -306,7 +308,7 @@ probabilities, the clue, the verifier's score against &tau;, the final decision.
 </section>
 <pre id=selftest hidden></pre>
 </main>
-<script id=data type="application/json">%DATA%</script>
+<script id=data type="application/octet-stream">%DATA%</script>
 <script>
 "use strict";
 const INTERNED = %INTERNED%, FIELDS = %FIELDS%;
@@ -331,14 +333,21 @@ function unpack(packed) {  // see pack() in evals/html_report.py
     return r;
   });
 }
-const DATA = unpack(JSON.parse(document.getElementById("data").textContent));
+let DATA = [], statuses = [];
+async function loadData() {  // the data block is gzip-compressed JSON in base64 (see write_html)
+  const bin = atob(document.getElementById("data").textContent.trim());
+  const bytes = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+  const reader = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip")).getReader();
+  const chunks = [];
+  for (;;) { const {done, value} = await reader.read(); if (done) break; chunks.push(value); }
+  return unpack(JSON.parse(new TextDecoder().decode(await new Blob(chunks).arrayBuffer())));
+}
 const $ = (id) => document.getElementById(id);
 const tbody = document.querySelector("#mentions tbody");
 let sortKey = null, sortDir = 1, current = null;
 function esc(s) { return String(s == null ? "" : s).replace(/[&<>"']/g, (c) => ({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;","'":"&#39;"}[c])); }
 function yn(v) { return v == null ? "?" : (v ? "yes" : "no"); }
-const statuses = [...new Set(DATA.map((r) => r.st || "?"))].sort();
-for (const s of statuses) { const o = document.createElement("option"); o.value = s; o.textContent = s; $("f-status").appendChild(o); }
 function visible(r) {
   if ($("f-wrong").checked && r.ok !== 0) return false;
   if ($("f-llm").checked && !r.llm) return false;
@@ -429,8 +438,6 @@ for (const th of document.querySelectorAll("#mentions th")) th.addEventListener(
 });
 const violations = [];
 document.addEventListener("securitypolicyviolation", (ev) => violations.push(ev.blockedURI || "?"));
-render();
-if (location.hash.startsWith("#m=") && open(decodeURIComponent(location.hash.slice(3)))) $("mentions-section").scrollIntoView();
 function ids() { return [...tbody.children].map((tr) => tr.dataset.id); }
 function selftest() {
   const out = {all: render()};
@@ -453,8 +460,20 @@ function selftest() {
   $("selftest").textContent = JSON.stringify(out); $("selftest").hidden = false;
   document.body.dataset.selftest = "done";
 }
-if (new URLSearchParams(location.search).get("selftest") === "1") {
-  if (document.readyState === "complete") selftest(); else window.addEventListener("load", selftest);
+async function main() {
+  if (typeof DecompressionStream === "undefined") {
+    $("count").textContent = "This browser cannot read the page's compressed data (it needs DecompressionStream: " +
+      "Chrome 80+, Firefox 113+, Safari 16.4+).";
+    return;
+  }
+  DATA = await loadData();
+  statuses = [...new Set(DATA.map((r) => r.st || "?"))].sort();
+  for (const s of statuses) { const o = document.createElement("option"); o.value = s; o.textContent = s; $("f-status").appendChild(o); }
+  render();
+  if (location.hash.startsWith("#m=") && open(decodeURIComponent(location.hash.slice(3)))) $("mentions-section").scrollIntoView();
+  document.body.dataset.ready = "1";
+  if (new URLSearchParams(location.search).get("selftest") === "1") selftest();
 }
+main().catch((err) => { $("count").textContent = "could not read the page's data: " + err; });
 </script></body></html>
 """

@@ -7,7 +7,9 @@ trace entries copy real fused-linker traces), so every expected figure can be ch
 from __future__ import annotations
 
 import json
+import base64
 import fcntl
+import gzip
 import os
 import re
 import select
@@ -380,8 +382,13 @@ def browser(chromium, tmp_path):
     b.close()
 
 
+HOSTILE = "</script><img src=x onerror=\"document.title='pwned'\"> & <!-- Jordan"
+
+
 def test_report_page_in_a_headless_browser(tmp_path, browser):
-    run = write_run(tmp_path / "run", fixture_records())
+    records = fixture_records()
+    records[0]["mention"] = HOSTILE  # text from the data is shown as text, never run as markup
+    run = write_run(tmp_path / "run", records)
     write_report(run)
     page = (run / "report.html").read_text()
     # self-contained: a CSP that forbids every outside source, and no outside reference at all
@@ -395,6 +402,9 @@ def test_report_page_in_a_headless_browser(tmp_path, browser):
                                wait_for="document.body.dataset.selftest === 'done'"))
     assert st["all"] == 10  # it renders: one row per mention
     assert browser.js("document.querySelectorAll('#mentions tbody tr').length") == 10
+    assert browser.js("document.querySelector('#mentions tbody tr[data-id=\"m1\"] td:nth-child(2)').textContent") \
+        == HOSTILE
+    assert browser.js("document.title") == "I2CR evaluation: fixture.json"
     assert sorted(st["wrong"]) == WRONG
     assert sorted(st["llm"]) == ["m2", "m3", "m5"]
     assert sorted(st["nil_gold"]) == ["m4", "m5"]
@@ -415,7 +425,7 @@ def test_report_page_opens_a_mention_by_click_and_from_the_address(tmp_path, bro
     run = write_run(tmp_path / "run", fixture_records())
     write_report(run)
     browser.open((run / "report.html").as_uri() + "#m=m6")
-    trace = browser.js("document.getElementById('trace').innerHTML")
+    trace = browser.js("document.getElementById('trace').innerHTML", wait_for="document.body.dataset.ready === '1'")
     assert "Mention <code>m6</code>" in trace
     assert trace.count('class="round"') == 3  # text round and two clue rounds
     assert "RHO LTD" in trace and "a man at a desk" in trace  # the clue texts
@@ -461,14 +471,13 @@ def test_report_of_a_real_fused_run_with_nil_gold(tmp_path):
     wrong = {r[0].strip("`") for r in table_rows(md, "Wrong answers")}
     assert wrong == {r["id"] for r in records if not M.rec_correct(r)}
     page = (run / "report.html").read_text()
-    packed = json.loads(re.search(r'<script id=data type="application/json">(.*?)</script>', page, re.S)
-                        .group(1).replace("<\\/", "</"))
+    block = re.search(r'<script id=data type="application/octet-stream">(.*?)</script>', page, re.S).group(1)
+    packed = json.loads(gzip.decompress(base64.b64decode(block)))
     assert sorted(r["i"] for r in packed["r"]) == sorted(r["id"] for r in records)
 
 
 def screenshot(run: Path, mention: str, out: Path, width: int = 1400, height: int = 1900) -> Path:
     """A picture of ``run``'s report.html with ``mention``'s trace open (how docs/report.png is made)."""
-    import base64
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -477,6 +486,7 @@ def screenshot(run: Path, mention: str, out: Path, width: int = 1400, height: in
             b.call("Emulation.setDeviceMetricsOverride", session=True, width=width, height=height,
                    deviceScaleFactor=1, mobile=False)
             b.open((Path(run) / "report.html").resolve().as_uri())
+            b.js("1", wait_for="document.body.dataset.ready === '1'")
             b.js(f"document.querySelector('#mentions tbody tr[data-id=\"{mention}\"]').click(); window.scrollTo(0, 0)")
             shot = b.call("Page.captureScreenshot", session=True, format="png")
             Path(out).write_bytes(base64.b64decode(shot["data"]))
