@@ -187,8 +187,8 @@ def terminal(c: dict[str, Any], name_a: str, name_b: str, out: Path) -> str:
                                             if c["only_a"] or c["only_b"] else ""),
              f"A {name_a}: Top-1 {_pct(t_a['acc'])} {_ci(t_a)} ({t_a['correct']}/{t_a['n']})",
              f"B {name_b}: Top-1 {_pct(t_b['acc'])} {_ci(t_b)} ({t_b['correct']}/{t_b['n']})",
-             f"B - A: {diff}; fixed {len(c['fixed'])}, broken {len(c['broken'])}; "
-             f"McNemar exact p = {c['p_value']:.4g}"]
+             (f"B - A: {diff}; fixed {len(c['fixed'])}, broken {len(c['broken'])}; "
+              f"McNemar exact p = {c['p_value']:.4g}")]
     for key, label in (("llm_calls", "LLM calls"), ("seconds", "seconds")):
         x, y = c["cost_a"][key]["mean"], c["cost_b"][key]["mean"]
         lines.append(f"{label} per mention: A {_num(x, 2)}, B {_num(y, 2)}")

@@ -184,10 +184,10 @@ def summary_html(s: dict[str, Any], config: dict[str, Any], notes: list[str]) ->
 
     st = config.get("settings") or {}
     e = html.escape
-    out = [f"<p>Dataset <code>{e(str(config.get('dataset', '?')))}</code>: {s['n']} mentions, {s['scored']} with a "
-           f"gold answer ({s['nil_gold']} nil), {s['errors']} failed (counted wrong). Linker "
-           f"<code>{e(str(st.get('linker_model')))}</code> ({e(str(st.get('linker_mode', 'llm')))} mode), verifier "
-           f"<code>{e(str(st.get('verifier')))}</code>, clue order {e(str(st.get('clue_order')))}.</p>",
+    out = [(f"<p>Dataset <code>{e(str(config.get('dataset', '?')))}</code>: {s['n']} mentions, {s['scored']} with a "
+            f"gold answer ({s['nil_gold']} nil), {s['errors']} failed (counted wrong). Linker "
+            f"<code>{e(str(st.get('linker_model')))}</code> ({e(str(st.get('linker_mode', 'llm')))} mode), verifier "
+            f"<code>{e(str(st.get('verifier')))}</code>, clue order {e(str(st.get('clue_order')))}.</p>"),
            f"<p>{e(resolved_line(s['resolved'], st))}.</p>",
            "<table class=sum><tr><th>Method</th><th>Top-1</th><th>95% CI</th><th>correct / n</th></tr>",
            _acc_row("I2CR (this run)", s["top1"]), _acc_row("text round alone (round 1)", s["round1"]),

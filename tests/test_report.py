@@ -6,10 +6,10 @@ trace entries copy real fused-linker traces), so every expected figure can be ch
 
 from __future__ import annotations
 
-import json
 import base64
 import fcntl
 import gzip
+import json
 import os
 import re
 import select
@@ -295,14 +295,15 @@ class Browser:
             os.dup2(a, 3)
             os.dup2(b, 4)
 
-        self.log = open(tmp_path / "chromium.log", "wb")
+        self.log = open(tmp_path / "chromium.log", "wb")  # noqa: SIM115 (closed in close())
         # outside traffic goes to a closed port and no name resolves: nothing can leave even if asked to
         self.proc = subprocess.Popen(
             [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp_path / 'profile'}", "--proxy-server=http://127.0.0.1:9",
              "--host-resolver-rules=MAP * ~NOTFOUND", "--remote-debugging-pipe", "about:blank"],
-            preexec_fn=fds, close_fds=False, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+            preexec_fn=fds, close_fds=False,  # noqa: PLW1509 (fds() only duplicates two descriptors)
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
         os.close(to_r)
         os.close(from_w)
         self.next_id, self.events, self.buffer = 0, [], b""
@@ -363,8 +364,8 @@ class Browser:
     def close(self) -> None:
         try:
             self.call("Browser.close", timeout=5)
-        except Exception:
-            pass
+        except (OSError, RuntimeError, TimeoutError):
+            pass  # the browser is gone already: wait() below reaps it
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -471,7 +472,7 @@ def test_report_of_a_real_fused_run_with_nil_gold(tmp_path):
     wrong = {r[0].strip("`") for r in table_rows(md, "Wrong answers")}
     assert wrong == {r["id"] for r in records if not M.rec_correct(r)}
     page = (run / "report.html").read_text()
-    block = re.search(r'<script id=data type="application/octet-stream">(.*?)</script>', page, re.S).group(1)
+    block = re.search(r'<script id=data type="application/octet-stream">(.*?)</script>', page, re.DOTALL).group(1)
     packed = json.loads(gzip.decompress(base64.b64decode(block)))
     assert sorted(r["i"] for r in packed["r"]) == sorted(r["id"] for r in records)
 
