@@ -3,6 +3,7 @@
     python -m evals.bench_llm                               # embedded GGUF in llama.cpp, both scorings, 20 mentions
     python -m evals.bench_llm --model huggingface:~/.cache/i2cr/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
     I2CR_LLAMA_THREADS=1 python -m evals.bench_llm          # llama.cpp on one thread
+    I2CR_LLAMA_EXTRA_BUFTS=on python -m evals.bench_llm     # llama.cpp's weight repacking forced on (or off)
 
 For a seeded sample of WikiMEL dev mentions it builds the fused linker's own
 prompts (``nodes/link_fused``: the likelihood prompt with the candidates' names
@@ -11,6 +12,9 @@ graph makes it for an undecided mention in round 1. Printed per scoring method:
 mean, p50 and p95 seconds per call, prompt tokens per call, and the load time
 and peak resident memory of the process. Calls are made twice per mention
 when ``--repeat 2``: the second shows what the KV prefix cache saves (a re-ask).
+For a llama.cpp model it also prints the CPU (model, AVX-512, AMX) and whether
+llama.cpp's extra buffer types (weight repacking) were on; the load time
+includes the one-time probe of ``tools/llama_cpp_chat.py`` when it ran.
 """
 
 from __future__ import annotations
@@ -55,12 +59,19 @@ def main(argv: list[str] | None = None) -> int:
         if not examples:
             sys.exit(f"bench_llm: error: {a.data} has no mention with two or more candidates to time")
         t = time.perf_counter()
-        linker(Context(linker_model=a.model))
+        model = linker(Context(linker_model=a.model))
         load_s = time.perf_counter() - t
     except I2CRError as exc:
         sys.exit(f"bench_llm: error: {exc}")
     results = {"model": a.model, "mentions": len(examples), "load_seconds": round(load_s, 2), "scoring": {}}
     print(f"{a.model}: loaded in {load_s:.1f} s; {len(examples)} mentions", flush=True)
+    if type(model).__name__ == "LlamaCppChatModel":
+        from tools.llama_cpp_runtime import cpu_summary, extra_bufts_setting
+
+        results["llama_cpp"] = {"cpu": cpu_summary(), "threads": model.n_threads, "extra_bufts": model.extra_bufts,
+                                "extra_bufts_setting": extra_bufts_setting()}
+        print(f"  llama.cpp on {cpu_summary()}; {model.n_threads} threads; extra buffer types "
+              f"{'on' if model.extra_bufts else 'off'} (I2CR_LLAMA_EXTRA_BUFTS={extra_bufts_setting()})", flush=True)
     for method in [m.strip() for m in a.scoring.split(",") if m.strip()]:
         ctx = Context(linker_model=a.model, llm_scoring=method)
         secs, toks, first_secs = [], [], []

@@ -30,7 +30,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from evals.datasets import Example
-from evals.runner import _Baselines, evaluate_one, failed_record
+from evals.records import Baselines, evaluate_one, failed_record
 from evals.worker import WorkerPool
 from graph.context import Context
 
@@ -77,7 +77,7 @@ def _intervals(stamps: list[float]) -> list[float]:
 
 
 def run_inline(ctx: Context, graph: Any, todo: list[Example]) -> tuple[float, list[float]]:
-    baselines = _Baselines(ctx)
+    baselines = Baselines(ctx)
     t0 = time.perf_counter()
     stamps = [t0]
     for ex in todo:

@@ -256,8 +256,10 @@ def _find_image(value: Any, image_dir: Path | None, base: Path, *, where: str, s
 
     ``mention_imgpath`` is looked up under ``--images`` (benchmarks ship images
     apart, so a missing one just means text and precomputed clues only); an
-    explicit ``image`` of a plain record must exist (under ``--images``, next
-    to the dataset, or as given).
+    explicit ``image`` of a plain record is looked for under ``--images``, next
+    to the dataset, or as given; when it is in none of them the path is passed on
+    anyway, so the graph links the mention on its text and records why the image
+    was not used (an error only with ``strict_image``).
     """
     if value in (None, ""):
         return None
@@ -272,5 +274,5 @@ def _find_image(value: Any, image_dir: Path | None, base: Path, *, where: str, s
         if path.is_file():
             return str(path)
     if strict:
-        raise InputError(f"{where}: image file not found: {value}")
+        return str(Path(value) if Path(value).is_absolute() else base / value)
     return None

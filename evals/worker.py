@@ -321,9 +321,9 @@ def _child(in_fd: int, out_fd: int) -> int:
     try:
         ctx, ref = pickle.loads(blob)
         graph = load_graph(ref)
-        from evals.runner import _Baselines, evaluate_one
+        from evals.records import Baselines, evaluate_one
 
-        score_baselines = _Baselines(ctx)
+        score_baselines = Baselines(ctx)
     except I2CRError as exc:  # e.g. a graph "module:attribute" that cannot be imported
         outbox.send(("fatal", str(exc)))
         return 3

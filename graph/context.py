@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import Field, TypeAdapter, ValidationError, field_validator
 from pydantic.json_schema import SkipJsonSchema
@@ -138,6 +138,20 @@ class Context(BaseSettings):
                   "the candidates' letters in a lettered list (OpenAI-compatible top_logprobs, llama.cpp, "
                   "transformers; other models: a sampled answer). 'auto': likelihood where the model supports "
                   "it, else choice.",
+    )
+    candidate_order: Literal["auto", "ranked", "unordered"] = Field(
+        default="auto",
+        description="Fused mode: whether the candidate list's order is evidence (the list-rank "
+                  "features). 'ranked': yes; 'unordered': no, shuffling the list cannot change the answer; "
+                  "'auto' (default): ranked for knowledge-base retrieval results, unordered for lists given "
+                  "with the input.",
+    )
+    nil_threshold: float | None = Field(
+        default=0.5, ge=0, le=1,
+        description="Fused mode: answer nil when, of the best candidate and the calibrated "
+                  "'none of these' alternative scored beside the candidates, nil's share of their probability "
+                  "exceeds this (0.5: nil when it is the most probable answer; higher: nil more rarely). "
+                  "Empty/'off' = never answer nil from the scores (weights files without a nil row never do).",
     )
     llm_in_clue_rounds: bool = Field(
         default=False,
@@ -252,6 +266,13 @@ class Context(BaseSettings):
         """Explicit values, then ``I2CR_*`` variables (no .env or secrets files: `langgraph dev` loads .env)."""
         return init_settings, env_settings
 
+    @field_validator("nil_threshold", "verification_threshold", "object_min_confidence", "llm_weight",
+                     mode="before")
+    @classmethod
+    def _off_is_none(cls, value: Any) -> Any:
+        """``""``, ``"off"`` or ``"none"`` (environment, ``--set``) turn an optional number off."""
+        return None if isinstance(value, str) and value.strip().lower() in ("", "off", "none") else value
+
     @field_validator("clue_order", "object_labels", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
@@ -332,7 +353,7 @@ def coerce_setting(name: str, raw: str, *, origin: str | None = None) -> Any:
     try:
         if name in ("clue_order", "object_labels"):
             value: Any = _as_list(text)
-        elif not text and info.default is None:
+        elif text.lower() in ("", "off", "none") and type(None) in get_args(info.annotation):
             return None
         else:
             value = text

@@ -72,6 +72,8 @@ class OutputState(TypedDict, total=False):
 class State(InputState, OutputState, total=False):
     """Everything the nodes share."""
 
+    candidate_source: Annotated[Literal["input", "knowledge base"], doc(
+        "Where the candidates came from (the knowledge base ranks them; an input's list may be unordered).")]
     round: Annotated[int, doc("Current round (1 = text round).")]
     clue_index: Annotated[int, doc("Position in clue_order of the next clue to try.")]
     excluded: Annotated[list[str], doc("Keys of the picks rejected by reflection in the current round.")]

@@ -95,7 +95,7 @@ def _link_fused(state: State, ctx: Context, entry: dict[str, Any], attempts: lis
     """``linker_mode='fused'``: pick the best candidate of the round's scored distribution."""
     pick, dist, info = fused_pick(state, ctx, usage)
     key = candidate_key(pick) if pick else None
-    outcome = "entity" if pick else "unparseable"
+    outcome = "entity" if pick else ("nil" if info.get("nil") else "unparseable")
     entry.update(outcome=outcome, mode="fused", pick=entity_ref(pick), **info)
     attempts.append({"key": key, "outcome": outcome, "raw": "", "score": None, "confidence": info["confidence"]})
     return {"attempts": attempts, "usage": usage, "round_scores": dist,

@@ -29,15 +29,16 @@ from prompts import linking as P
 from tools.choice import label_distribution, labels_for, name_likelihoods, scoring_method
 from tools.embeddings import get_embedder
 from tools.features import candidate_features
-from tools.fusion import load_weights, softmax
+from tools.fusion import distribution, load_weights, nil_decision, order_is_ranked
 from tools.models import describe
+from tools.names import display_name
 from tools.texts import entity_ref
 
 
 def choice_messages(state: State, ctx: Context, labels: list[str]) -> list:
     """The lettered prompt: what stays the same across rounds first, the clues and question last."""
     cands = state["candidates"][:len(labels)]
-    lines = [P.CHOICE_LINE.format(label=lab, name=c["name"],
+    lines = [P.CHOICE_LINE.format(label=lab, name=display_name(c["name"]),
                                   desc=candidate_desc(c, ctx.max_desc_chars, strip_name=True))
              for lab, c in zip(labels, cands)]
     user = P.CHOICE_USER.format(candidates="\n".join(lines), mention=state["mention"],
@@ -56,7 +57,7 @@ def ask_llm(state: State, ctx: Context) -> tuple[np.ndarray, dict[str, Any]]:
     """The linker model's log-probability per candidate (one call) and the call's record."""
     cands = state["candidates"]
     model = linker(ctx)
-    names = [c["name"] for c in cands]
+    names = [display_name(c["name"]) for c in cands]
     if scoring_method(model, ctx.llm_scoring, ctx.linker_model) == "likelihood":
         logp, call = name_likelihoods(model, name_messages(state, ctx), names, spec=ctx.linker_model)
         return np.asarray(logp, dtype=np.float64), call
@@ -75,12 +76,15 @@ def score_round(state: State, ctx: Context, usage: dict[str, Any]) -> dict[str, 
     clue_text = ". ".join(c["text"] for c in clues if c.get("text"))
     ocr_text = " ".join(c["text"] for c in clues if c.get("type") == "ocr" and c.get("text"))
     embedder = get_embedder(ctx.embedding_model, base_url=ctx.openai_base_url, api_key=ctx.openai_api_key)
-    feats = candidate_features(state["mention"], state.get("context") or "", cands, embedder, clue_text, ocr_text)
+    ranked = order_is_ranked(ctx.candidate_order, state.get("candidate_source"))
+    feats = candidate_features(state["mention"], state.get("context") or "", cands, embedder, clue_text, ocr_text,
+                               ranked=ranked)
     weights = load_weights(ctx.fusion_weights)
-    scores = weights.logits(feats, with_clues=bool(clue_text))
-    prior = softmax(scores)
+    scores = weights.logits(feats, with_clues=bool(clue_text), ranked=ranked)
+    prior, _ = distribution(scores, weights.nil_row)
     out: dict[str, Any] = {"round": state["round"], "keys": [candidate_key(c) for c in cands],
-                           "prior": [round(float(p), 4) for p in prior], "llm": None}
+                           "prior": [round(float(p), 4) for p in prior], "llm": None, "ranked": ranked,
+                           "nil_row": weights.nil_row}
     asked = len(cands) > 1 and prior.max() < ctx.gate_threshold and (state["round"] == 1 or ctx.llm_in_clue_rounds)
     earlier = state.get("round_scores") or {}
     if asked:
@@ -95,8 +99,9 @@ def score_round(state: State, ctx: Context, usage: dict[str, Any]) -> dict[str, 
         w = weights.llm_weight_for(method) if ctx.llm_weight is None else ctx.llm_weight
         out["llm"]["weight"] = w
         scores = scores + w * weights.llm_evidence(np.asarray(out["llm"]["logprobs"]))
-    probs = softmax(scores)
+    probs, p_nil = distribution(scores, weights.nil_row)
     out["probs"] = [round(float(p), 4) for p in probs]
+    out["p_nil"] = round(p_nil, 4)
     out["gated"] = not asked
     return out
 
@@ -114,10 +119,16 @@ def fused_pick(state: State, ctx: Context, usage: dict[str, Any]) -> tuple[dict 
     pick = state["candidates"][best] if best is not None else None
     top = [{"name": state["candidates"][i]["name"], "p": dist["probs"][i]} for i in order[:3]]
     info: dict[str, Any] = {"confidence": dist["probs"][best] if best is not None else None, "top": top,
-                            "gated": dist["gated"]}
+                            "gated": dist["gated"], "p_nil": dist.get("p_nil")}
     if dist.get("llm") and dist.get("prior"):  # the text prior's top candidate, before the LLM's scores were added
         i = max(range(len(dist["prior"])), key=lambda j: dist["prior"][j])
         info["prior_top"] = {**entity_ref(state["candidates"][i]), "p": dist["prior"][i]}
+    p_nil = float(dist.get("p_nil") or 0.0)
+    if best is not None and nil_decision(dist["probs"][best], p_nil, ctx.nil_threshold, bool(dist.get("nil_row"))):
+        info["nil"] = True
+        info["nil_note"] = (f"nil: no candidate supported (nil p={p_nil:.3f} against the best candidate's "
+                            f"{dist['probs'][best]:.3f}; nil_threshold {ctx.nil_threshold})")
+        pick = None
     if reused:
         info["note"] = "re-choice from this round's distribution: no model call"
     elif dist["gated"]:

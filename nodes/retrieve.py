@@ -38,10 +38,11 @@ def retrieve_candidates(state: State, runtime: Runtime[Context]) -> dict[str, An
         clean["candidates"] = normalize_candidates(found, where="knowledge base result")
         source = "knowledge base"
     entry = {"round": 1, "step": "retrieve",
-             "note": "; ".join([f"{len(clean['candidates'])} candidates from {source}", *notes])}
+             "note": "; ".join([f"{len(clean['candidates'])} candidates from {source}", *notes]), "source": source}
     has_visual = bool(clean["image"]) or bool(clean["image_desc"])
     return {
         **clean,
+        "candidate_source": source,
         "round": 1,
         "clue_index": 0,
         "clues": [],

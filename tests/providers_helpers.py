@@ -54,10 +54,16 @@ def save_tiny_llama(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
-    """Write a 2-layer, 16-wide random Llama as a GGUF file (F32 tensors, byte-level BPE vocab)."""
+def write_tiny_gguf(path: Path, seed: int = 0, *, qtype: str | None = None, hidden: int = 16, ff: int = 32) -> Path:
+    """Write a 2-layer random Llama as a GGUF file (byte-level BPE vocab).
+
+    Tensors are F32, or with ``qtype`` (``"Q4_0"``, ``"Q8_0"``, ...) the 2-D
+    weights are quantized with gguf-py's own quantizer (their rows must be a
+    multiple of the type's block size: 32 for Q4_0); norms stay F32.
+    """
     import numpy as np
-    from gguf import GGUFWriter, TokenType
+    from gguf import GGMLQuantizationType, GGUFWriter, TokenType
+    from gguf.quants import quantize
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     rng = np.random.default_rng(seed)
@@ -65,7 +71,8 @@ def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
     merges = ["Ġ t", "h e", "Ġt he"]
     tokens = ["<|endoftext|>", "<|user|>", "<|assistant|>", *byte_chars, "Ġt", "he", "Ġthe"]
     types = [TokenType.CONTROL] * 3 + [TokenType.NORMAL] * (len(tokens) - 3)
-    n_vocab, hidden, ff, layers, heads = len(tokens), 16, 32, 2, 2
+    n_vocab, layers, heads = len(tokens), 2, 2
+    quant = GGMLQuantizationType[qtype] if qtype else None
 
     w = GGUFWriter(str(path), "llama")
     w.add_name("tiny-llama")
@@ -90,7 +97,11 @@ def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
                         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
     def tensor(name: str, *shape: int) -> None:
-        w.add_tensor(name, (rng.standard_normal(shape) * 0.2).astype(np.float32))
+        data = (rng.standard_normal(shape) * 0.2).astype(np.float32)
+        if quant is None:
+            w.add_tensor(name, data)
+        else:
+            w.add_tensor(name, quantize(data, quant), raw_dtype=quant)
 
     tensor("token_embd.weight", n_vocab, hidden)
     for i in range(layers):
@@ -108,6 +119,16 @@ def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def write_tiny_quantized_gguf(path: Path, seed: int = 0, qtype: str = "Q4_0") -> Path:
+    """A 2-layer, 64-wide (feed-forward 128) random Llama GGUF with ``qtype`` (Q4_0) weights.
+
+    The widths are multiples of 32 (Q4_0's block) and of 8 (the row groups
+    llama.cpp's CPU repacking needs), so llama.cpp's extra buffer types can
+    take these weights as they take the embedded Q4_K_M model's.
+    """
+    return write_tiny_gguf(path, seed, qtype=qtype, hidden=64, ff=128)
 
 
 class FakeOpenAI:

@@ -104,7 +104,7 @@ def test_fact_parsers():
 def test_packaged_weights_load_and_carry_their_fit():
     w = load_weights(None)
     assert w.source == str(PACKAGED_WEIGHTS) and w.features == list(ALL_FEATURES)
-    assert w.fit["mentions"] > 0 and 0 < w.fit["text"]["cv_top1"] <= 1
+    assert w.fit["mentions"] > 0 and 0 < w.fit["cv"]["text"]["WikiMEL_dev.json"]["top1"] <= 1
 
 
 def test_bad_weights_file_is_a_config_error(tmp_path):
@@ -266,9 +266,10 @@ def test_fit_script_writes_loadable_weights_with_cross_validated_figures(tmp_pat
     assert fit_fusion.main([str(data / "wikimel_small.json"), "--labels", str(data / "wikimel_small_label.json"),
                             "--folds", "2", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "text model, 2-fold CV Top-1" in printed and "clue model, 2-fold CV Top-1" in printed
+    assert "text            wikimel_small.json: 2-fold CV Top-1" in printed and "text_unordered  wikimel_small.json" in printed
     w = load_weights(str(out))
-    assert w.fit["folds"] == 2 and w.fit["mentions"] >= 2 and 0 <= w.fit["clue"]["cv_top1"] <= 1
+    assert w.fit["folds"] == 2 and w.fit["mentions"] >= 2 and 0 <= w.fit["cv"]["text"]["wikimel_small.json"]["top1"] <= 1
+    assert w.nil_row and set(w.models) == {"text", "clue", "text_unordered", "clue_unordered"}
     assert len(w.models["text"]["coef"]) == len(ALL_FEATURES)
     clue_cols = [ALL_FEATURES.index(f) for f in ("clue_dense", "gender_clue")]
     assert all(w.models["text"]["coef"][i] == 0 for i in clue_cols)  # the text model never sees clue features

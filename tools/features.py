@@ -4,16 +4,29 @@ For one mention, :func:`candidate_features` returns one row per candidate:
 
 * dense similarity of mention+context with the entity's name+description
   (absolute, gap to the best other candidate, rank among the candidates);
-* the candidate's position in the list it came with (benchmark or retrieval order);
-* name agreement: mention tokens found in the entity name, name tokens found
-  in the text, exact and surname matches;
+* the candidate's position in the list it came with (benchmark or retrieval order),
+  only when that order is declared informative (``ranked=True``); otherwise every
+  candidate gets the position features' average over the list, so the list's
+  order cannot change any score;
+* name agreement, on names normalised by :mod:`tools.names` (Wikipedia titles,
+  underscores, %-encoding, a trailing ``(disambiguator)`` split off): mention
+  tokens found in the entity name, name tokens found in the text, exact and
+  surname matches, the mention as an acronym of the name, the mention as a
+  derived form (shared prefix) of a name word; the disambiguator as type
+  evidence (present; its words found in the text);
 * consistency of the entity's facts with the text: gender (pronouns and
-  nouns vs ``Sex:``), life dates (years in the text vs ``Birth:``/``Death:``);
+  nouns vs ``Sex:``), life dates (years in the text vs ``Birth:``/``Death:``).
+  These are +1 (consistent) / -1 (contradicted) / 0 (unknown: no attribute or
+  no cue), so a description without Wikidata attributes moves no score;
+  a missing description counts only relative to the other candidates
+  (``desc_missing_rel``), never as a shift of every candidate at once;
 * with visual clues: dense similarity of the clue text with the entity,
   gender cues in the clues, entity name tokens in the OCR text.
 
 Every feature is a plain number computed from the input; which matter, and how
 much, is learned by ``evals/fit_fusion.py`` (weights in ``tools/data/``).
+Features named in ``LEGACY_FEATURES`` are still computed so that weights files
+written before them load; new fits do not use them.
 """
 
 from __future__ import annotations
@@ -24,16 +37,22 @@ from typing import Any
 
 import numpy as np
 
+from tools.names import is_acronym_of, prefix_share, split_name
 from tools.texts import entity_text, query_text
 
 TEXT_FEATURES = (
     "dense", "dense_gap", "dense_top", "list_first", "list_rank_inv",
-    "mention_in_name", "name_in_text", "name_exact", "surname_match",
-    "gender_text", "years_alive", "years_unborn", "years_dead", "died_before_1900", "no_desc",
+    "mention_in_name", "name_in_text", "name_exact", "surname_match", "acronym", "name_prefix",
+    "has_disamb", "disamb_in_text",
+    "gender_text", "years_fit", "died_before_1900", "desc_missing_rel",
 )
 CLUE_FEATURES = ("clue_dense", "clue_dense_gap", "clue_dense_top", "gender_clue", "name_in_ocr")
-ALL_FEATURES = TEXT_FEATURES + CLUE_FEATURES
+LEGACY_FEATURES = ("years_alive", "years_unborn", "years_dead", "no_desc")
+RANK_FEATURES = ("list_first", "list_rank_inv")
+"""Features read from the list's order: used only when the order is declared informative."""
+ALL_FEATURES = TEXT_FEATURES + CLUE_FEATURES + LEGACY_FEATURES
 _COL = {name: i for i, name in enumerate(ALL_FEATURES)}
+
 
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _YEAR = re.compile(r"(?<!\d)(1[0-9]{3}|20[0-9]{2})(?!\d)")
@@ -94,9 +113,22 @@ def _relative(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return gap, top
 
 
+def rank_features(n: int, ranked: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``list_first`` and ``list_rank_inv`` of ``n`` candidates: by position when ``ranked``, else
+    their average over the positions for every candidate (order-free, same absolute level)."""
+    first = (np.arange(n) == 0).astype(float)
+    inv = 1.0 / (np.arange(n) + 1.0)
+    if ranked or n == 0:
+        return first, inv
+    return np.full(n, first.mean()), np.full(n, inv.mean())
+
+
 def candidate_features(mention: str, context: str, candidates: list[dict], embedder: Any,
-                       clue_text: str = "", ocr_text: str = "") -> np.ndarray:
-    """A ``(len(candidates), len(ALL_FEATURES))`` matrix; clue columns are 0 without clues."""
+                       clue_text: str = "", ocr_text: str = "", *, ranked: bool = True) -> np.ndarray:
+    """A ``(len(candidates), len(ALL_FEATURES))`` matrix; clue columns are 0 without clues.
+
+    ``ranked=False``: the list's order carries no information and cannot change any row.
+    """
     n = len(candidates)
     out = np.zeros((n, len(ALL_FEATURES)), dtype=np.float64)
     if n == 0:
@@ -111,16 +143,22 @@ def candidate_features(mention: str, context: str, candidates: list[dict], embed
 
     m_tokens = tokens(mention)
     text_tokens = set(tokens(f"{mention} {context}"))
+    context_tokens = set(tokens(context))
     text_gender = gender_cue(context)
     years = [int(y) for y in _YEAR.findall(context or "")]
     clue_gender = gender_cue(clue_text) if clue_text else 0
     ocr_tokens = set(tokens(ocr_text)) if ocr_text else set()
+    out[:, col["list_first"]], out[:, col["list_rank_inv"]] = rank_features(n, ranked)
     for i, cand in enumerate(candidates):
-        name_tokens = tokens(cand.get("name", ""))
+        base, disamb = split_name(str(cand.get("name") or ""))
+        name_tokens = tokens(base)
+        dis_tokens = tokens(disamb)
         facts = entity_facts(str(cand.get("desc") or ""))
         row = out[i]
-        row[col["list_first"]] = float(i == 0)
-        row[col["list_rank_inv"]] = 1.0 / (i + 1)
+        row[col["acronym"]] = float(is_acronym_of(mention, base))
+        row[col["name_prefix"]] = prefix_share(mention, base)
+        row[col["has_disamb"]] = float(bool(disamb))
+        row[col["disamb_in_text"]] = _share(dis_tokens, context_tokens) if dis_tokens else 0.0
         row[col["mention_in_name"]] = _share(m_tokens, set(name_tokens))
         row[col["name_in_text"]] = _share(name_tokens, text_tokens)
         row[col["name_exact"]] = float(bool(m_tokens) and m_tokens == name_tokens)
@@ -132,10 +170,12 @@ def candidate_features(mention: str, context: str, candidates: list[dict], embed
             row[col["years_alive"]] = float(facts["birth"] <= y <= end + 1)
             row[col["years_unborn"]] = float(y < facts["birth"])
             row[col["years_dead"]] = float(y > end + 1)
+            row[col["years_fit"]] = row[col["years_alive"]] - row[col["years_unborn"]] - row[col["years_dead"]]
         row[col["died_before_1900"]] = float(facts["death"] is not None and facts["death"] < 1900)
         row[col["no_desc"]] = float(not str(cand.get("desc") or "").strip())
         row[col["gender_clue"]] = clue_gender * facts["sex"]
         row[col["name_in_ocr"]] = _share(name_tokens, ocr_tokens) if ocr_tokens else 0.0
+    out[:, col["desc_missing_rel"]] = out[:, col["no_desc"]] - out[:, col["no_desc"]].mean()
     if clue_text:
         cvec = embedder.embed([clue_text])[0]
         cdense = vecs[1:] @ cvec

@@ -11,8 +11,20 @@ The weights file is JSON written by ``evals/fit_fusion.py``:
 ``{"features": [...], "text": {"coef": [...], "intercept": x, "mean": [...], "scale": [...]},
 "clue": {...}, "llm_weight": {"likelihood": w, "choice": w} (or one number for both),
 "llm_floor": f (optional: the LLM's log-probabilities, relative to its top candidate, are floored
-at -f), "fit": {...}}``. The packaged one is fitted on
-the WikiMEL dev split (cross-validated figures in its ``fit`` entry and the README).
+at -f), "nil_row": true (optional), "text_unordered"/"clue_unordered" (optional: models fitted
+without the list's order, used when it is not informative), "fit": {...}}``.
+
+``nil_row``: the models were fitted as a conditional logit with a "none of
+these" alternative scored 0 beside the candidates (``evals/fit_fusion.py``), so
+``softmax([logits..., 0])`` is a calibrated distribution over the candidates
+*and* nil (:func:`distribution`): its candidate probabilities are absolute, not
+relative to the other candidates, and feed both the text-first gate and the nil
+decision (``nil_threshold``). Files without it (older fits) give the plain
+softmax over the candidates and never answer nil.
+
+Rank features (``tools.features.RANK_FEATURES``) are computed by the caller
+from the list's order only when that order is informative; see
+:func:`tools.features.candidate_features`.
 """
 
 from __future__ import annotations
@@ -41,7 +53,9 @@ class FusionWeights:
             raise ConfigError(f"fusion_weights {source}: unknown feature(s) {unknown}")
         self.index = [ALL_FEATURES.index(f) for f in self.features]
         self.models = {}
-        for kind in ("text", "clue"):
+        for kind in ("text", "clue", "text_unordered", "clue_unordered"):
+            if kind not in data and kind.endswith("_unordered"):
+                continue
             m = data[kind]
             self.models[kind] = {k: np.asarray(m[k], dtype=np.float64) for k in ("coef", "mean", "scale")}
             self.models[kind]["intercept"] = float(m["intercept"])
@@ -59,6 +73,7 @@ class FusionWeights:
         if floor is not None and (isinstance(floor, bool) or not isinstance(floor, (int, float)) or floor <= 0):
             raise ConfigError(f"fusion_weights {source}: llm_floor must be a positive number, got {floor!r}")
         self.llm_floor = None if floor is None else float(floor)
+        self.nil_row = bool(data.get("nil_row", False))
         self.fit = data.get("fit", {})
 
     def llm_weight_for(self, method: str) -> float:
@@ -73,11 +88,96 @@ class FusionWeights:
         """
         return floored(logp, self.llm_floor)
 
-    def logits(self, features: np.ndarray, *, with_clues: bool) -> np.ndarray:
-        """Per-candidate logits of the ``clue`` (``with_clues``) or ``text`` model."""
-        m = self.models["clue" if with_clues else "text"]
+    def logits(self, features: np.ndarray, *, with_clues: bool, ranked: bool = True) -> np.ndarray:
+        """Per-candidate logits of the ``clue`` (``with_clues``) or ``text`` model.
+
+        ``ranked=False``: the model fitted without the list's order (``<kind>_unordered``) when the file
+        has one; else the same model (the caller has already averaged the rank features).
+        """
+        kind = "clue" if with_clues else "text"
+        m = self.models.get(kind if ranked else f"{kind}_unordered") or self.models[kind]
         x = (features[:, self.index] - m["mean"]) / m["scale"]
         return x @ m["coef"] + m["intercept"]
+
+
+def distribution(scores: np.ndarray, nil_row: bool) -> tuple[np.ndarray, float]:
+    """Probabilities of the candidates and of nil from their scores.
+
+    With ``nil_row`` a nil alternative scored 0 joins the softmax (the models'
+    intercepts were fitted against it); without, nil gets 0 and the candidates
+    share all the mass.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if not nil_row:
+        return softmax(scores), 0.0
+    full = softmax(np.append(scores, 0.0))
+    return full[:-1], float(full[-1])
+
+
+def order_is_ranked(candidate_order: str, source: str | None) -> bool:
+    """Whether the list's order counts as evidence (the rank features are read).
+
+    ``ranked``/``unordered`` as declared; ``auto``: ranked only for lists the
+    knowledge base retrieval ranked (``source == "knowledge base"``); a list that
+    came with the input is treated as unordered, so shuffling it cannot change
+    the answer (see docs/generalisation.md for the measurement behind this default).
+    """
+    if candidate_order == "ranked":
+        return True
+    if candidate_order == "unordered":
+        return False
+    return source == "knowledge base"
+
+
+def nil_decision(p_top: float | None, p_nil: float, nil_threshold: float | None, nil_row: bool) -> bool:
+    """Whether to answer nil rather than the best candidate.
+
+    Of the two leading answers, the best candidate (probability ``p_top``) and nil (``p_nil``),
+    nil is chosen when its share ``p_nil / (p_nil + p_top)`` exceeds ``nil_threshold``: 0.5 is
+    the most probable answer (the choice that maximises expected accuracy when nil counts as
+    an answer), higher values answer nil more rarely. Never with ``nil_threshold=None`` (the off
+    switch) or with weights that have no nil row (their probabilities are relative to the other
+    candidates, not absolute).
+    """
+    if nil_threshold is None or not nil_row:
+        return False
+    if not p_top:
+        return True
+    return p_nil / (p_nil + p_top) > nil_threshold
+
+
+def weights_document(models: dict[str, dict[str, Any]], *, llm_weight: Any = 1.0, llm_floor: float | None = None,
+                     nil_row: bool = True, fit: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON content of a weights file (the one format :class:`FusionWeights` reads).
+
+    ``models``: ``{"text": {"coef", "intercept", "mean", "scale"}, "clue": {...}}`` over ``ALL_FEATURES``,
+    optionally ``text_unordered`` / ``clue_unordered`` (fitted without the rank features: used when the
+    list's order is not informative).
+    """
+    out: dict[str, Any] = {"features": list(ALL_FEATURES)}
+    for kind in ("text", "clue", "text_unordered", "clue_unordered"):
+        if kind not in models and kind.endswith("_unordered"):
+            continue
+        m = models[kind]
+        if len(m["coef"]) != len(ALL_FEATURES):
+            raise ValueError(f"model '{kind}' has {len(m['coef'])} weights for {len(ALL_FEATURES)} features")
+        out[kind] = {k: (float(m[k]) if k == "intercept" else [float(v) for v in m[k]])
+                     for k in ("coef", "intercept", "mean", "scale")}
+    out["llm_weight"] = llm_weight
+    if llm_floor is not None:
+        out["llm_floor"] = llm_floor
+    out["nil_row"] = bool(nil_row)
+    out["fit"] = fit or {}
+    return out
+
+
+def write_weights(path: str | Path, document: dict[str, Any]) -> Path:
+    """Write a weights document (checked by loading it back) to ``path``."""
+    FusionWeights(document, str(path))
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(document, indent=1) + "\n")
+    return p
 
 
 def floored(logp: Any, floor: float | None) -> np.ndarray:

@@ -6,13 +6,23 @@ twice). A lock per ``Llama`` serialises calls from concurrent graph threads:
 llama.cpp keeps one KV cache, and it reuses the longest common token prefix
 of the previous prompt, so consecutive re-asks with the same long prompt only
 evaluate their new tail.
+
+Every ``Llama`` is made here (``shared_llama``), whatever spec loaded it, so two
+safeguards apply to every llama.cpp load:
+
+* llama.cpp's **extra buffer types** (weight repacking) are off on CPUs with
+  AMX, where llama.cpp's AMX kernels crash (``$I2CR_LLAMA_EXTRA_BUFTS``);
+* a **one-time probe** in a child process turns a native crash into a
+  ``ModelError`` naming the model, the file and the CPU.
+
+Both live in ``tools/llama_cpp_runtime.py``.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from functools import lru_cache
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +32,9 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import ConfigDict, Field
 
 from tools.errors import ConfigError, ModelError
+from tools.llama_cpp_runtime import SEED, ensure_llama_cpp_runs, new_llama, use_extra_bufts
 
 N_CTX = 8192  # the linker prompt with 10 described candidates and 4 clues is ~1-2k tokens
-SEED = 0
 
 
 def default_threads() -> int:
@@ -61,13 +71,32 @@ class _SharedLlama:
         return self._formatter
 
 
-@lru_cache(maxsize=4)
-def _shared_llama(path: str, n_ctx: int, n_threads: int) -> _SharedLlama:
-    from llama_cpp import Llama
+# ---- the loaded models -----------------------------------------------------------------------
+MAX_LOADED = 4
+_LOADED: "OrderedDict[tuple, _SharedLlama]" = OrderedDict()
+_LOAD_LOCK = threading.Lock()
 
-    llama = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
-                  seed=SEED, verbose=False)
-    return _SharedLlama(llama)
+
+def shared_llama(path: str, *, n_ctx: int, n_threads: int, extra_bufts: bool, model_name: str) -> _SharedLlama:
+    """The loaded ``Llama`` of ``path`` (probed first, loaded once); any failure is a ``ModelError`` naming it."""
+    key = (str(path), n_ctx, n_threads, extra_bufts)
+    with _LOAD_LOCK:
+        shared = _LOADED.get(key)
+        if shared is not None:
+            _LOADED.move_to_end(key)
+            return shared
+        try:
+            ensure_llama_cpp_runs(path, model_name=model_name, extra_bufts=extra_bufts, n_threads=n_threads)
+            llama = new_llama(path, n_ctx=n_ctx, n_threads=n_threads, extra_bufts=extra_bufts)
+        except (ModelError, ConfigError):
+            raise
+        except Exception as exc:
+            raise ModelError(f"linker_model '{model_name}': llama.cpp could not load {path}: "
+                             f"{type(exc).__name__}: {exc}") from exc
+        shared = _LOADED[key] = _SharedLlama(llama)
+        while len(_LOADED) > MAX_LOADED:
+            _LOADED.popitem(last=False)
+        return shared
 
 
 def _eval_prompt(llama: Any, tokens: list[int]) -> None:
@@ -116,6 +145,7 @@ class LlamaCppChatModel(BaseChatModel):
     seed: int = SEED
     n_ctx: int = N_CTX
     n_threads: int = Field(default_factory=lambda: default_threads())
+    extra_bufts: bool = Field(default_factory=lambda: use_extra_bufts())  # see the module docstring
 
     @property
     def _llm_type(self) -> str:
@@ -124,10 +154,12 @@ class LlamaCppChatModel(BaseChatModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {"model_name": self.model_name, "model_path": self.model_path, "temperature": self.temperature,
-                "max_tokens": self.max_tokens, "seed": self.seed, "n_ctx": self.n_ctx}
+                "max_tokens": self.max_tokens, "seed": self.seed, "n_ctx": self.n_ctx,
+                "extra_bufts": self.extra_bufts}
 
     def _shared(self) -> _SharedLlama:
-        return _shared_llama(self.model_path, self.n_ctx, self.n_threads)
+        return shared_llama(self.model_path, n_ctx=self.n_ctx, n_threads=self.n_threads,
+                            extra_bufts=self.extra_bufts, model_name=self.model_name)
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: Any = None, **kwargs: Any) -> ChatResult:
@@ -229,12 +261,12 @@ class LlamaCppChatModel(BaseChatModel):
 
 def load_llama_cpp_chat_model(path: str | Path, *, model_name: str, temperature: float,
                               max_tokens: int, n_ctx: int = N_CTX) -> LlamaCppChatModel:
-    """A ``LlamaCppChatModel`` on ``path``, its weights loaded now (errors name ``model_name``)."""
+    """A ``LlamaCppChatModel`` on ``path``, probed and its weights loaded now (errors name ``model_name``).
+
+    ``$I2CR_LLAMA_EXTRA_BUFTS`` and ``$I2CR_LLAMA_THREADS`` are read here; a bad
+    value is a ``ConfigError``.
+    """
     model = LlamaCppChatModel(model_path=str(path), model_name=model_name, temperature=temperature,
                               max_tokens=max_tokens, n_ctx=n_ctx)
-    try:
-        model._shared()
-    except Exception as exc:
-        raise ModelError(f"linker_model '{model_name}': llama.cpp could not load {path}: "
-                         f"{type(exc).__name__}: {exc}") from exc
+    model._shared()
     return model

@@ -11,10 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from tools.names import display_name
+
 
 def entity_text(entity: dict) -> str:
-    """Name and description of an entity as one string ("name. desc", or the name alone)."""
-    name = str(entity.get("name") or "").strip()
+    """Name and description of an entity as one string ("name. desc", or the name alone).
+
+    The name is normalised first (``tools.names.display_name``: underscores, %-encoding, a
+    Wikipedia title's disambiguator kept in brackets), so every scorer sees the same clean text.
+    """
+    name = display_name(str(entity.get("name") or "")).strip()
     desc = str(entity.get("desc") or "").strip()
     return f"{name}. {desc}" if desc else name
 

@@ -1,0 +1,116 @@
+"""Entity names as people read them, whatever the knowledge base's convention.
+
+Knowledge bases spell names differently: Wikidata labels (``Barack Obama``),
+Wikipedia titles (``Spanish_language``, ``Bratz_(film)``,
+``Australia_women%27s_national_basketball_team``), lower-cased keys. Before a
+name is scored (features, embeddings) or shown to the LLM it is normalised
+here:
+
+* percent-encoding decoded, underscores turned into spaces, spacing collapsed;
+* a trailing disambiguator such as ``(film)`` or ``(classification)`` split
+  off: it is not part of the name, but it is evidence about the entity's type,
+  kept as such (:func:`split_name`);
+* names differing only in case, accents, punctuation or spacing share one
+  :func:`name_key` (``Usgs`` and ``USGS``).
+
+Cheap, general evidence of a mention naming an entity (no lists fitted to any
+dataset): :func:`is_acronym_of` (``UN`` / ``USGS`` ->
+``United States Geological Survey``) and :func:`prefix_share` (``Spanish``
+-> ``Spain``: a mention that shares a long prefix with a name word, as
+demonyms and derived forms do).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from urllib.parse import unquote
+
+_DISAMBIGUATOR = re.compile(r"^(?P<base>.*\S)\s*\((?P<dis>[^()]+)\)\s*$")
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_STOP = {"of", "the", "and", "for", "in", "on", "at", "de", "du", "des", "la", "le", "del", "da", "do", "a", "an", "&"}
+
+
+def fold(text: str) -> str:
+    """Lower case without accents."""
+    text = unicodedata.normalize("NFKD", str(text or ""))
+    return "".join(ch for ch in text if not unicodedata.combining(ch)).lower()
+
+
+def clean_name(name: str) -> str:
+    """The name as text: percent-encoding decoded, underscores as spaces, spacing collapsed."""
+    text = str(name or "")
+    if "%" in text:
+        text = unquote(text)
+    return " ".join(text.replace("_", " ").split())
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """``(base name, disambiguator)`` of a cleaned name: ``Bratz_(film)`` -> ``("Bratz", "film")``.
+
+    A name that is only a parenthesis, or has none at its end, has an empty disambiguator.
+    """
+    text = clean_name(name)
+    m = _DISAMBIGUATOR.match(text)
+    if not m:
+        return text, ""
+    return m.group("base").strip(), " ".join(m.group("dis").split())
+
+
+def display_name(name: str) -> str:
+    """What the LLM and the embedder see: the cleaned name, disambiguator kept in brackets."""
+    base, dis = split_name(name)
+    return f"{base} ({dis})" if dis else base
+
+
+def name_key(name: str) -> str:
+    """A key equal for names that differ only in case, accents, punctuation, spacing or encoding."""
+    return " ".join(_WORD.findall(fold(clean_name(name))))
+
+
+def words(text: str) -> list[str]:
+    """Accent-folded lower-case word tokens."""
+    return _WORD.findall(fold(text))
+
+
+def initials(name: str) -> str:
+    """Initials of a name's words, function words left out (``United Nations`` -> ``un``)."""
+    base, _ = split_name(name)
+    toks = [t for t in re.split(r"[\s\-/]+", base) if t]
+    letters = [w[0] for w in (fold(t) for t in toks) if w and w not in _STOP and w[0].isalnum()]
+    return "".join(letters)
+
+
+def is_acronym_of(mention: str, name: str) -> bool:
+    """Whether ``mention`` looks like an acronym (2-8 letters, mostly capitals or dotted) of ``name``'s words."""
+    m = str(mention or "").strip()
+    compact = re.sub(r"[.\s]", "", m)
+    if not 2 <= len(compact) <= 8 or not compact.isalnum():
+        return False
+    caps = sum(ch.isupper() for ch in compact)
+    if caps < max(2, len(compact) - 1) and "." not in m:
+        return False
+    ini = initials(name)
+    return len(ini) >= 2 and fold(compact) == ini
+
+
+def prefix_share(mention: str, name: str, min_len: int = 3) -> float:
+    """Share of the mention's words that share a prefix of at least ``min_len`` letters and 60% of the
+    shorter word with a word of the name without being equal to it (``Spanish`` ~ ``Spain``,
+    ``Canadian`` ~ ``Canada``): derived forms, not the same word. Words shorter than 4 letters are ignored."""
+    m_words = [w for w in words(mention) if len(w) >= 4]
+    n_words = [w for w in words(split_name(name)[0]) if len(w) >= 4]
+    if not m_words or not n_words:
+        return 0.0
+    hits = 0
+    for w in m_words:
+        for v in n_words:
+            if w == v:
+                continue
+            k = 0
+            while k < min(len(w), len(v)) and w[k] == v[k]:
+                k += 1
+            if k >= min_len and k >= 0.6 * min(len(w), len(v)):
+                hits += 1
+                break
+    return hits / len(m_words)
