@@ -59,7 +59,8 @@ def key_steps(rec: dict) -> str:
                 llm = t.get("llm") if isinstance(t.get("llm"), dict) else {}
                 extra.append(f"LLM {llm.get('method') or t.get('model') or 'asked'}")
             if t.get("prior_top"):
-                extra.append(f"prior {t['prior_top'].get('name')} {t['prior_top'].get('p', 0):.2f}")
+                nil = "nil, over " if t["prior_top"].get("nil") else ""
+                extra.append(f"prior {nil}{t['prior_top'].get('name')} {t['prior_top'].get('p', 0):.2f}")
             pick = _name(t.get("pick")) if t.get("pick") is not None else (t.get("outcome") or "none")
             parts.append(f"r{t.get('round')} link {pick}{p}" + (f" ({', '.join(extra)})" if extra else ""))
         elif step == "verify" and t.get("verification_score") is not None:

@@ -58,9 +58,10 @@ def compact_step(t: dict) -> dict:
                            "top": [[x.get("name"), _r(x.get("p"))] for x in t.get("top") or []],
                            "ga": t.get("gated"), "lm": llm.get("method"), "w": llm.get("weight"),
                            "md": t.get("model") or llm.get("model"),
-                           "pr": [prior.get("name"), _r(prior.get("p"))] if prior else None,
+                           "pr": [("nil, over " if prior.get("nil") else "") + str(prior.get("name")),
+                                  _r(prior.get("p"))] if prior else None,
                            "raw": str(t["raw"])[:120] if t.get("raw") is not None else None,
-                           "n": t.get("note")})
+                           "n": t.get("note"), "pn": _r(t.get("p_nil")), "nn": t.get("nil_note")})
     if step == "reflect":
         return _drop_none({**base, "k": "R", "sc": _r(t.get("reflection_score")),
                            "th": _r(t.get("reflection_threshold")), "ok": t.get("reflection_passed"),
@@ -101,7 +102,7 @@ def compact_record(r: dict) -> dict:
 
 INTERNED = ("g", "p", "st", "n", "pk", "cl", "s", "md", "by", "src", "lm")
 # the fields of each kind of step, in the order they are stored (an array per step; trailing nulls cut)
-FIELDS = {"L": ["cl", "pk", "cf", "top", "ga", "n", "lm", "w", "pr", "md", "raw", "o"],
+FIELDS = {"L": ["cl", "pk", "cf", "top", "ga", "n", "lm", "w", "pr", "md", "raw", "o", "pn", "nn"],
           "R": ["sc", "th", "ok", "pk", "n"], "V": ["sc", "th", "ok", "pk", "by", "n"],
           "C": ["cl", "tx", "src", "n"], "F": ["st", "pk", "n"], "O": ["s", "n"]}
 
@@ -407,12 +408,15 @@ function open(id) {
         (t.tx ? `<span class=cluetext>${esc(t.tx)}</span>` : t.n ? "" : "<i>empty</i>") + (t.n ? ` <span class=muted>${esc(t.n)}</span>` : "") + "</div>");
       else if (t.k === "L") {
         h.push(`<div>link${t.md ? " (" + esc(t.md) + ")" : ""}: pick <b>${esc(t.pk || t.o || "none")}</b>` +
-          (t.cf != null ? `, fused p=${t.cf.toFixed(3)}` : "") +
+          (t.cf != null ? `, ${t.pk ? "fused" : "best candidate's"} p=${t.cf.toFixed(3)}` : "") + (t.pn != null ? `, nil p=${t.pn.toFixed(3)}` : "") +
           (t.lm ? `, LLM scored by ${esc(t.lm)} (weight ${t.w})` : t.ga ? ", LLM not asked" : "") +
           (t.pr ? `; text prior's top: ${esc(t.pr[0])} ${t.pr[1] == null ? "" : t.pr[1].toFixed(3)}` : "") +
           (t.raw ? `; model said <code>${esc(t.raw)}</code>` : "") + "</div>");
         for (const [name, p] of t.top || []) h.push(bar(name, p, name === t.pk, null));
+        if (t.nn) h.push(`<div>${esc(t.nn)}</div>`);
         if (t.n) h.push(`<div class=muted>${esc(t.n)}</div>`);
+      } else if ((t.k === "R" || t.k === "V") && t.sc == null) {
+        h.push(`<div>${t.k === "R" ? "reflection" : "verify"}: <span class=muted>${esc(t.n || "no score")}</span></div>`);
       } else if (t.k === "R") h.push(`<div>reflection (&alpha;) on ${esc(t.pk)}:</div>` + bar(`score vs α=${t.th}`, t.sc, false, t.th) +
         `<div class="${t.ok ? "ok" : "bad"}">${t.ok ? "passed" : "below α"}</div>` + (t.n ? `<div class=muted>${esc(t.n)}</div>` : ""));
       else if (t.k === "V") h.push(`<div>verify ${esc(t.pk)}${t.by ? " (" + esc(t.by) + ")" : ""}:</div>` +

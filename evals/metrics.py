@@ -256,8 +256,9 @@ def llm_effect(records: list[dict]) -> dict[str, Any]:
     """Among the mentions whose linker model was asked: did the answer fix a wrong text prior or break a right one?
 
     The text prior is ``prior_top`` of the first link step that asked the model (the top candidate
-    of the fused evidence before the model's scores were added). Two answers are compared with it:
-    that step's own pick (the model's effect alone) and the final answer (after the clue rounds).
+    of the fused evidence before the model's scores were added; nil when it carries ``"nil": true``).
+    Two answers are compared with it: that step's own pick (the model's effect alone) and the final
+    answer (after the clue rounds).
     """
     out: dict[str, Any] = {"asked": 0, "no_prior": 0,
                            "pick": Counter(), "final": Counter(), "fixed": [], "broken": []}
@@ -272,7 +273,8 @@ def llm_effect(records: list[dict]) -> dict[str, Any]:
         if asked.get("mode") != "fused" or not prior:
             out["no_prior"] += 1
             continue
-        p_ok = bool(match({"qid": prior.get("qid"), "name": prior.get("name")}, r["gold"]))
+        p_ok = bool(match(None if prior.get("nil") else {"qid": prior.get("qid"), "name": prior.get("name")},
+                          r["gold"]))  # the prior's answer: its top candidate, or nil when its nil decision holds
         for key, ok in (("pick", match(asked.get("pick"), r["gold"])), ("final", rec_correct(r))):
             label = {(False, True): "fixed", (True, False): "broken", (True, True): "both right",
                      (False, False): "both wrong"}[(p_ok, bool(ok))]

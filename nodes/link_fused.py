@@ -81,9 +81,10 @@ def score_round(state: State, ctx: Context, usage: dict[str, Any]) -> dict[str, 
                                ranked=ranked)
     weights = load_weights(ctx.fusion_weights)
     scores = weights.logits(feats, with_clues=bool(clue_text), ranked=ranked)
-    prior, _ = distribution(scores, weights.nil_row)
+    prior, prior_nil = distribution(scores, weights.nil_row)
     out: dict[str, Any] = {"round": state["round"], "keys": [candidate_key(c) for c in cands],
-                           "prior": [round(float(p), 4) for p in prior], "llm": None, "ranked": ranked,
+                           "prior": [round(float(p), 4) for p in prior], "prior_p_nil": round(prior_nil, 4),
+                           "llm": None, "ranked": ranked,
                            "nil_row": weights.nil_row}
     asked = len(cands) > 1 and prior.max() < ctx.gate_threshold and (state["round"] == 1 or ctx.llm_in_clue_rounds)
     earlier = state.get("round_scores") or {}
@@ -123,6 +124,9 @@ def fused_pick(state: State, ctx: Context, usage: dict[str, Any]) -> tuple[dict 
     if dist.get("llm") and dist.get("prior"):  # the text prior's top candidate, before the LLM's scores were added
         i = max(range(len(dist["prior"])), key=lambda j: dist["prior"][j])
         info["prior_top"] = {**entity_ref(state["candidates"][i]), "p": dist["prior"][i]}
+        if nil_decision(dist["prior"][i], float(dist.get("prior_p_nil") or 0.0), ctx.nil_threshold,
+                        bool(dist.get("nil_row"))):
+            info["prior_top"]["nil"] = True  # the text prior alone answers nil
     p_nil = float(dist.get("p_nil") or 0.0)
     if best is not None and nil_decision(dist["probs"][best], p_nil, ctx.nil_threshold, bool(dist.get("nil_row"))):
         info["nil"] = True

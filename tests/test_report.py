@@ -169,6 +169,17 @@ def test_report_top1_given_gold_in_candidates_nil_scores_and_llm_effect(tmp_path
            "text-first gate 0.9" in md
 
 
+def test_llm_effect_counts_a_nil_text_prior_as_a_nil_answer():
+    nil_prior = link(1, None, 0.3, [("Kappa", 0.3)], llm=True, prior=("Kappa", 0.25))
+    nil_prior["prior_top"]["nil"] = True  # the prior alone answered nil (its nil decision held)
+    records = [record("n1", "nil", None, "nil", [nil_prior]),  # nil before and after the LLM: both right
+               record("n2", "nil", "Kappa", "text_verified",  # the LLM turned a right nil into Kappa: broken
+                      [link(1, "Kappa", 0.6, [("Kappa", 0.6)], llm=True, prior=("Kappa", 0.25)) | {
+                          "prior_top": {**ent("Kappa"), "p": 0.25, "nil": True}}])]
+    eff = M.llm_effect(records)
+    assert eff["final"]["both right"] == 1 and eff["final"]["broken"] == 1 and eff["broken"] == ["n2"]
+
+
 def test_report_calibration_and_figures(tmp_path):
     run = write_run(tmp_path / "run", fixture_records())
     md = write_report(run).read_text()
@@ -468,7 +479,8 @@ def test_report_of_a_real_fused_run_with_nil_gold(tmp_path):
     assert asked and all("prior_top" in t for t in asked)  # the text prior is recorded where the LLM was asked
     md = write_report(run).read_text()
     assert "## Nil answers" in md and "## Where the LLM helped or hurt" in md
-    assert "Resolved from the traces: LLM scoring letters (logits) on 1 mention(s); LLM weight 1" in md
+    n_asked = sum(1 for r in records if M.llm_asked(r))
+    assert f"Resolved from the traces: LLM scoring letters (logits) on {n_asked} mention(s); LLM weight 1" in md
     wrong = {r[0].strip("`") for r in table_rows(md, "Wrong answers")}
     assert wrong == {r["id"] for r in records if not M.rec_correct(r)}
     page = (run / "report.html").read_text()
