@@ -63,7 +63,7 @@ def plot_rounds(path: str | Path, per_round: list[dict], baselines: dict[str, fl
     if ceiling is not None and not math.isnan(ceiling):
         ax.axhline(100 * ceiling, color="tab:green", linewidth=1.5, alpha=0.7,
                    label=f"{ceiling_label} {100 * ceiling:.1f}")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     ax.set_xticks(xs, labels, fontsize=8)
     ax.set_xlim(0.6, max(xs, default=1) + 0.4)
     ax.set_ylabel("Top-1 accuracy (%)")
