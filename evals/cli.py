@@ -101,7 +101,7 @@ def _report(run: str) -> int:
     from evals.report import write_report
 
     path = write_report(run)
-    print(f"report: {path}\nfigure: {path.parent / 'rounds.png'}")
+    print(f"report: {path}\nfigure: {path.parent / 'rounds.png'}\npage: {path.parent / 'report.html'}")
     return 0
 
 

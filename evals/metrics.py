@@ -166,3 +166,191 @@ def gate_groups(records: list[dict]) -> list[dict[str, Any]]:
              "round1_acc": accuracy(None if r.get("error") else match(r.get("round1"), r["gold"]) for r in rs)["acc"]}
             for name, rs in sorted(groups.items())]
 
+
+
+# ---- what went wrong, the LLM's part, calibration (report.md, report.html, compare) ------------------
+
+def link_entries(rec: dict) -> list[dict]:
+    """The ``link`` steps of a record's trace, in order."""
+    return [t for t in rec.get("trace") or [] if t.get("step") == "link"]
+
+
+def asked_llm(entry: dict) -> bool:
+    """Whether a link step asked the linker model (fused: not gated; llm mode: a model answered)."""
+    if entry.get("mode") == "fused":
+        return entry.get("gated") is False
+    return bool(entry.get("model"))
+
+
+def llm_asked(rec: dict) -> bool:
+    """Whether the linker model was asked at any step of the record."""
+    return any(asked_llm(t) for t in link_entries(rec))
+
+
+def same_entity(a: dict | None, b: dict | None) -> bool:
+    """Whether two ``{qid, name}`` references name the same entity (QID when both have one, else name)."""
+    if a is None or b is None:
+        return a is None and b is None
+    if a.get("qid") and b.get("qid"):
+        return a["qid"] == b["qid"]
+    return normalize_name(a.get("name")) == normalize_name(b.get("name"))
+
+
+def final_link(rec: dict) -> dict | None:
+    """The link step that produced the final answer (the last one whose pick it is), else the last link step."""
+    links = link_entries(rec)
+    pred = rec.get("prediction")
+    for entry in reversed(links):
+        if pred is not None and same_entity(entry.get("pick"), pred):
+            return entry
+    return links[-1] if links else None
+
+
+def final_confidence(rec: dict) -> float | None:
+    """The fused probability of the final answer (``None``: nil, failed, or not the fused linker)."""
+    if rec.get("error") or rec.get("prediction") is None:
+        return None
+    entry = final_link(rec)
+    if not entry or entry.get("confidence") is None or not same_entity(entry.get("pick"), rec["prediction"]):
+        return None
+    return float(entry["confidence"])
+
+
+def gold_reachable(rec: dict) -> bool | None:
+    """Whether the linker could answer the gold: it is among the candidates, or it is nil (``None``: unknown)."""
+    gold = rec.get("gold")
+    if gold is None:
+        return None
+    if gold.get("nil"):
+        return True
+    return rec.get("gold_in_candidates")
+
+
+def top1_given_gold_in_candidates(records: list[dict]) -> dict[str, Any]:
+    """Top-1 over the (non-nil) golds that are among the candidates: the linker's own accuracy."""
+    return accuracy(rec_correct(r) for r in records if is_scored(r) and r.get("gold_in_candidates") is True)
+
+
+def nil_scores(records: list[dict]) -> dict[str, Any] | None:
+    """Nil precision, recall and F1, and Top-1 on nil and on non-nil golds; ``None`` when no gold is nil.
+
+    A nil prediction is an entity ``null`` from a record that ran; a failed record predicts nothing
+    (it misses a nil gold, and is wrong on a non-nil one).
+    """
+    scored = [r for r in records if is_scored(r)]
+    if not any(r["gold"].get("nil") for r in scored):
+        return None
+    pred_nil = [not r.get("error") and r.get("prediction") is None for r in scored]
+    gold_nil = [bool(r["gold"].get("nil")) for r in scored]
+    tp = sum(p and g for p, g in zip(pred_nil, gold_nil))
+    n_pred, n_gold = sum(pred_nil), sum(gold_nil)
+    precision = tp / n_pred if n_pred else math.nan
+    recall = tp / n_gold if n_gold else math.nan
+    f1 = (2 * precision * recall / (precision + recall) if n_pred and tp else (0.0 if n_pred or n_gold else math.nan))
+    return {"tp": tp, "predicted": n_pred, "gold": n_gold, "precision": precision, "recall": recall, "f1": f1,
+            "precision_ci": wilson(tp, n_pred), "recall_ci": wilson(tp, n_gold),
+            "top1_nil": accuracy(rec_correct(r) for r in scored if r["gold"].get("nil")),
+            "top1_non_nil": accuracy(rec_correct(r) for r in scored if not r["gold"].get("nil"))}
+
+
+def llm_effect(records: list[dict]) -> dict[str, Any]:
+    """Among the mentions whose linker model was asked: did the answer fix a wrong text prior or break a right one?
+
+    The text prior is ``prior_top`` of the first link step that asked the model (the top candidate
+    of the fused evidence before the model's scores were added; nil when it carries ``"nil": true``).
+    Two answers are compared with it: that step's own pick (the model's effect alone) and the final
+    answer (after the clue rounds).
+    """
+    out: dict[str, Any] = {"asked": 0, "no_prior": 0,
+                           "pick": Counter(), "final": Counter(), "fixed": [], "broken": []}
+    for r in records:
+        if not is_scored(r) or r.get("error"):
+            continue
+        asked = next((t for t in link_entries(r) if asked_llm(t)), None)
+        if asked is None:
+            continue
+        out["asked"] += 1
+        prior = asked.get("prior_top")
+        if asked.get("mode") != "fused" or not prior:
+            out["no_prior"] += 1
+            continue
+        p_ok = bool(match(None if prior.get("nil") else {"qid": prior.get("qid"), "name": prior.get("name")},
+                          r["gold"]))  # the prior's answer: its top candidate, or nil when its nil decision holds
+        for key, ok in (("pick", match(asked.get("pick"), r["gold"])), ("final", rec_correct(r))):
+            label = {(False, True): "fixed", (True, False): "broken", (True, True): "both right",
+                     (False, False): "both wrong"}[(p_ok, bool(ok))]
+            out[key][label] += 1
+            if key == "final" and label in ("fixed", "broken"):
+                out[label].append(r["id"])
+    return out
+
+
+def resolved_scoring(records: list[dict]) -> dict[str, Counter]:
+    """The LLM scoring methods and weights the fused linker actually used, from the traces."""
+    methods: Counter = Counter()
+    weights: Counter = Counter()
+    gates: Counter = Counter()
+    for r in records:
+        seen_m, seen_w = set(), set()
+        for t in link_entries(r):
+            llm = t.get("llm")
+            if asked_llm(t) and isinstance(llm, dict):
+                seen_m.add(llm.get("method"))
+                if llm.get("weight") is not None:
+                    seen_w.add(llm.get("weight"))
+            note = str(t.get("note") or "")
+            m = re.search(r">= gate ([0-9.]+)", note)
+            if m:
+                gates[float(m.group(1))] += 1
+        methods.update(seen_m)
+        weights.update(seen_w)
+    return {"methods": methods, "weights": weights, "gates": gates}
+
+
+def reliability(records: list[dict], bins: int = 10) -> dict[str, Any]:
+    """Reliability of the fused confidence of the final answer: per-bin confidence vs accuracy, and the ECE.
+
+    Equal-width bins over [0, 1]; ECE = sum over bins of (bin size / n) * |accuracy - mean confidence|.
+    """
+    pairs = [(c, bool(rec_correct(r))) for r in records if is_scored(r)
+             for c in [final_confidence(r)] if c is not None]
+    rows = []
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        inside = [(c, ok) for c, ok in pairs if lo <= c < hi or (b == bins - 1 and c == 1.0)]
+        if inside:
+            rows.append({"lo": lo, "hi": hi, "n": len(inside), "conf": float(np.mean([c for c, _ in inside])),
+                         "acc": float(np.mean([ok for _, ok in inside]))})
+    n = len(pairs)
+    ece = sum(r["n"] / n * abs(r["acc"] - r["conf"]) for r in rows) if n else math.nan
+    return {"n": n, "bins": rows, "ece": ece}
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value: the binomial test of ``b`` vs ``c`` discordant pairs at 1/2."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    try:
+        from scipy.stats import binomtest
+
+        return float(binomtest(min(b, c), n, 0.5).pvalue)
+    except ImportError:  # the same figure, computed exactly
+        tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n
+        return min(1.0, 2 * tail)
+
+
+METHOD_NAMES = {"likelihood": "names' likelihood", "logits": "letters (logits)", "logprobs": "letters (API logprobs)",
+                "sampled": "letters (sampled answer)"}
+
+
+def resolved_line(resolved: dict[str, Counter], st: dict[str, Any]) -> str:
+    """The scoring the fused linker actually used (from the traces), beside the configured setting."""
+    methods, weights, gates = resolved["methods"], resolved["weights"], resolved["gates"]
+    if not methods:
+        return (f"Resolved from the traces: the linker model was never asked to score candidates "
+                f"(llm_scoring {st.get('llm_scoring', 'choice')} not exercised)")
+    used = ", ".join(f"{METHOD_NAMES.get(m, m)} on {n} mention(s)" for m, n in methods.most_common())
+    w = ", ".join(f"{w:g}" + (f" ({n})" if len(weights) > 1 else "") for w, n in weights.most_common()) or "n/a"
+    gate = f"; text-first gate {', '.join(f'{g:g}' for g in gates)}" if gates else ""
+    return f"Resolved from the traces: LLM scoring {used}; LLM weight {w}{gate}"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from evals import metrics as M
-from evals.plot import plot_rounds, round_labels
+from evals.plot import exit_kind, plot_reliability, plot_rounds, round_labels
 from evals.store import PREDICTIONS, read_config, read_predictions
 from tools.errors import InputError
 
@@ -80,15 +80,60 @@ def summarize(records: list[dict], config: dict[str, Any]) -> dict[str, Any]:
         "nil_gold": sum(1 for r in scored if r["gold"].get("nil")),
         "with_image": sum(1 for r in records if r.get("has_image")),
         "with_desc": sum(1 for r in records if r.get("has_image_desc")),
+        "top1_gic": M.top1_given_gold_in_candidates(records),
+        "ceiling": M.accuracy(M.gold_reachable(r) for r in scored),
+        "nil": M.nil_scores(records),
+        "llm_effect": M.llm_effect(records),
+        "resolved": M.resolved_scoring(records),
+        "reliability": M.reliability(records),
+        "wrong": [r for r in scored if not M.rec_correct(r)],
     }
 
 
 def error_kind(rec: dict) -> str:
-    """A short class of a failed record's error, for counting (malformed record, input field, model)."""
+    """A short class of a failed record's error, for counting (malformed record, input field, model).
+
+    The text up to its first ``": "`` outside quotes (a colon inside a quoted model name or path
+    does not cut it), on one line, at most 80 characters.
+    """
     if rec.get("where"):
         return "malformed record"
-    text = re.sub(r"^input '[^']*': ", "", str(rec.get("error") or ""))
-    return text.split(":")[0][:60] or "?"
+    text = " ".join(re.sub(r"^input '[^']*': ", "", str(rec.get("error") or "")).split())
+    quote, cut = None, len(text)
+    for i, ch in enumerate(text):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"" and (i == 0 or not text[i - 1].isalnum()):
+            quote = ch
+        elif ch == ":" and text[i + 1:i + 2] in (" ", "") and not re.fullmatch(r"\w+(Error|Exception)", text[:i]):
+            cut = i  # an exception's class alone says too little: its message's first part is kept
+            break
+    kind = text[:cut].strip()
+    return (kind if len(kind) <= 80 else kind[:77] + "...") or "?"
+
+
+def _cell(value: Any, limit: int = 60) -> str:
+    """A markdown table cell: one line, pipes escaped, cut to ``limit`` characters."""
+    text = " ".join(str(value).split())
+    if len(text) > limit:
+        text = text[:limit - 1] + "…"
+    return text.replace("|", "\\|") or "—"
+
+
+def _name(entity: dict | None, nil: str = "nil") -> str:
+    if entity is None:
+        return nil
+    if entity.get("nil"):
+        return "nil"
+    return entity.get("name") or entity.get("qid") or "?"
+
+
+def top3(rec: dict) -> str:
+    """The top-3 candidates of the step that gave the final answer, with their fused probabilities."""
+    entry = M.final_link(rec)
+    if not entry or not entry.get("top"):
+        return "—"
+    return ", ".join(f"{t['name']} {t['p']:.2f}" for t in entry["top"][:3])
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -105,17 +150,28 @@ def write_report(run_dir: str | Path) -> Path:
     s = summarize(records, config)
     settings = config.get("settings") or {}
     labels = round_labels(s["n_rounds"], s["clue_use"])
-    exits_by_round: dict[Any, float] = {}
+    exits_by_round: dict[Any, dict[str, float]] = {}
     for g in s["exits"]:
         key = None if g["status"] == "error" else g["stop_round"]
-        exits_by_round[key] = exits_by_round.get(key, 0.0) + g["share"]
+        kinds = exits_by_round.setdefault(key, {})
+        kind = exit_kind(g["status"])
+        kinds[kind] = kinds.get(kind, 0.0) + g["share"]
     dataset_name = Path(config.get("dataset") or "dataset").name
     plot_rounds(run / "rounds.png", s["per_round"],
                 {"first candidate": s["first"]["acc"], "embedding": s["embedding"]["acc"]},
                 labels, exits_by_round,
-                f"{dataset_name}: {s['scored']} mentions, linker {settings.get('linker_model', '?')}")
+                f"{dataset_name}: {s['scored']} mentions, linker {settings.get('linker_model', '?')}",
+                ceiling=s["ceiling"]["acc"] if s["ceiling"]["n"] else None,
+                ceiling_label="ceiling: gold among the candidates" + (" or nil" if s["nil_gold"] else ""))
+    if s["reliability"]["n"]:
+        plot_reliability(run / "reliability.png", s["reliability"], f"{dataset_name}: fused confidence")
+    elif (run / "reliability.png").exists():
+        (run / "reliability.png").unlink()  # a stale figure of an earlier report
     path = run / "report.md"
     path.write_text(render(s, config, notes, records), encoding="utf-8")
+    from evals.html_report import write_html
+
+    write_html(run, s, config, records, notes)
     return path
 
 
@@ -125,9 +181,14 @@ def render(s: dict[str, Any], config: dict[str, Any], notes: list[str], records:
     L: list[str] = []
     _header(L, s, config, st)
     _accuracy(L, s, st, str(config.get("dataset", "?")))
+    if s["nil"]:
+        render_nil(L, s["nil"])
     _rounds(L, s, st)
     _exits(L, s)
+    render_llm_effect(L, s["llm_effect"])
+    render_reliability(L, s["reliability"])
     _cost(L, s, config)
+    render_wrong(L, s["wrong"])
     _errors(L, records)
     if notes:
         L.append("\n## Notes\n")
@@ -136,7 +197,7 @@ def render(s: dict[str, Any], config: dict[str, Any], notes: list[str], records:
 
 
 def _header(L: list[str], s: dict[str, Any], config: dict[str, Any], st: dict[str, Any]) -> None:
-    """Title, dataset, mentions, images and the main settings."""
+    """Title, dataset, mentions, images, the main settings and the scoring the traces show."""
     dataset = config.get("dataset", "?")
     L.append(f"# I2CR evaluation: {Path(dataset).name}\n")
     sel = s["selected"]
@@ -154,12 +215,13 @@ def _header(L: list[str], s: dict[str, Any], config: dict[str, Any], st: dict[st
              f"fallback {st.get('fallback')}; linker_mode {st.get('linker_mode', 'llm')}, gate "
              f"{st.get('gate_threshold')}, llm_scoring {st.get('llm_scoring', 'choice')}, llm_in_clue_rounds "
              f"{st.get('llm_in_clue_rounds', True)} (all settings: `config.json`)\n")
+    L.insert(-1, "- " + M.resolved_line(s["resolved"], st))
     if config.get("note"):
         L.insert(-1, f"- {config['note']}")
 
 
 def _accuracy(L: list[str], s: dict[str, Any], st: dict[str, Any], dataset: str) -> None:
-    """Top-1 of the run beside the baselines."""
+    """Top-1 of the run beside the baselines and the ceilings."""
     L.append("## Top-1 accuracy\n")
     L.append("Names compared as the benchmarks do (case, underscores and whitespace ignored); "
              "95% Wilson intervals; all on the same mentions.\n")
@@ -175,8 +237,12 @@ def _accuracy(L: list[str], s: dict[str, Any], st: dict[str, Any], dataset: str)
     row("text round alone (round 1)", s["round1"])
     row("first candidate", s["first"])
     row(f"embedding similarity (`{st.get('embedding_model')}`)", s["embedding"])
+    if s["top1_gic"]["n"]:
+        row("I2CR, given the gold is among the candidates", s["top1_gic"])
     if s["recall"]["n"]:
         row("*gold among the candidates (upper bound)*", s["recall"])
+    if s["nil"]:
+        row("*gold among the candidates or nil (upper bound)*", s["ceiling"])
     if s["embedding_missing"]:
         L.append(f"\nEmbedding baseline unavailable on {s['embedding_missing']} mention(s): {s['embedding_reason']}")
     if "wikimel" in str(dataset).lower():
@@ -251,3 +317,85 @@ def _errors(L: list[str], records: list[dict]) -> None:
             L.append(f"- `{r['id']}`: {str(r['error'])[:300]}")
         if len(errors) > 10:
             L.append(f"- ... {len(errors) - 10} more in predictions.jsonl")
+
+
+def render_nil(L: list[str], nil: dict[str, Any]) -> None:
+    """Nil answers: precision, recall, F1 and Top-1 on nil and non-nil golds apart."""
+    L.append("\n## Nil answers\n")
+    L.append(f"{nil['gold']} gold answer(s) are nil (no entity of the list); the run answered nil "
+             f"{nil['predicted']} time(s), {nil['tp']} of them rightly. A failed mention answers nothing.\n")
+    L.append("| | value | 95% CI | count |")
+    L.append("|---|---:|---:|---:|")
+    for name, key, ci, count in (("nil precision", "precision", "precision_ci", f"{nil['tp']} / {nil['predicted']}"),
+                                 ("nil recall", "recall", "recall_ci", f"{nil['tp']} / {nil['gold']}")):
+        lo, hi = nil[ci]
+        interval = "n/a" if math.isnan(lo) else f"[{100 * lo:.1f}, {100 * hi:.1f}]"
+        L.append(f"| {name} | {_pct(nil[key])} | {interval} | {count} |")
+    L.append(f"| nil F1 | {_pct(nil['f1'])} | | |")
+    for name, key in (("Top-1 on nil golds", "top1_nil"), ("Top-1 on non-nil golds", "top1_non_nil")):
+        a = nil[key]
+        L.append(f"| {name} | {_pct(a['acc'])} | {_ci(a)} | {a['correct']} / {a['n']} |")
+
+
+def render_llm_effect(L: list[str], eff: dict[str, Any]) -> None:
+    """Where the linker model helped or hurt, against the text prior of the step that asked it."""
+    if not eff["asked"]:
+        return
+    L.append("\n## Where the LLM helped or hurt\n")
+    known = eff["asked"] - eff["no_prior"]
+    L.append(f"The linker model was asked on {eff['asked']} mention(s) (that ran, with a gold answer). The text "
+             "prior is the top candidate of the fused evidence before the model's scores were added (`prior_top` "
+             "of the first link step that asked it); *fixed* = the prior was wrong and the answer right, *broken* = "
+             "the reverse.\n")
+    if eff["no_prior"]:
+        L.append(f"No text prior in the trace of {eff['no_prior']} of them (the `llm` linker mode, or a run made "
+                 "before link steps recorded `prior_top`): left out below.\n")
+    if not known:
+        return
+    L.append("| Against the text prior | fixed | broken | both right | both wrong | net |")
+    L.append("|---|---:|---:|---:|---:|---:|")
+    for key, label in (("pick", "the model's round (its pick)"), ("final", "the final answer")):
+        c = eff[key]
+        L.append(f"| {label} | {c['fixed']} | {c['broken']} | {c['both right']} | {c['both wrong']} | "
+                 f"{c['fixed'] - c['broken']:+d} |")
+    for label in ("fixed", "broken"):
+        if eff[label]:
+            ids = ", ".join(f"`{i}`" for i in eff[label][:20]) + (" ..." if len(eff[label]) > 20 else "")
+            L.append(f"\n{label.capitalize()} by the final answer: {ids}")
+
+
+def render_reliability(L: list[str], rel: dict[str, Any]) -> None:
+    """Calibration of the fused confidence of the final answer."""
+    if not rel["n"]:
+        return
+    L.append("\n## Calibration of the fused confidence\n")
+    L.append(f"Over the {rel['n']} final answers with a fused probability (not nil, not failed): does p=0.9 mean "
+             f"90% right? Expected calibration error (10 equal-width bins): **{100 * rel['ece']:.1f} points**.\n")
+    L.append("![reliability diagram](reliability.png)\n")
+    L.append("| Confidence | Mentions | Mean confidence | Top-1 |")
+    L.append("|---|---:|---:|---:|")
+    for b in rel["bins"]:
+        L.append(f"| {b['lo']:.1f}–{b['hi']:.1f} | {b['n']} | {_pct(b['conf'])} | {_pct(b['acc'])} |")
+
+
+def render_wrong(L: list[str], wrong: list[dict]) -> None:
+    """Every wrong answer, one row each."""
+    L.append(f"\n## Wrong answers ({len(wrong)})\n")
+    if not wrong:
+        L.append("None.")
+        return
+    missing = sum(1 for r in wrong if r.get("gold_in_candidates") is False and not r["gold"].get("nil"))
+    failed = sum(1 for r in wrong if r.get("error"))
+    L.append(f"{missing} of the {len(wrong)} had their gold missing from the candidates (no linker could answer "
+             f"them); {failed} failed (see Errors). Top-3: the fused probabilities of the step that gave the "
+             "answer. All traces: `report.html`.\n")
+    L.append("| id | mention | gold | prediction | status | stop round | gold in cands | LLM asked | top-3 (p) |")
+    L.append("|---|---|---|---|---|---:|:---:|:---:|---|")
+    for r in wrong:
+        gic = r.get("gold_in_candidates")
+        gic = "nil gold" if r["gold"].get("nil") else ("?" if gic is None else "yes" if gic else "**no**")
+        status = "error" if r.get("error") else r.get("status")
+        L.append(f"| `{_cell(r['id'], 30)}` | {_cell(r.get('mention') or '', 30)} | {_cell(_name(r['gold']), 40)} | "
+                 f"{_cell(_name(r.get('prediction'), 'nil' if not r.get('error') else '(failed)'), 40)} | "
+                 f"{_cell(status)} | {r.get('stop_round') or '—'} | {gic} | {'yes' if M.llm_asked(r) else 'no'} | "
+                 f"{_cell(top3(r), 90)} |")

@@ -6,6 +6,7 @@
     i2cr eval DATA.json --labels LABELS.json [--sample N --seed S] [--limit N] [--images DIR]
               [--concurrency C] [--set key=value ...] [--retry-errors] --out run/
     i2cr report run/
+    i2cr compare run_a/ run_b/ [--out FILE.md]
 
 Errors print one line (``i2cr: error: ...``) and exit with status 2.
 """
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     link.add_argument("--set", action="append", metavar="KEY=VALUE", help="any setting of graph/context.py")
     link.add_argument("--compact", action="store_true", help="print one line of JSON")
     for name, help_ in (("kb", "knowledge base: ingest, search"), ("eval", "run a benchmark"),
-                        ("report", "summarise a benchmark run folder")):
+                        ("report", "summarise a benchmark run folder"), ("compare", "compare two run folders")):
         sub.add_parser(name, help=help_, add_help=False)
     return parser
 
@@ -125,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
             from tools.kb_cli import main as kb_main
 
             return kb_main(argv[1:], Context)
+        if argv and argv[0] == "compare":
+            from evals.compare import main as compare_main
+
+            return compare_main(argv[1:])
         if argv and argv[0] in ("eval", "report"):
             from evals import cli as eval_cli
 

@@ -33,6 +33,7 @@ from tools.linker import count_call
 from tools.models import describe
 from tools.names import display_name
 from tools.prompt_text import candidate_desc, clue_block
+from tools.texts import entity_ref
 
 
 def choice_messages(mention: str, context: str, candidates: list[dict], clues: list[dict], labels: list[str],
@@ -86,10 +87,10 @@ def score_round(mention: str, context: str, candidates: list[dict], clues: list[
     feats = candidate_features(mention, context, candidates, embedder, clue_text, ocr_text, ranked=ranked)
     weights = load_weights(settings.fusion_weights)
     scores = weights.logits(feats, with_clues=bool(clue_text), ranked=ranked)
-    prior, _ = distribution(scores, weights.nil_row)
+    prior, prior_nil = distribution(scores, weights.nil_row)
     out: dict[str, Any] = {"round": round_no, "keys": [candidate_key(c) for c in candidates],
-                           "prior": [round(float(p), 4) for p in prior], "llm": None, "ranked": ranked,
-                           "nil_row": weights.nil_row}
+                           "prior": [round(float(p), 4) for p in prior], "prior_p_nil": round(prior_nil, 4),
+                           "llm": None, "ranked": ranked, "nil_row": weights.nil_row}
     asked = (len(candidates) > 1 and prior.max() < settings.gate_threshold
              and (round_no == 1 or settings.llm_in_clue_rounds))
     earlier = earlier or {}
@@ -126,6 +127,12 @@ def pick(dist: dict[str, Any], candidates: list[dict], excluded: set[str], setti
     top = [{"name": candidates[i]["name"], "p": dist["probs"][i]} for i in order[:3]]
     info: dict[str, Any] = {"confidence": dist["probs"][best] if best is not None else None, "top": top,
                             "gated": dist["gated"], "p_nil": dist.get("p_nil")}
+    if dist.get("llm") and dist.get("prior"):  # the text prior's top candidate, before the LLM's scores were added
+        i = max(range(len(dist["prior"])), key=lambda j: dist["prior"][j])
+        info["prior_top"] = {**entity_ref(candidates[i]), "p": dist["prior"][i]}
+        if nil_decision(dist["prior"][i], float(dist.get("prior_p_nil") or 0.0), settings.nil_threshold,
+                        bool(dist.get("nil_row"))):
+            info["prior_top"]["nil"] = True  # the text prior alone answers nil
     p_nil = float(dist.get("p_nil") or 0.0)
     if best is not None and nil_decision(dist["probs"][best], p_nil, settings.nil_threshold,
                                          bool(dist.get("nil_row"))):
