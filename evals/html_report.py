@@ -33,14 +33,6 @@ def _r(x: Any, digits: int = 3) -> Any:
     return None if math.isnan(x) else round(float(x), digits)
 
 
-def _name(entity: dict | None) -> str | None:
-    if entity is None:
-        return None
-    if entity.get("nil"):
-        return "nil"
-    return entity.get("name") or entity.get("qid") or "?"
-
-
 def _drop_none(d: dict) -> dict:
     return {k: v for k, v in d.items() if v is not None and v != "" and v != []}
 
@@ -52,7 +44,7 @@ def compact_step(t: dict) -> dict:
     if step == "link":
         prior = t.get("prior_top")
         llm = t.get("llm") if isinstance(t.get("llm"), dict) else {}
-        return _drop_none({**base, "k": "L", "cl": t.get("clue"), "pk": _name(t.get("pick")),
+        return _drop_none({**base, "k": "L", "cl": t.get("clue"), "pk": M.entity_label(t.get("pick"), None),
                            "o": t.get("outcome") if t.get("outcome") != "entity" else None,
                            "cf": _r(t.get("confidence")),
                            "top": [[x.get("name"), _r(x.get("p"))] for x in t.get("top") or []],
@@ -65,17 +57,17 @@ def compact_step(t: dict) -> dict:
     if step == "reflect":
         return _drop_none({**base, "k": "R", "sc": _r(t.get("reflection_score")),
                            "th": _r(t.get("reflection_threshold")), "ok": t.get("reflection_passed"),
-                           "pk": _name(t.get("pick")), "n": t.get("note")})
+                           "pk": M.entity_label(t.get("pick"), None), "n": t.get("note")})
     if step == "verify":
         return _drop_none({**base, "k": "V", "sc": _r(t.get("verification_score")),
                            "th": _r(t.get("verification_threshold")), "ok": t.get("verification_passed"),
-                           "pk": _name(t.get("pick")), "by": t.get("scorer"), "n": t.get("note")})
+                           "pk": M.entity_label(t.get("pick"), None), "by": t.get("scorer"), "n": t.get("note")})
     if step == "clue":
         return _drop_none({**base, "k": "C", "cl": t.get("clue"), "tx": str(t.get("text") or "")[:300],
                            "src": t.get("source"), "n": t.get("note")})
     if step == "final":
         return _drop_none({**base, "k": "F", "st": t.get("status"),
-                           "pk": _name(t.get("entity")) if t.get("entity") is not None else "nil",
+                           "pk": M.entity_label(t.get("entity"), None) if t.get("entity") is not None else "nil",
                            "n": t.get("note")})
     return _drop_none({**base, "k": "O", "s": step, "n": str(t.get("note") or "")[:300]})
 
@@ -86,8 +78,8 @@ def compact_record(r: dict) -> dict:
     failed = bool(r.get("error"))
     return _drop_none({
         "i": str(r.get("id")), "m": r.get("mention"),
-        "g": _name(gold), "gn": 1 if gold and gold.get("nil") else None,
-        "p": "(failed)" if failed else (_name(r.get("prediction")) or "nil"),
+        "g": M.entity_label(gold, None), "gn": 1 if gold and gold.get("nil") else None,
+        "p": "(failed)" if failed else (M.entity_label(r.get("prediction"), None) or "nil"),
         "ok": None if gold is None else int(bool(M.rec_correct(r))),
         "st": "error" if failed else r.get("status"), "sr": r.get("stop_round"),
         "gic": None if r.get("gold_in_candidates") is None else int(bool(r["gold_in_candidates"])),

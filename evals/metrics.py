@@ -354,3 +354,12 @@ def resolved_line(resolved: dict[str, Counter], st: dict[str, Any]) -> str:
     w = ", ".join(f"{w:g}" + (f" ({n})" if len(weights) > 1 else "") for w, n in weights.most_common()) or "n/a"
     gate = f"; text-first gate {', '.join(f'{g:g}' for g in gates)}" if gates else ""
     return f"Resolved from the traces: LLM scoring {used}; LLM weight {w}{gate}"
+
+
+def entity_label(entity: dict | None, nil: str | None = "nil") -> str | None:
+    """How a report names an answer: its name (else its qid), ``"nil"`` for a nil pick, ``nil`` for none."""
+    if entity is None:
+        return nil
+    if entity.get("nil"):
+        return "nil"
+    return entity.get("name") or entity.get("qid") or "?"

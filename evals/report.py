@@ -120,14 +120,6 @@ def _cell(value: Any, limit: int = 60) -> str:
     return text.replace("|", "\\|") or "—"
 
 
-def _name(entity: dict | None, nil: str = "nil") -> str:
-    if entity is None:
-        return nil
-    if entity.get("nil"):
-        return "nil"
-    return entity.get("name") or entity.get("qid") or "?"
-
-
 def top3(rec: dict) -> str:
     """The top-3 candidates of the step that gave the final answer, with their fused probabilities."""
     entry = M.final_link(rec)
@@ -395,7 +387,7 @@ def render_wrong(L: list[str], wrong: list[dict]) -> None:
         gic = r.get("gold_in_candidates")
         gic = "nil gold" if r["gold"].get("nil") else ("?" if gic is None else "yes" if gic else "**no**")
         status = "error" if r.get("error") else r.get("status")
-        L.append(f"| `{_cell(r['id'], 30)}` | {_cell(r.get('mention') or '', 30)} | {_cell(_name(r['gold']), 40)} | "
-                 f"{_cell(_name(r.get('prediction'), 'nil' if not r.get('error') else '(failed)'), 40)} | "
+        L.append(f"| `{_cell(r['id'], 30)}` | {_cell(r.get('mention') or '', 30)} | {_cell(M.entity_label(r['gold']), 40)} | "
+                 f"{_cell(M.entity_label(r.get('prediction'), 'nil' if not r.get('error') else '(failed)'), 40)} | "
                  f"{_cell(status)} | {r.get('stop_round') or '—'} | {gic} | {'yes' if M.llm_asked(r) else 'no'} | "
                  f"{_cell(top3(r), 90)} |")
