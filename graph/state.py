@@ -14,7 +14,7 @@ LangGraph Studio) pick up; a docstring under a field would be lost.
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 from typing_extensions import NotRequired, Required, TypedDict
@@ -41,19 +41,19 @@ class InputState(TypedDict, total=False):
 
     mention: Required[Annotated[str, doc('The surface form to link, e.g. "Jordan".')]]
     context: Annotated[str, doc("The text around the mention (a sentence, a caption); may be empty.")]
-    image: Annotated[Optional[str], doc("Path of the image that goes with the text, if any.")]
-    candidates: Annotated[Optional[list[Candidate]], doc(
+    image: Annotated[str | None, doc("Path of the image that goes with the text, if any.")]
+    candidates: Annotated[list[Candidate] | None, doc(
         "Candidate entities ({qid?, name, desc?} or plain names); when absent, "
         "they are retrieved from the knowledge base.")]
-    image_desc: Annotated[Optional[dict[str, Any]], doc(
+    image_desc: Annotated[dict[str, Any] | None, doc(
         "Precomputed image descriptions (e.g. WikiMEL's mention_imgdesc_Azure), used as clues.")]
-    id: Annotated[Optional[str], doc("A caller's id for the input, echoed in the output.")]
+    id: Annotated[str | None, doc("A caller's id for the input, echoed in the output.")]
 
 
 class OutputState(TypedDict, total=False):
     """What the graph returns (besides the input fields)."""
 
-    entity: Annotated[Optional[Candidate], doc("The linked entity {qid, name, desc}, or null for nil.")]
+    entity: Annotated[Candidate | None, doc("The linked entity {qid, name, desc}, or null for nil.")]
     status: Annotated[str, doc(
         "text_verified | clue_verified:<clue> | text_only (no image) | fallback (no round verified) "
         "| reviewed (a person decided) | nil.")]
@@ -63,7 +63,7 @@ class OutputState(TypedDict, total=False):
         "each verification (score, threshold, scorer), each clue, the final answer."), operator.add]
     clues: Annotated[list[dict[str, Any]], doc("Visual clues gathered, in order (type, text, source, details).")]
     usage: Annotated[dict[str, Any], doc("LLM calls and input/output tokens spent on this input.")]
-    round1_entity: Annotated[Optional[Candidate], doc("The text round's answer (the reference fallback).")]
+    round1_entity: Annotated[Candidate | None, doc("The text round's answer (the reference fallback).")]
     warnings: Annotated[list[str], doc(
         "What was degraded, each naming the image: an image that could not be used (dropped at the entry, "
         "the mention linked on its text), a clue tool or verifier that failed on it (skipped).")]
@@ -79,7 +79,7 @@ class State(InputState, OutputState, total=False):
     excluded: Annotated[list[str], doc("Keys of the picks rejected by reflection in the current round.")]
     attempts: Annotated[list[dict[str, Any]], doc(
         "This round's linker attempts: {key, score, outcome, raw}.")]
-    answer: Annotated[Optional[Candidate], doc("The current round's answer after reflection (null = nil).")]
+    answer: Annotated[Candidate | None, doc("The current round's answer after reflection (null = nil).")]
     answer_note: Annotated[str, doc("How reflection settled the current round's answer.")]
     settled: Annotated[bool, doc("Whether reflection has fixed the current round's answer.")]
     round_answers: Annotated[list[dict[str, Any]], doc(
@@ -88,8 +88,8 @@ class State(InputState, OutputState, total=False):
     verdict: Annotated[Literal["verified", "failed", "no_visual", "unverifiable"], doc(
         "Outcome of the latest verification (unverifiable: the verifier could not use the image, "
         "after round 1).")]
-    round_scores: Annotated[Optional[dict[str, Any]], doc(
+    round_scores: Annotated[dict[str, Any] | None, doc(
         "Fused linker: this round's distribution over the candidates {round, keys, prior, probs, gated, llm}.")]
     verification_cache: Annotated[dict[str, float], doc(
         "Verification score per candidate key (the image does not change between rounds).")]
-    current_clue: NotRequired[Annotated[Optional[str], doc("The clue type of the current round (null in round 1).")]]
+    current_clue: NotRequired[Annotated[str | None, doc("The clue type of the current round (null in round 1).")]]

@@ -73,7 +73,7 @@ class DevServer:
         """What the server printed so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def __enter__(self) -> "DevServer":
+    def __enter__(self) -> DevServer:
         config = server_config(self.folder, self.env)
         env = {**os.environ, **QUIET_ENV, "PYTHONPATH": str(REPO)}
         cmd = [langgraph_cli(), "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1",

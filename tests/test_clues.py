@@ -10,8 +10,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from tools.clues import extract_clue
-from tools.clues import caption, objects, ocr, scene
+from tools.clues import caption, extract_clue, objects, ocr, scene
 from tools.clues.base import Clue
 from tools.clues.image_io import image_data_url, load_image
 from tools.errors import ConfigError, InputError, ModelError
@@ -212,8 +211,13 @@ def tiny_owlvit(tmp_path_factory) -> str:
     import string
 
     import torch
-    from transformers import (CLIPTokenizer, OwlViTConfig, OwlViTForObjectDetection, OwlViTImageProcessor,
-                              OwlViTProcessor)
+    from transformers import (
+        CLIPTokenizer,
+        OwlViTConfig,
+        OwlViTForObjectDetection,
+        OwlViTImageProcessor,
+        OwlViTProcessor,
+    )
 
     root = tmp_path_factory.mktemp("owlvit")
     chars = list(string.ascii_lowercase + string.digits + ".,'-")
@@ -307,8 +311,7 @@ def test_precomputed_description_wins_when_allowed(text_image):
 def tiny_captioner(tmp_path_factory) -> str:
     """A random-weight BLIP captioner (tiny towers, a 15-word WordPiece vocab) saved locally."""
     import torch
-    from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
-                              BlipProcessor)
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
     root = tmp_path_factory.mktemp("blip")
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "picture", "of", "the", "nato", "flag", "sign",

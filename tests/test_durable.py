@@ -5,13 +5,14 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from fakes import BagOfWordsEmbeddings, TableScorer, scripted
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.types import Command
 
 from graph import Context, build_graph, graph
 from nodes.review import resolve_decision
 from tools.errors import ConfigError
+
+from fakes import BagOfWordsEmbeddings, TableScorer, scripted
 
 CANDS = [
     {"qid": "Q41421", "name": "Michael Jordan", "desc": "American basketball player for the Chicago Bulls"},

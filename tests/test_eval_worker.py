@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from fakes import BagOfWordsEmbeddings, ScriptedChatModel, TableScorer
 from test_evals import WIKIMEL, WIKIMEL_LABELS, CountingGraph, lines
 
 from evals import runner
@@ -25,6 +24,8 @@ from evals.store import RunLock, read_predictions
 from evals.worker import WorkerError, exit_cause
 from graph import Context
 from tools.errors import ConfigError
+
+from fakes import BagOfWordsEmbeddings, ScriptedChatModel, TableScorer
 
 
 class Dies(ScriptedChatModel):
@@ -245,7 +246,7 @@ def test_mixed_failures_do_not_stop_early(tmp_path):
     contexts = ["timeout" if i % 2 else "refused" for i in range(12)]
     data = jsonl(tmp_path / "d.jsonl", contexts)
 
-    class Echo(Fails):  # noqa: not pickled: inline
+    class Echo(Fails):  # defined here: not picklable, so the run is inline
         def _call(self, messages, *args, **kwargs):
             text = " ".join(str(m.content) for m in messages)
             raise RuntimeError("timeout" if "timeout" in text else "connection refused")

@@ -18,16 +18,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import BagOfWordsEmbeddings, TableScorer, scripted
 from PIL import Image
-from providers_helpers import FakeOpenAI
 
 from graph import Context, graph
 from graph.cli import main
-from tools.clues import ImageToolError, extract_clue
-from tools.clues import ocr
+from tools.clues import ImageToolError, extract_clue, ocr
 from tools.clues.image_io import MAX_PIXELS, load_image
 from tools.errors import InputError, ModelError
+
+from fakes import BagOfWordsEmbeddings, TableScorer, scripted
+from providers_helpers import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[1]
 CANDS = [
@@ -291,9 +291,8 @@ def test_clip_failure_on_an_image_is_an_image_error_naming_it(photo, monkeypatch
 
 
 def test_text_scorer_leaves_out_a_tool_the_image_defeats(photo, monkeypatch):
-    from tools.verify import TextEmbeddingScorer
-
     from tools.clues import Clue, objects, scene
+    from tools.verify import TextEmbeddingScorer
 
     _broken_rapidocr(monkeypatch)
     monkeypatch.setattr(objects, "extract", lambda *a: Clue("objects", "2 people", "fake"))

@@ -15,7 +15,6 @@ import ast
 import sys
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("graph", "nodes", "tools", "evals", "prompts")
 

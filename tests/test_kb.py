@@ -173,8 +173,8 @@ def test_retrieve_candidates_and_empty_kb(tmp_path, fake):
 
 # --------------------------------------------------------------------- CLI ---
 def test_cli_ingest_and_search(tmp_path, fake, monkeypatch, capsys):
-    from tools import embeddings as emb_mod
     from graph.cli import main as i2cr_main
+    from tools import embeddings as emb_mod
 
     def main(argv):
         return i2cr_main(["kb", *argv])

@@ -15,10 +15,10 @@ import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 
 sys.path.insert(0, str(Path(__file__).parent))
-from providers_helpers import write_tiny_quantized_gguf  # noqa: E402
-
 from tools import embedded_llm  # noqa: E402
 from tools.errors import ConfigError, ModelError  # noqa: E402
+
+from providers_helpers import write_tiny_quantized_gguf  # noqa: E402
 
 if not embedded_llm.llama_cpp_available():
     pytest.skip("llama-cpp-python is not installed", allow_module_level=True)
@@ -68,7 +68,7 @@ class LlamaLog:
 
         self._callback = callback
 
-    def __enter__(self) -> "LlamaLog":
+    def __enter__(self) -> LlamaLog:
         llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
         return self
 

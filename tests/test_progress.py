@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from fakes import BagOfWordsEmbeddings, TableScorer, scripted
 
 from graph import Context, graph
 from graph.progress import emit, plain
+
+from fakes import BagOfWordsEmbeddings, TableScorer, scripted
 
 CANDS = [
     {"qid": "Q41421", "name": "Michael Jordan", "desc": "American basketball player for the Chicago Bulls"},

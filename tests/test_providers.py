@@ -16,11 +16,11 @@ import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 
 sys.path.insert(0, str(Path(__file__).parent))
-from providers_helpers import FakeOpenAI, save_tiny_llama, write_tiny_gguf  # noqa: E402
-
 from tools import embedded_llm, hf_local  # noqa: E402
 from tools.errors import ConfigError, ModelError  # noqa: E402
 from tools.models import invoke_model, load_chat_model  # noqa: E402
+
+from providers_helpers import FakeOpenAI, save_tiny_llama, write_tiny_gguf  # noqa: E402
 
 MESSAGES = [SystemMessage("Answer with the number of the candidate."),
             HumanMessage("the river in paris is the a of")]

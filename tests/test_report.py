@@ -462,11 +462,12 @@ def test_the_request_check_catches_an_outside_request(tmp_path, browser):
 
 def test_report_of_a_real_fused_run_with_nil_gold(tmp_path):
     """The report and the page read real traces: a fused run with fake models on WikiDiverse-style data."""
-    from fakes import BagOfWordsEmbeddings, TableScorer
     from test_fused import letter_model
 
     from evals.runner import run_eval
     from graph import Context
+
+    from fakes import BagOfWordsEmbeddings, TableScorer
 
     data = Path(__file__).parent / "data"
     ctx = Context(linker_model=letter_model(A=-0.1, B=-2.0), embedding_model=BagOfWordsEmbeddings(),

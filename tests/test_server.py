@@ -16,10 +16,11 @@ import pytest
 pytest.importorskip("langgraph_api", reason="langgraph dev needs langgraph-cli[inmem] (Python >= 3.11)")
 
 from langgraph_sdk import get_sync_client  # noqa: E402
-from providers_helpers import FakeOpenAI  # noqa: E402
-from server_helpers import REPO, DevServer  # noqa: E402
 
 from graph import Context, graph  # noqa: E402
+
+from providers_helpers import FakeOpenAI  # noqa: E402
+from server_helpers import REPO, DevServer  # noqa: E402
 
 pytestmark = pytest.mark.server
 

@@ -7,8 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from graph import Context, graph
-from graph import diagram
+from graph import Context, diagram, graph
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -36,10 +36,11 @@ import sys
 import unicodedata
 import zlib
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 from langchain_core.embeddings import Embeddings
@@ -227,7 +228,7 @@ class KnowledgeBase:
         self._qcache: dict[str, np.ndarray] = {}
 
     @classmethod
-    def from_context(cls, ctx: Any, embeddings: str | Embeddings | None = None) -> "KnowledgeBase":
+    def from_context(cls, ctx: Any, embeddings: str | Embeddings | None = None) -> KnowledgeBase:
         """Open the KB a ``Context`` (or any object with ``kb_*`` fields) points to."""
         return cls(path=getattr(ctx, "kb_path", None), host=getattr(ctx, "kb_host", None),
                    port=getattr(ctx, "kb_port", 8000), collection=getattr(ctx, "kb_collection", "entities"),

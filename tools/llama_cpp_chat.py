@@ -73,7 +73,7 @@ class _SharedLlama:
 
 # ---- the loaded models -----------------------------------------------------------------------
 MAX_LOADED = 4
-_LOADED: "OrderedDict[tuple, _SharedLlama]" = OrderedDict()
+_LOADED: OrderedDict[tuple, _SharedLlama] = OrderedDict()
 _LOAD_LOCK = threading.Lock()
 
 

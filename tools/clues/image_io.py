@@ -71,7 +71,7 @@ class ImageToolError(InputError):
         where = f" on image {image}" if image else ""
         super().__init__(f"{tool} failed{where}: {self.cause}")
 
-    def with_image(self, image: str | None) -> "ImageToolError":
+    def with_image(self, image: str | None) -> ImageToolError:
         """The same error naming ``image`` (unchanged when it already names one)."""
         if self.image or not image:
             return self
@@ -134,7 +134,7 @@ def _sniff(path: str) -> str:
     return ""
 
 
-_cache: "OrderedDict[tuple, Image.Image]" = OrderedDict()
+_cache: OrderedDict[tuple, Image.Image] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
