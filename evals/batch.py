@@ -234,6 +234,10 @@ class Linker:
         self.kind, self.base = kind, Path(base)
         self.images = Path(images) if images else None
         self.trace = trace
+        if done is not None and type(done).__name__ == "ObjectRef":  # the ids to skip, shared by the actors
+            import ray
+
+            done = ray.get(done)
         self.done = done if done is not None else frozenset()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
@@ -465,20 +469,24 @@ def link_batch(inp: str | Path, out: str | Path, *, settings: dict | None = None
         dctx.enable_progress_bars = progress
         dctx.max_errored_blocks = 0
         done = done_ids(out)
+        done_ref = ray.put(frozenset(done))  # held here for the whole run: a restarted actor reads it again
         source = inp
         if kind in ("i2cr", "json-list"):
             source = spool_json(inp, kind, out / ".input")
+        # reading is light I/O: its tasks reserve no CPU, or N one-CPU actors on N cores would starve it
+        read_args = {"num_cpus": 0}
         if kind == "parquet":
-            ds = ray.data.read_parquet(str(source))
+            ds = ray.data.read_parquet(str(source), **read_args)
         else:
-            ds = ray.data.read_text(str(source), drop_empty_lines=True)
+            ds = ray.data.read_text(str(source), drop_empty_lines=True, **read_args)
         ds = ds.map_batches(
-            Linker, batch_size=batch_size, batch_format="numpy", concurrency=concurrency, num_cpus=cpus_per_actor,
+            Linker, batch_size=batch_size, batch_format="numpy", num_cpus=cpus_per_actor,
+            compute=ray.data.ActorPoolStrategy(size=concurrency),
             fn_constructor_kwargs={"context": context_blob, "graph": graph,
                                    "kind": "parquet" if kind == "parquet" else "lines",
                                    "base": str(inp.parent.resolve()),
                                    "images": str(Path(images).resolve()) if images else None,
-                                   "trace": trace, "done": ray.put(frozenset(done))},
+                                   "trace": trace, "done": done_ref},
             max_restarts=max_restarts, max_task_retries=max_task_retries)
         stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
         written = errors = 0
