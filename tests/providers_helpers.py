@@ -54,8 +54,12 @@ def save_tiny_llama(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
-    """Write a 2-layer, 16-wide random Llama as a GGUF file (F32 tensors, byte-level BPE vocab)."""
+def write_tiny_gguf(path: Path, seed: int = 0, *, chat_template: str | None = None,
+                    add_bos: bool | None = None) -> Path:
+    """Write a 2-layer, 16-wide random Llama as a GGUF file (F32 tensors, byte-level BPE vocab).
+
+    ``chat_template`` replaces the default template; ``add_bos`` sets whether tokenizing adds the BOS token.
+    """
     import numpy as np
     from gguf import GGUFWriter, TokenType
     from transformers.convert_slow_tokenizer import bytes_to_unicode
@@ -86,8 +90,10 @@ def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
     w.add_token_merges(merges)
     w.add_bos_token_id(0)
     w.add_eos_token_id(0)
-    w.add_chat_template("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+    w.add_chat_template(chat_template or "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
                         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    if add_bos is not None:
+        w.add_add_bos_token(add_bos)
 
     def tensor(name: str, *shape: int) -> None:
         w.add_tensor(name, (rng.standard_normal(shape) * 0.2).astype(np.float32))
