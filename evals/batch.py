@@ -53,6 +53,7 @@ import pickle
 import sys
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -66,6 +67,10 @@ MAX_RESTARTS = 3
 """Times Ray restarts a dead actor (then the run fails with Ray's error)."""
 MAX_TASK_RETRIES = 3
 """Times a batch whose actor died is sent again."""
+
+
+class BatchError(I2CRError):
+    """The Ray run stopped (an actor kept dying, the cluster went away); what was written stays."""
 
 
 # ---- reading the input ----------------------------------------------------------------------
@@ -157,10 +162,11 @@ def parse_line(text: str, *, base: Path, images: Path | None) -> tuple[str, dict
         rec = rec["record"]
     if isinstance(rec, dict):
         rec = {k: v for k, v in rec.items() if k != "gold"}  # linking, not scoring
-    where = f"record {key!r}" if key is not None else f"record {fallback}"
-    ex = _example(key, rec, where, index=0, labels={}, image_dir=images, base=base, i2cr=i2cr)
-    rid = ex.id if (key is not None or (isinstance(rec, dict) and rec.get("id") not in (None, ""))) else fallback
-    return rid, ex.inputs, ex.error
+        if key is None and rec.get("id") not in (None, ""):
+            key = str(rec["id"])
+    key = fallback if key is None else key
+    ex = _example(key, rec, f"record {key!r}", index=0, labels={}, image_dir=images, base=base, i2cr=i2cr)
+    return key, ex.inputs, ex.error
 
 
 def parse_row(row: dict, *, base: Path, images: Path | None) -> tuple[str, dict | None, str | None]:
@@ -413,6 +419,14 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
     return True
 
 
+def _map(ds: Any, ray: Any, *, concurrency: int, cpus_per_actor: float, batch_size: int, max_restarts: int,
+         max_task_retries: int, ctor: dict) -> Any:
+    """``map_batches`` over :class:`Linker`: ``concurrency`` actors of ``cpus_per_actor`` CPUs each."""
+    return ds.map_batches(Linker, batch_size=batch_size, batch_format="numpy", num_cpus=cpus_per_actor,
+                          compute=ray.data.ActorPoolStrategy(size=concurrency), fn_constructor_kwargs=ctor,
+                          max_restarts=max_restarts, max_task_retries=max_task_retries)
+
+
 def link_batch(inp: str | Path, out: str | Path, *, settings: dict | None = None, context: Any = None,
                concurrency: int = 1, cpus_per_actor: float = 1.0, batch_size: int = 16,
                address: str | None = None, fmt: str | None = None, trace: bool = False,
@@ -479,26 +493,31 @@ def link_batch(inp: str | Path, out: str | Path, *, settings: dict | None = None
             ds = ray.data.read_parquet(str(source), **read_args)
         else:
             ds = ray.data.read_text(str(source), drop_empty_lines=True, **read_args)
-        ds = ds.map_batches(
-            Linker, batch_size=batch_size, batch_format="numpy", num_cpus=cpus_per_actor,
-            compute=ray.data.ActorPoolStrategy(size=concurrency),
-            fn_constructor_kwargs={"context": context_blob, "graph": graph,
-                                   "kind": "parquet" if kind == "parquet" else "lines",
-                                   "base": str(inp.parent.resolve()),
-                                   "images": str(Path(images).resolve()) if images else None,
-                                   "trace": trace, "done": done_ref},
-            max_restarts=max_restarts, max_task_retries=max_task_retries)
+        with warnings.catch_warnings():  # max_restarts / max_task_retries reach Ray as remote args
+            warnings.simplefilter("ignore")
+            ds = _map(ds, ray, concurrency=concurrency, cpus_per_actor=cpus_per_actor, batch_size=batch_size,
+                      max_restarts=max_restarts, max_task_retries=max_task_retries, ctor={
+                          "context": context_blob, "graph": graph, "kind": "parquet" if kind == "parquet" else "lines",
+                          "base": str(inp.parent.resolve()), "images": str(Path(images).resolve()) if images else None,
+                          "trace": trace, "done": done_ref})
         stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
         written = errors = 0
         seq = 0
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            recs = [json.loads(s) for s in batch["json"]]
-            if not recs:
-                continue
-            write_part(out, f"{stamp}-{seq:06d}", recs, fmt, trace=trace)
-            seq += 1
-            written += len(recs)
-            errors += sum(1 for r in recs if r.get("error"))
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                recs = [json.loads(s) for s in batch["json"]]
+                if not recs:
+                    continue
+                write_part(out, f"{stamp}-{seq:06d}", recs, fmt, trace=trace)
+                seq += 1
+                written += len(recs)
+                errors += sum(1 for r in recs if r.get("error"))
+        except (I2CRError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # Ray gave up (an actor kept dying, the cluster went away): one line, resumable
+            why = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+            raise BatchError(f"the batch stopped after {written} mentions ({type(exc).__name__}: {why[:300]}); "
+                             f"the finished ones are saved in {out}: run the same command again to resume") from None
     finally:
         if started:
             ray.shutdown()
