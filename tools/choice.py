@@ -187,6 +187,8 @@ class Probe:
     """How chat prompts are rendered: ``apply-template`` (llama.cpp's llama-server), ``tokenize`` (vLLM),
     ``chatml`` (checked against the server's token count), ``chatml-unchecked``."""
     reason: str = ""
+    final: bool = True
+    """False when the server could not be reached (connection error, HTTP 5xx): not cached."""
 
     @property
     def template_known(self) -> bool:
@@ -212,9 +214,12 @@ def server_probe(model: Any) -> Probe:
     """The cached :class:`Probe` of ``model``'s server (probed on first use; a failed probe is a ``Probe``)."""
     key = (_base_url(model), str(getattr(model, "model_name", "")))
     with _probe_lock:
-        if key not in _probes:
-            _probes[key] = ServerScorer(model, probe=None).run_probe()
-        return _probes[key]
+        if key in _probes:
+            return _probes[key]
+        probe = ServerScorer(model, probe=None).run_probe()
+        if probe.final:  # a server that could not be reached is asked again next time
+            _probes[key] = probe
+        return probe
 
 
 def chatml(messages: list[dict]) -> str:
@@ -321,8 +326,12 @@ class ServerScorer:
                     continue  # a control token or no logprobs: try another prompt
                 echoed = self._echoed(self._complete(prompt + text, echo=True))
             except Exception as exc:
+                import httpx
+
+                status = getattr(getattr(exc, "response", None), "status_code", None)
+                final = not isinstance(exc, httpx.TransportError) and not (status and status >= 500)
                 return Probe(False, "none", f"/v1/completions with echo and logprobs failed "
-                                            f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})")
+                                            f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})", final=final)
             if echoed and echoed[-1] is not None and abs(echoed[-1] - lp) <= PROBE_TOLERANCE:
                 return Probe(True, self._find_template())
             reason = (f"its echoed log-probabilities do not match generation ({echoed[-1] if echoed else None} vs "
