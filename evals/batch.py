@@ -479,6 +479,10 @@ def link_batch(inp: str | Path, out: str | Path, *, settings: dict | None = None
     try:
         from ray.data import DataContext
 
+        cpus = float(ray.cluster_resources().get("CPU", 0))
+        if concurrency * cpus_per_actor > cpus:
+            raise InputError(f"--concurrency {concurrency} x --cpus-per-actor {cpus_per_actor:g} needs "
+                             f"{concurrency * cpus_per_actor:g} CPUs; the Ray cluster has {cpus:g}: lower one of them")
         dctx = DataContext.get_current()
         dctx.enable_progress_bars = progress
         dctx.max_errored_blocks = 0

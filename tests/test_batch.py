@@ -138,6 +138,8 @@ def test_same_predictions_as_linking_in_process(tmp_path):
     got_pq = {r["id"]: (r["entity"], r["status"], r["stop_round"]) for r in read_results(tmp_path / "pq")}
     assert got_pq == in_process(load_dataset(_jsonl(tmp_path / "rows.jsonl", rows)).examples, context())
     assert all(p.suffix == ".parquet" for p in batch_mod.part_files(tmp_path / "pq"))
+    again = link_batch(tmp_path / "in.parquet", tmp_path / "pq", context=context(), progress=False)
+    assert again["format"] == "parquet" and again["resumed_from"] == len(rows) and again["written"] == 0
 
 
 def test_a_bad_record_and_a_failing_mention_are_recorded_with_their_reason(tmp_path):
@@ -173,6 +175,13 @@ def test_rerun_skips_what_is_written_and_a_changed_setting_is_refused(tmp_path, 
     assert "another settings" in capsys.readouterr().err
     assert main([str(tmp_path / "missing.jsonl"), "--out", str(out)]) == 2
     assert "input: file not found" in capsys.readouterr().err
+    assert main([str(src), "--out", str(tmp_path / "big"), "--concurrency", "3", "--no-progress"]) == 2
+    assert "needs 3 CPUs; the Ray cluster has 2" in capsys.readouterr().err
+    # a JSON list of records is read like JSON lines (converted once into the output folder)
+    listed = tmp_path / "list.json"
+    listed.write_text(json.dumps([json.loads(line) for line in src.read_text().splitlines()[:3]]))
+    summary = link_batch(listed, tmp_path / "listed", context=context(), progress=False)
+    assert summary["written"] == 3 and {r["id"] for r in read_results(tmp_path / "listed")} == {"m0", "m1", "m2"}
 
 
 DRIVER = """
