@@ -34,6 +34,7 @@ How it runs (see docs/scale-out.md):
   all. Rerunning with the same ``OUT`` reads the ids of the parts (ids only,
   streamed) and skips them, so a killed driver loses the batches in flight
   and doubles none;
+* the folder is locked while a run uses it (a second run on it is refused);
 * a mention that raises is written with its ``error``; an actor that dies is
   restarted by Ray (``max_restarts``) and its batch retried (``max_task_retries``)
   — its results reach the driver once, so nothing is doubled.
@@ -469,8 +470,21 @@ def link_batch(inp: str | Path, out: str | Path, *, settings: dict | None = None
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
-    _check_config(out, {"input": str(inp.resolve()), "format": fmt, "trace": trace,
-                        "settings": context_settings(ctx)})
+    from evals.store import RunLock
+
+    with RunLock(out):  # a second run on the same folder is refused (it would link and write every id again)
+        _check_config(out, {"input": str(inp.resolve()), "format": fmt, "trace": trace,
+                            "settings": context_settings(ctx)})
+        return _run(ctx_blob=context_blob, graph=graph, inp=inp, out=out, kind=kind, fmt=fmt, trace=trace,
+                    images=images, address=address, progress=progress, concurrency=concurrency,
+                    cpus_per_actor=cpus_per_actor, batch_size=batch_size, max_restarts=max_restarts,
+                    max_task_retries=max_task_retries)
+
+
+def _run(*, ctx_blob: bytes, graph: Any, inp: Path, out: Path, kind: str, fmt: str, trace: bool, images: Any,
+         address: str | None, progress: bool, concurrency: int, cpus_per_actor: float, batch_size: int,
+         max_restarts: int, max_task_retries: int) -> dict[str, Any]:
+    """:func:`link_batch` once the output folder is locked and its settings checked."""
     for stale in out.glob(".tmp-*"):  # a part a killed run did not finish
         stale.unlink(missing_ok=True)
 
@@ -501,7 +515,7 @@ def link_batch(inp: str | Path, out: str | Path, *, settings: dict | None = None
             warnings.simplefilter("ignore")
             ds = _map(ds, ray, concurrency=concurrency, cpus_per_actor=cpus_per_actor, batch_size=batch_size,
                       max_restarts=max_restarts, max_task_retries=max_task_retries, ctor={
-                          "context": context_blob, "graph": graph, "kind": "parquet" if kind == "parquet" else "lines",
+                          "context": ctx_blob, "graph": graph, "kind": "parquet" if kind == "parquet" else "lines",
                           "base": str(inp.parent.resolve()), "images": str(Path(images).resolve()) if images else None,
                           "trace": trace, "done": done_ref})
         stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"

@@ -173,6 +173,11 @@ def test_rerun_skips_what_is_written_and_a_changed_setting_is_refused(tmp_path, 
     assert again["resumed_from"] == 5 and again["written"] == 0
     assert main([str(src), "--out", str(out), "--set", "max_rounds=1", "--no-progress"]) == 2
     assert "another settings" in capsys.readouterr().err
+    from evals.store import RunLock
+
+    with RunLock(out):  # another run holds the folder
+        assert main([str(src), "--out", str(out), "--no-progress"]) == 2
+    assert "is in use by another" in capsys.readouterr().err
     assert main([str(tmp_path / "missing.jsonl"), "--out", str(out)]) == 2
     assert "input: file not found" in capsys.readouterr().err
     assert main([str(src), "--out", str(tmp_path / "big"), "--concurrency", "3", "--no-progress"]) == 2
