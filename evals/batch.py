@@ -37,7 +37,8 @@ How it runs (see docs/scale-out.md):
 * the folder is locked while a run uses it (a second run on it is refused);
 * a mention that raises is written with its ``error``; an actor that dies is
   restarted by Ray (``max_restarts``) and its batch retried (``max_task_retries``)
-  — its results reach the driver once, so nothing is doubled.
+  — its results reach the driver once, so nothing is doubled; a mention during
+  which the actor died twice is written as failed (:class:`_DeathLog`).
 
 Local by default: ``ray.init`` inside this process (all cores, no dashboard, worker
 logs not forwarded). ``--address`` / ``RAY_ADDRESS`` runs on a cluster; the
@@ -68,6 +69,8 @@ MAX_RESTARTS = 3
 """Times Ray restarts a dead actor (then the run fails with Ray's error)."""
 MAX_TASK_RETRIES = 3
 """Times a batch whose actor died is sent again."""
+MAX_DEATHS = 2
+"""Deaths of its actor that a mention may cause; then it is recorded as failed and its batch goes on."""
 
 
 class BatchError(I2CRError):
@@ -246,6 +249,8 @@ class Linker:
 
             done = ray.get(done)
         self.done = done if done is not None else frozenset()
+        self._deaths = _DeathLog()
+
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         columns = list(batch)
@@ -274,13 +279,62 @@ class Linker:
         """The result of one mention: the graph's answer, or the error that stopped it."""
         if inputs is None:
             return result_of(rid, None, None, error, trace=self.trace)
+        deaths = self._deaths.deaths.get(rid, 0)
+        if deaths >= MAX_DEATHS:
+            return result_of(rid, inputs, None, f"the actor died {deaths} times while linking this mention "
+                             "(a crash in a model runtime?); skipped", trace=self.trace)
+        self._deaths.start(rid)
         try:
             out = self.graph.invoke(dict(inputs), context=self.ctx)
         except I2CRError as exc:
             return result_of(rid, inputs, None, str(exc), trace=self.trace)
         except Exception as exc:  # a bug or an unexpected model failure: record it, keep going
             return result_of(rid, inputs, None, f"{type(exc).__name__}: {exc}", trace=self.trace)
+        finally:
+            self._deaths.end()
         return result_of(rid, inputs, out, None, trace=self.trace)
+
+
+class _DeathLog:
+    """The mention an actor is linking, kept in a file, so that its restart knows which one killed it.
+
+    The file is in the node's temporary folder, named by the Ray actor id (a restarted
+    actor keeps its id): ``{"current": id or null, "deaths": {id: n}}``.
+    """
+
+    def __init__(self):
+        import tempfile
+
+        try:
+            import ray
+
+            name = ray.get_runtime_context().get_actor_id() or f"pid{os.getpid()}"
+        except Exception:
+            name = f"pid{os.getpid()}"
+        folder = Path(tempfile.gettempdir()) / "i2cr-batch"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"{name}.json"
+        state = {}
+        if self.path.is_file():
+            try:
+                state = json.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                state = {}
+        self.deaths: dict[str, int] = dict(state.get("deaths") or {})
+        if state.get("current") is not None:  # this actor died while linking it
+            self.deaths[state["current"]] = self.deaths.get(state["current"], 0) + 1
+        self._save(None)
+
+    def _save(self, current: str | None) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"current": current, "deaths": self.deaths}), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def start(self, rid: str) -> None:
+        self._save(rid)
+
+    def end(self) -> None:
+        self._save(None)
 
 
 # ---- the output folder ----------------------------------------------------------------------

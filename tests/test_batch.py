@@ -69,6 +69,20 @@ class DiesOnce(ScriptedChatModel):
         return super()._call(messages, *args, **kwargs)
 
 
+class DiesAlways(ScriptedChatModel):
+    """Ends its process every time a prompt holds ``word`` (never in the test process)."""
+
+    word: str = "Mercury"
+    parent_pid: int = 0
+
+    def _call(self, messages, *args, **kwargs):
+        if any(self.word in str(m.content) for m in messages):
+            if os.getpid() == self.parent_pid:
+                raise RuntimeError("linking in the test process: no Ray actor was used")
+            os._exit(1)
+        return super()._call(messages, *args, **kwargs)
+
+
 class Raises(ScriptedChatModel):
     """Raises when a prompt holds ``word``."""
 
@@ -163,6 +177,16 @@ def test_an_actor_that_dies_mid_batch_is_restarted_and_nothing_is_doubled(tmp_pa
     ids = [r["id"] for r in read_results(tmp_path / "out")]
     assert sorted(ids) == ["101", "102", "103", "104", "105", "106"]  # each once
     assert summary["errors"] == 1  # 104, malformed
+
+
+def test_a_mention_that_kills_its_actor_twice_is_recorded_and_the_batch_goes_on(tmp_path):
+    model = DiesAlways(responses=["1"], prompts=[], parent_pid=os.getpid())
+    summary = link_batch(WIKIMEL, tmp_path / "out", context=context(model), batch_size=3, progress=False)
+    recs = {r["id"]: r for r in read_results(tmp_path / "out")}
+    assert sorted(recs) == ["101", "102", "103", "104", "105", "106"] and summary["written"] == 6
+    killer = [r for r in recs.values() if r["mention"] == "Mercury"]
+    assert len(killer) == 1 and "the actor died 2 times while linking this mention" in killer[0]["error"]
+    assert all(r["entity"] for r in recs.values() if r["mention"] != "Mercury" and r["id"] != "104")
 
 
 def test_rerun_skips_what_is_written_and_a_changed_setting_is_refused(tmp_path, capsys):
