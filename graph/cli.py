@@ -7,6 +7,7 @@
               [--concurrency C] [--set key=value ...] [--retry-errors] --out run/
     i2cr report run/
     i2cr compare run_a/ run_b/ [--out FILE.md]
+    i2cr batch MENTIONS.jsonl|.parquet|DATA.json --out OUT/ [--concurrency N] [--address RAY] [--set key=value ...]
 
 Errors print one line (``i2cr: error: ...``) and exit with status 2.
 """
@@ -112,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     link.add_argument("--set", action="append", metavar="KEY=VALUE", help="any setting of graph/context.py")
     link.add_argument("--compact", action="store_true", help="print one line of JSON")
     for name, help_ in (("kb", "knowledge base: ingest, search"), ("eval", "run a benchmark"),
-                        ("report", "summarise a benchmark run folder"), ("compare", "compare two run folders")):
+                        ("report", "summarise a benchmark run folder"), ("compare", "compare two run folders"),
+                        ("batch", "link a corpus on Ray Data (resumable)")):
         sub.add_parser(name, help=help_, add_help=False)
     return parser
 
@@ -126,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             from tools.kb_cli import main as kb_main
 
             return kb_main(argv[1:], Context)
+        if argv and argv[0] == "batch":
+            from evals.batch import main as batch_main
+
+            return batch_main(argv[1:])
         if argv and argv[0] == "compare":
             from evals.compare import main as compare_main
 

@@ -54,12 +54,14 @@ def save_tiny_llama(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def write_tiny_gguf(path: Path, seed: int = 0, *, qtype: str | None = None, hidden: int = 16, ff: int = 32) -> Path:
+def write_tiny_gguf(path: Path, seed: int = 0, *, qtype: str | None = None, hidden: int = 16, ff: int = 32,
+                    chat_template: str | None = None, add_bos: bool | None = None) -> Path:
     """Write a 2-layer random Llama as a GGUF file (byte-level BPE vocab).
 
     Tensors are F32, or with ``qtype`` (``"Q4_0"``, ``"Q8_0"``, ...) the 2-D
     weights are quantized with gguf-py's own quantizer (their rows must be a
     multiple of the type's block size: 32 for Q4_0); norms stay F32.
+    ``chat_template`` replaces the default template; ``add_bos`` sets whether tokenizing adds the BOS token.
     """
     import numpy as np
     from gguf import GGMLQuantizationType, GGUFWriter, TokenType
@@ -93,8 +95,10 @@ def write_tiny_gguf(path: Path, seed: int = 0, *, qtype: str | None = None, hidd
     w.add_token_merges(merges)
     w.add_bos_token_id(0)
     w.add_eos_token_id(0)
-    w.add_chat_template("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+    w.add_chat_template(chat_template or "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
                         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    if add_bos is not None:
+        w.add_add_bos_token(add_bos)
 
     def tensor(name: str, *shape: int) -> None:
         data = (rng.standard_normal(shape) * 0.2).astype(np.float32)

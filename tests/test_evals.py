@@ -399,7 +399,9 @@ def test_llm_benchmark_times_each_scoring_method_and_skips_what_the_model_cannot
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         assert bench_llm.main([str(data), "--model", "openai:fake", "--sample", "3", "--repeat", "2",
                                "--out", str(out)]) == 0
-        assert len(server.requests) == 6  # 3 mentions, each asked twice, letters only
+        paths = [r["path"] for r in server.requests]
+        assert paths.count("/v1/chat/completions") == 6  # 3 mentions, each asked twice, letters only
+        assert paths.count("/v1/completions") == 1  # the server was probed once for echoed logprobs
     printed = capsys.readouterr().out
     assert "likelihood not available" in printed and "choice" in printed
     figures = json.loads(out.read_text())

@@ -4,7 +4,10 @@ Likelihood (``llm_scoring="likelihood"``): the model is asked who the mention
 is, and the log-probability of each candidate's name as the start of its
 answer is read (summed over the name's tokens) from one prompt evaluation
 plus a few tokens per name. Models that expose this (``continuation_logprobs``):
-the llama.cpp chat model and local transformers models.
+the llama.cpp chat model and local transformers models; and OpenAI-compatible
+servers that score a given text (vLLM, llama-cpp-python's server):
+``/v1/completions`` with ``echo`` and ``logprobs`` on the chat prompt followed
+by the name (:class:`ServerScorer`, probed once per server and model).
 
 Letters (``llm_scoring="choice"``), for a lettered candidate list:
 
@@ -18,7 +21,10 @@ Letters (``llm_scoring="choice"``), for a lettered candidate list:
 from __future__ import annotations
 
 import math
+import os
 import string
+import threading
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -78,15 +84,32 @@ def can_score_names(model: BaseChatModel) -> bool:
 
 
 def scoring_method(model: BaseChatModel, setting: str, spec: Any) -> str:
-    """``likelihood`` or ``choice`` for ``llm_scoring`` = ``setting`` on ``model``."""
+    """``likelihood`` or ``choice`` for ``llm_scoring`` = ``setting`` on ``model``.
+
+    An OpenAI-compatible model is probed once (per server and model): ``auto``
+    takes the likelihood route when the server scores given text correctly
+    (echo logprobs) and its chat template is known (rendered by the server, or
+    ChatML checked against the server's own token count); ``likelihood`` takes it
+    whenever the echo logprobs are right, rendering the prompt as ChatML if the
+    server cannot.
+    """
     if setting == "choice":
         return "choice"
     if can_score_names(model):
         return "likelihood"
+    if _is_openai(model):
+        probe = server_probe(model)
+        if probe.echo_ok and (setting == "likelihood" or probe.template_known):
+            return "likelihood"
+        if setting == "likelihood":
+            raise ConfigError(f"llm_scoring 'likelihood': linker_model '{describe(spec)}'{_at(model)} does not score "
+                              f"a given answer: {probe.reason}; use llm_scoring 'choice' or 'auto'")
+        return "choice"
     if setting == "likelihood":
         raise ConfigError(f"llm_scoring 'likelihood': linker_model '{describe(spec)}' does not expose token "
-                          "log-probabilities of a given answer (the embedded llama.cpp model and local "
-                          "transformers models do); use llm_scoring 'choice' or 'auto'")
+                          "log-probabilities of a given answer (the embedded llama.cpp model, local "
+                          "transformers models and OpenAI-compatible servers with echo logprobs do); "
+                          "use llm_scoring 'choice' or 'auto'")
     return "choice"
 
 
@@ -98,14 +121,22 @@ def answer_text(name: str) -> str:
 def name_likelihoods(model: BaseChatModel, messages: list, names: list[str], *,
                      spec: Any) -> tuple[list[float], dict[str, Any]]:
     """Summed log-probability of each name as the model's answer, and a record of the call."""
+    record: dict[str, Any] = {"method": "likelihood"}
+    scorer = model
+    if not can_score_names(model) and _is_openai(model):
+        scorer = ServerScorer.for_model(model)
+        record["route"] = f"server echo logprobs ({scorer.probe.template})"
     try:
-        per_token, n_tokens = model.continuation_logprobs(messages, [answer_text(n) for n in names])
+        per_token, n_tokens = scorer.continuation_logprobs(messages, [answer_text(n) for n in names])
     except ModelError:
         raise
     except Exception as exc:
+        if scorer is not model:
+            from tools.models import failure_message
+
+            raise ModelError(failure_message("linker_model", spec, model, exc)) from exc
         raise ModelError(f"linker_model '{describe(spec)}' failed: {type(exc).__name__}: {exc}") from exc
-    return [float(sum(lp)) for lp in per_token], {"method": "likelihood", "input_tokens": n_tokens,
-                                                  "output_tokens": 0}
+    return [float(sum(lp)) for lp in per_token], {**record, "input_tokens": n_tokens, "output_tokens": 0}
 
 
 def _is_openai(model: Any) -> bool:
@@ -136,3 +167,196 @@ def _openai_logprobs(model: Any, messages: list, labels: list[str], spec: Any) -
     return ([best.get(lab, FLOOR) for lab in labels],
             {"method": "logprobs", "raw": str(reply.content), "input_tokens": int(meta.get("input_tokens") or 0),
              "output_tokens": int(meta.get("output_tokens") or 0)})
+
+
+# ---- likelihood on an OpenAI-compatible server ------------------------------------------------
+
+PROBE_PROMPTS = ("1, 2, 3, 4, 5, 6, 7,", "The capital of France is", "Q: What is 2 + 2?\nA:")
+PROBE_MESSAGES = [{"role": "system", "content": "You answer briefly."},
+                  {"role": "user", "content": "Who wrote Hamlet?"}]
+PROBE_TOLERANCE = 0.05
+"""Largest difference (nats) between a token's echoed log-probability and the one it was generated with."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What an OpenAI-compatible server can do for likelihood scoring (found once per server and model)."""
+
+    echo_ok: bool
+    template: str
+    """How chat prompts are rendered: ``apply-template`` (llama.cpp's llama-server), ``tokenize`` (vLLM),
+    ``chatml`` (checked against the server's token count), ``chatml-unchecked``."""
+    reason: str = ""
+    final: bool = True
+    """False when the server could not be reached (connection error, HTTP 5xx): not cached."""
+
+    @property
+    def template_known(self) -> bool:
+        return self.template in ("apply-template", "tokenize", "chatml")
+
+
+_probes: dict[tuple[str, str], Probe] = {}
+_scorers: dict[tuple[str, str], ServerScorer] = {}
+_probe_lock = threading.Lock()
+
+
+def _at(model: Any) -> str:
+    url = _base_url(model)
+    return f" at {url}" if url else ""
+
+
+def _base_url(model: Any) -> str:
+    return str(getattr(model, "openai_api_base", None) or os.environ.get("OPENAI_BASE_URL") or
+               "https://api.openai.com/v1").rstrip("/")
+
+
+def server_probe(model: Any) -> Probe:
+    """The cached :class:`Probe` of ``model``'s server (probed on first use; a failed probe is a ``Probe``)."""
+    key = (_base_url(model), str(getattr(model, "model_name", "")))
+    with _probe_lock:
+        if key in _probes:
+            return _probes[key]
+        probe = ServerScorer(model, probe=None).run_probe()
+        if probe.final:  # a server that could not be reached is asked again next time
+            _probes[key] = probe
+        return probe
+
+
+def chatml(messages: list[dict]) -> str:
+    """``messages`` in ChatML (Qwen's format), generation prompt included."""
+    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages) + \
+        "<|im_start|>assistant\n"
+
+
+class ServerScorer:
+    """Log-probabilities of given answers from an OpenAI-compatible server's ``/v1/completions``.
+
+    The chat prompt is rendered to text (by the server's template endpoint, or as
+    ChatML), then for each answer ``prompt + answer`` is sent with ``echo`` and
+    ``logprobs`` and ``max_tokens`` 1; the answer's tokens are the last ones of
+    the echoed prompt (their count: the prompt tokens of ``prompt + answer``
+    minus those of ``prompt`` alone, both from the server's ``usage``).
+    """
+
+    def __init__(self, model: Any, probe: Probe | None):
+        import httpx
+
+        self.model_name = str(getattr(model, "model_name", ""))
+        self.base = _base_url(model)
+        self.root = self.base[:-3] if self.base.endswith("/v1") else self.base
+        key = getattr(model, "openai_api_key", None)
+        key = key.get_secret_value() if hasattr(key, "get_secret_value") else key
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        timeout = getattr(model, "request_timeout", None)
+        self.http = httpx.Client(headers=headers, timeout=timeout if isinstance(timeout, (int, float)) else 60.0)
+        self.probe = probe
+
+    @classmethod
+    def for_model(cls, model: Any) -> ServerScorer:
+        """The scorer of ``model``'s server and model name (one per process, with its HTTP connection)."""
+        key = (_base_url(model), str(getattr(model, "model_name", "")))
+        probe = server_probe(model)
+        with _probe_lock:
+            if key not in _scorers:
+                _scorers[key] = cls(model, probe)
+            return _scorers[key]
+
+    # -- HTTP --
+    def _post(self, url: str, body: dict) -> dict:
+        reply = self.http.post(url, json=body)
+        reply.raise_for_status()
+        return reply.json()
+
+    def _complete(self, prompt: str, *, echo: bool) -> dict:
+        body = {"model": self.model_name, "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "logprobs": 1}
+        if echo:
+            body["echo"] = True
+        return self._post(f"{self.base}/completions", body)
+
+    @staticmethod
+    def _echoed(reply: dict) -> list[float | None]:
+        """The echoed prompt's token log-probabilities (the generated tokens cut off)."""
+        choice = reply["choices"][0]
+        lps = list((choice.get("logprobs") or {}).get("token_logprobs") or [])
+        gen = int((reply.get("usage") or {}).get("completion_tokens") or 0)
+        return lps[:len(lps) - gen] if gen else lps
+
+    # -- prompt rendering --
+    def render(self, messages: list[dict], template: str) -> str:
+        if template == "apply-template":
+            return self._post(f"{self.root}/apply-template", {"messages": messages})["prompt"]
+        if template == "tokenize":
+            toks = self._post(f"{self.root}/tokenize", {"model": self.model_name, "messages": messages,
+                                                         "add_generation_prompt": True})["tokens"]
+            return self._post(f"{self.root}/detokenize", {"model": self.model_name, "tokens": toks})["prompt"]
+        return chatml(messages)
+
+    def _find_template(self) -> str:
+        try:
+            if isinstance(self.render(PROBE_MESSAGES, "apply-template"), str):
+                return "apply-template"
+        except Exception:
+            pass
+        try:
+            if isinstance(self.render(PROBE_MESSAGES, "tokenize"), str):
+                return "tokenize"
+        except Exception:
+            pass
+        try:  # ChatML, if the server's own chat template gives as many tokens
+            chat = self._post(f"{self.base}/chat/completions", {"model": self.model_name, "messages": PROBE_MESSAGES,
+                                                                 "max_tokens": 1, "temperature": 0.0})
+            mine = self._complete(chatml(PROBE_MESSAGES), echo=False)
+            if chat["usage"]["prompt_tokens"] == mine["usage"]["prompt_tokens"]:
+                return "chatml"
+        except Exception:
+            pass
+        return "chatml-unchecked"
+
+    def run_probe(self) -> Probe:
+        """Whether echoed log-probabilities are right here, and how chat prompts are rendered."""
+        if "api.openai.com" in self.base:
+            return Probe(False, "none", "OpenAI's API scores no given text for chat models")
+        reason = "the server returned no echoed log-probabilities"
+        for prompt in PROBE_PROMPTS:
+            try:
+                gen = self._complete(prompt, echo=False)
+                text = gen["choices"][0]["text"]
+                lp = ((gen["choices"][0].get("logprobs") or {}).get("token_logprobs") or [None])[0]
+                if not text or lp is None:
+                    continue  # a control token or no logprobs: try another prompt
+                echoed = self._echoed(self._complete(prompt + text, echo=True))
+            except Exception as exc:
+                import httpx
+
+                status = getattr(getattr(exc, "response", None), "status_code", None)
+                final = not isinstance(exc, httpx.TransportError) and not (status and status >= 500)
+                return Probe(False, "none", f"/v1/completions with echo and logprobs failed "
+                                            f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})", final=final)
+            if echoed and echoed[-1] is not None and abs(echoed[-1] - lp) <= PROBE_TOLERANCE:
+                return Probe(True, self._find_template())
+            reason = (f"its echoed log-probabilities do not match generation ({echoed[-1] if echoed else None} vs "
+                      f"{lp:.4f} for the same token: shifted by one token, as llama-cpp-python's server does for "
+                      "models without a BOS token)")
+            break
+        return Probe(False, "none", reason)
+
+    # -- scoring --
+    def continuation_logprobs(self, messages: list, continuations: list[str]) -> tuple[list[list[float]], int]:
+        """Per-token log-probabilities of each continuation after the chat prompt, and the prompt tokens sent."""
+        from tools.llama_cpp_chat import _role, _text
+
+        chat = [{"role": _role(m), "content": _text(m.content)} for m in messages]
+        prompt = self.render(chat, self.probe.template if self.probe else "chatml")
+        n_prompt = int(self._complete(prompt, echo=False)["usage"]["prompt_tokens"])
+        out, sent = [], n_prompt
+        for cont in continuations:
+            reply = self._complete(prompt + cont, echo=True)
+            n_full = int(reply["usage"]["prompt_tokens"])
+            n_cont = max(1, n_full - n_prompt)
+            echoed = self._echoed(reply)
+            lps = echoed[-n_cont:]
+            if len(lps) < n_cont or any(x is None for x in lps):
+                raise ModelError(f"the server echoed {len(echoed)} log-probabilities for {n_full} prompt tokens")
+            out.append([float(x) for x in lps])
+            sent += n_full
+        return out, sent
