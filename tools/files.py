@@ -9,14 +9,27 @@ from typing import Any
 from tools.errors import InputError
 
 
+def check_input_file(path: str | Path, what: str) -> Path:
+    """``path`` as a ``Path``, or ``InputError`` naming ``what`` when it is missing or a folder.
+
+    Other files that are not regular (``/dev/stdin``, a pipe such as ``<(cmd)``) are accepted.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{what}: {path} is a folder, not a file")
+    if not p.exists():
+        raise InputError(f"{what}: file not found: {path}")
+    return p
+
+
 def read_json_file(path: str | Path, what: str) -> Any:
     """Load a JSON file or raise ``InputError`` naming it (also for JSON nested too deeply to read)."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{what}: file not found: {path}")
+    p = check_input_file(path, what)
     try:
         return json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{what}: {path} is not valid JSON ({exc})") from None
     except RecursionError:
         raise InputError(f"{what}: {path} is nested too deeply to read as JSON") from None
+    except OSError as exc:
+        raise InputError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
