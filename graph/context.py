@@ -29,7 +29,7 @@ import json
 import os
 from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import Field, TypeAdapter, ValidationError, field_validator
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -47,7 +47,7 @@ class Context(BaseSettings):
     """Configuration of one I2CR run. All fields have offline defaults."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", env_ignore_empty=True,
-                                      arbitrary_types_allowed=True)
+                                      arbitrary_types_allowed=True, allow_inf_nan=False)
 
     # ---- models -----------------------------------------------------------
     linker_model: ModelSetting = Field(
@@ -349,7 +349,7 @@ def coerce_setting(name: str, raw: str, *, origin: str | None = None) -> Any:
     info = known[name]
     if name not in _adapters:
         typ = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
-        _adapters[name] = TypeAdapter(typ)  # type and range
+        _adapters[name] = TypeAdapter(typ, config=ConfigDict(allow_inf_nan=False))  # type and range
     text = raw.strip()
     try:
         if name in ("clue_order", "object_labels"):
