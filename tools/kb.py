@@ -258,6 +258,8 @@ class KnowledgeBase:
                 client = chromadb.HttpClient(host=self.host, port=self.port, settings=settings)
                 client.heartbeat()
                 return client
+            if self.path.exists() and not self.path.is_dir():
+                raise ConfigError(f"kb_path: {self.path} is a file, not a knowledge base folder")
             self.path.mkdir(parents=True, exist_ok=True)
             return chromadb.PersistentClient(path=str(self.path), settings=settings)
         except I2CRError:
@@ -275,6 +277,8 @@ class KnowledgeBase:
             return False  # do not leave an empty store behind a search or count
         try:
             existing = {getattr(c, "name", c) for c in self.client.list_collections()}
+        except I2CRError:
+            raise
         except Exception as exc:
             raise ConfigError(f"knowledge base at {self.where}: cannot list collections: {exc}") from exc
         name, names = self.collection_name, self.collection_name + NAMES_SUFFIX
@@ -401,8 +405,11 @@ class KnowledgeBase:
     def ingest_file(self, path: str | Path, **kwargs: Any) -> IngestStats:
         """:meth:`ingest` the JSONL file at ``path`` (errors carry its line numbers)."""
         path = Path(path)
+        if path.is_dir():
+            raise InputError(f"KB file {path}: is a folder, not a JSONL file")
         if not path.is_file():
-            raise InputError(f"KB file {path}: not found")
+            raise InputError(f"KB file {path}: not found" if not path.exists() else
+                             f"KB file {path}: not a regular file (it is read twice: copy it to a file first)")
         if kwargs.get("total") is None:
             with path.open("rb") as fh:
                 kwargs["total"] = sum(1 for line in fh if line.strip())
