@@ -248,3 +248,24 @@ def test_bench_retrieval_reports_a_failing_phase_without_a_traceback(tmp_path):
                           capture_output=True, text=True, timeout=300, cwd=root)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "bench_retrieval: error: KB file" in proc.stderr
+
+
+def test_kb_ingest_skips_a_name_too_long_and_a_store_holding_one_still_answers(capsys, tmp_path, monkeypatch):
+    from tools import embeddings as emb_mod
+    from tools.kb import KnowledgeBase
+
+    monkeypatch.setattr(emb_mod, "load_embeddings", lambda *a, **k: BagOfWordsEmbeddings())
+    f = tmp_path / "e.jsonl"
+    f.write_text(json.dumps({"qid": "Q1", "name": "Michael Jordan", "desc": "basketball"}) + "\n"
+                 + json.dumps({"qid": "Q3", "name": "x" * 5000}) + "\n")
+    code, out, err = cli(capsys, "kb", "ingest", str(f), "--path", str(tmp_path / "kb"), "--no-progress", "--json")
+    assert code == 0 and json.loads(out)["added"] == 1
+    assert f"{f}:2: skipped: 'name' has 5,000 characters; a name has at most 1,000" in err
+    # a store written before the limit (here: written directly) still answers a mention that has no candidates
+    emb = BagOfWordsEmbeddings()
+    kb = KnowledgeBase(path=tmp_path / "old", embeddings=emb)
+    monkeypatch.setattr("tools.kb.MAX_NAME_CHARS", 10**9)
+    kb.ingest([{"qid": "Q1", "name": "Michael Jordan"}, {"qid": "Q3", "name": "Jordan " * 1000}], progress=False)
+    out = graph.invoke({"mention": "Jordan", "context": "Jordan scored"},
+                       context=fake_context(kb_path=str(tmp_path / "old"), top_k=2))
+    assert out["trace"][0]["note"] == "2 candidates from knowledge base" and out["entity"] is not None

@@ -21,11 +21,13 @@ def candidate_key(candidate: dict) -> str:
 MAX_NAME_CHARS = 1000  # longer is not a name (Wikidata's longest labels are a few hundred characters)
 
 
-def normalize_candidates(raw: Any, *, where: str = "candidates", dropped: list[str] | None = None) -> list[dict]:
+def normalize_candidates(raw: Any, *, where: str = "candidates", dropped: list[str] | None = None,
+                         max_name_chars: int | None = MAX_NAME_CHARS) -> list[dict]:
     """Check and clean a candidate list; strings are taken as names.
 
     Duplicates (same QID, else same name) are dropped, the first kept; when ``dropped`` is a list,
-    a line per dropped item (``"[2] (Q1 'Jordan') repeats [0]"``) is appended to it.
+    a line per dropped item (``"[2] (Q1 'Jordan') repeats [0]"``) is appended to it. A name longer than
+    ``max_name_chars`` is an ``InputError`` (``None``: no limit, for lists already in a knowledge base).
     """
     if raw is None:
         return []
@@ -42,9 +44,9 @@ def normalize_candidates(raw: Any, *, where: str = "candidates", dropped: list[s
         if not isinstance(name, str) or not name.strip():
             raise InputError(f"{where}[{i}]: candidate has no name (got {item!r:.120})")
         check_text(name, f"{where}[{i}].name")
-        if len(name.strip()) > MAX_NAME_CHARS:
+        if max_name_chars is not None and len(name.strip()) > max_name_chars:
             raise InputError(f"{where}[{i}].name: {len(name.strip()):,} characters; a name has at most "
-                             f"{MAX_NAME_CHARS:,} (is a description in the 'name' field?)")
+                             f"{max_name_chars:,} (is a description in the 'name' field?)")
         cand = {"name": name.strip()}
         if item.get("qid") not in (None, ""):
             cand["qid"] = str(item["qid"]).strip()

@@ -44,6 +44,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 from langchain_core.embeddings import Embeddings
 
+from tools.candidates import MAX_NAME_CHARS
 from tools.errors import ConfigError, I2CRError, InputError, ModelError
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,8 @@ def validate_record(obj: Any) -> dict[str, Any]:
     for key in ("qid", "name"):
         if not isinstance(obj.get(key), str) or not obj[key].strip():
             raise ValueError(f"'{key}' must be a non-empty string")
+    if len(obj["name"].strip()) > MAX_NAME_CHARS:
+        raise ValueError(f"'name' has {len(obj['name'].strip()):,} characters; a name has at most {MAX_NAME_CHARS:,}")
     desc = obj.get("desc", "")
     if desc is None:
         desc = ""
