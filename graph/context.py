@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator
@@ -274,6 +275,16 @@ class Context(BaseSettings):
         """``""``, ``"off"`` or ``"none"`` (environment, ``--set``) turn an optional number off."""
         return None if isinstance(value, str) and value.strip().lower() in ("", "off", "none") else value
 
+    @field_validator("openai_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        """``http(s)://host...``: ``localhost:8000`` (no scheme) or a URL with spaces would fail on the first call."""
+        if value is None:
+            return None
+        if not re.match(r"^https?://[^\s/?#]+(/\S*)?$", value.strip()):
+            raise ValueError("expected an http:// or https:// URL such as http://localhost:8000/v1")
+        return value.strip()
+
     @field_validator("clue_order", "object_labels", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
@@ -361,6 +372,8 @@ def coerce_setting(name: str, raw: str, *, origin: str | None = None) -> Any:
         value = _adapters[name].validate_python(value)
         if name == "clue_order":
             value = Context._known_clues(value)
+        if name == "openai_base_url":
+            value = Context._http_url(value)
         return value
     except ValidationError as exc:
         raise ConfigError(f"{label}={raw!r}: {_explain(name, exc.errors()[0])}") from None

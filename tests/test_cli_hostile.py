@@ -173,6 +173,18 @@ def test_non_finite_settings_are_refused(setting, raw, monkeypatch):
         Context()
 
 
+@pytest.mark.parametrize("url", ["localhost:8000", "ftp://127.0.0.1:9/v1", "http://exa mple/v1", "http://"])
+def test_a_base_url_without_http_is_refused_before_any_call(url, capsys, monkeypatch, no_model_loads):
+    code, out, err = cli(capsys, "link", "--mention", "Jordan", "--context", "x", "--model", "openai:x",
+                         "--set", f"openai_base_url={url}")
+    assert code == 2 and out == ""
+    one_line_error(err, f"--set openai_base_url='{url}': expected an http:// or https:// URL")
+    monkeypatch.setenv("I2CR_OPENAI_BASE_URL", url)
+    with pytest.raises(ConfigError, match=f"^I2CR_OPENAI_BASE_URL='{url}': expected an http"):
+        Context()
+    assert Context(openai_base_url=" http://localhost:8000/v1 ").openai_base_url == "http://localhost:8000/v1"
+
+
 # ---- i2cr kb ---------------------------------------------------------------------------------------------
 
 def test_kb_path_that_is_a_file_is_named_once(capsys, tmp_path):
