@@ -234,6 +234,36 @@ def test_report_and_compare_say_which_lines_they_skipped(capsys, tmp_path):
     assert code == 0 and "line 11 is not valid JSON" in err
 
 
+def test_report_and_compare_skip_lines_of_the_wrong_shape(capsys, tmp_path):
+    """A hand-edited or foreign predictions.jsonl: valid JSON, wrong types. It used to end in a TypeError traceback."""
+    from evals.store import read_predictions
+    from test_report import fixture_records, write_run
+
+    good = fixture_records()
+    weird = [{"id": "w1", "gold": "Alpha", "prediction": None},
+             {"id": "w2", "gold": {"name": "A"}, "prediction": "A"},
+             {"id": "w3", "gold": {"name": "A"}, "prediction": {"name": "A"}, "stop_round": "two"},
+             {"id": "w4", "gold": {"name": "A"}, "prediction": {"name": "A"}, "stop_round": 1,
+              "trace": [{"step": "link", "round": 1, "pick": "A", "top": "bad"}]},
+             {"id": ["w5"]}, {"id": "w6", "correct": "yes"}, {"id": "w7", "trace": [1]}]
+    run = write_run(tmp_path / "b", good + weird)
+    records, notes = read_predictions(run)
+    assert [r["id"] for r in records] == [r["id"] for r in good]
+    assert [n.split(": ", 1)[1] for n in notes] == [
+        "line 11 is not a prediction line ('gold' is a str); ignored",
+        "line 12 is not a prediction line ('prediction' is a str); ignored",
+        "line 13 is not a prediction line ('stop_round' is a str); ignored",
+        "line 14 is not a prediction line (trace[0].pick is a str); ignored",
+        "line 15 is not a prediction line ('id' is a list); ignored",
+        "line 16 is not a prediction line ('correct' is a str); ignored",
+        "line 17 is not a prediction line (trace[0] is a int); ignored"]
+    code, out, err = cli(capsys, "report", str(run))
+    assert code == 0 and "Traceback" not in err and err.count("is not a prediction line") == 7
+    a = write_run(tmp_path / "a", good)
+    code, out, err = cli(capsys, "compare", str(a), str(run))
+    assert code == 0 and out.startswith("9 shared mentions\n") and err.count("is not a prediction line") == 7
+
+
 def test_compare_says_when_the_runs_are_on_different_datasets(capsys, tmp_path):
     from test_report import fixture_records, write_run
 
