@@ -136,9 +136,21 @@ def read_config(run_dir: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        config = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path} is not valid JSON ({exc}); delete it or use another --out folder") from None
+    except RecursionError:
+        raise InputError(f"{path} is nested too deeply to read as JSON; delete it or use another --out folder") from None
+    problem = (f"it holds a JSON {type(config).__name__}, not an object" if not isinstance(config, dict) else
+               next((f"'{k}' is a {type(config[k]).__name__}" for k, t in _CONFIG_TYPES.items()
+                     if config.get(k) is not None and not isinstance(config[k], t)), None))
+    if problem:
+        raise InputError(f"{path} is not a run configuration ({problem}); delete it or use another --out folder")
+    return config
+
+
+_CONFIG_TYPES: dict[str, type | tuple[type, ...]] = {"settings": dict, "dataset": str, "labels": str, "images": str,
+                                                     "format": str, "dataset_sha256": str, "created": str}
 
 
 def write_config(run_dir: str | Path, config: dict[str, Any]) -> None:

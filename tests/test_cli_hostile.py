@@ -264,6 +264,20 @@ def test_report_and_compare_skip_lines_of_the_wrong_shape(capsys, tmp_path):
     assert code == 0 and out.startswith("9 shared mentions\n") and err.count("is not a prediction line") == 7
 
 
+@pytest.mark.parametrize("config, problem", [("[1]", "it holds a JSON list, not an object"),
+                                             ('{"settings": "x"}', "'settings' is a str"),
+                                             ('{"dataset": 7}', "'dataset' is a int")])
+def test_a_config_json_of_the_wrong_shape_is_one_line(config, problem, capsys, tmp_path):
+    from test_report import fixture_records, write_run
+
+    run = write_run(tmp_path / "run", fixture_records())
+    (run / "config.json").write_text(config)
+    for args in (["report", str(run)], ["compare", str(run), str(run)]):
+        code, out, err = cli(capsys, *args)
+        assert code == 2 and out == ""
+        one_line_error(err, f"{run / 'config.json'} is not a run configuration ({problem})")
+
+
 def test_compare_says_when_the_runs_are_on_different_datasets(capsys, tmp_path):
     from test_report import fixture_records, write_run
 
