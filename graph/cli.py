@@ -75,7 +75,7 @@ def _link(args: argparse.Namespace) -> int:
                 inputs["image_desc"] = cands["mention_imgdesc_Azure"]
             cands = cands.get("Candentity", cands.get("candidates"))
         normalize_candidates(cands, where=f"--candidates {args.candidates}: candidates")  # an error names the file
-        inputs["candidates"] = cands
+        inputs["candidates"] = [] if cands is None else cands  # given but null: empty, so the trace says so
     if args.image_desc:
         inputs["image_desc"] = read_json_file(args.image_desc, "--image-desc")
         try:

@@ -111,6 +111,25 @@ def test_candidate_file_errors_name_the_file(capsys, tmp_path, no_model_loads):
     one_line_error(err, f"--image-desc {desc}: image description must be a dict or a string")
 
 
+def test_a_candidates_file_holding_null_is_an_empty_list_and_the_trace_says_so(capsys, tmp_path, monkeypatch):
+    from tools import embeddings as emb_mod
+    from tools.kb import KnowledgeBase
+
+    monkeypatch.setattr(emb_mod, "load_embeddings", lambda *a, **k: BagOfWordsEmbeddings())
+    KnowledgeBase(path=tmp_path / "kb", embeddings=BagOfWordsEmbeddings()).ingest(CANDS, progress=False)
+    seen = []
+    real_invoke = graph.invoke
+    monkeypatch.setattr(graph, "invoke", lambda inputs, context: seen.append(inputs) or real_invoke(
+        inputs, context=fake_context(kb_path=str(tmp_path / "kb"), top_k=2)))
+    for text in ("null", '{"Candentity": null}'):
+        f = tmp_path / "c.json"
+        f.write_text(text)
+        code, out, err = cli(capsys, "link", "--mention", "Jordan", "--context", "Jordan scored", "--candidates", str(f))
+        assert code == 0, err
+        assert seen[-1]["candidates"] == []
+        assert "the input's candidate list is empty" in json.loads(out)["trace"][0]["note"]
+
+
 def test_duplicate_candidates_are_dropped_with_a_warning():
     dup = [CANDS[0], {"qid": "Q41421", "name": "Jordan (other)"}, CANDS[1], {"name": "Jordan", "qid": "Q810"}]
     out = graph.invoke({"mention": "Jordan", "context": "Jordan scored 30 points", "candidates": dup},
