@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from graph.context import parse_settings
-from tools.errors import I2CRError, InputError
 from tools.candidates import normalize_candidates
 from tools.clues.precomputed import parse_image_desc
+from tools.errors import I2CRError, InputError
 from tools.files import check_input_file, read_json_file
 
 # the top layer: nothing in graph/, nodes/, tools/ or evals/ imports this module

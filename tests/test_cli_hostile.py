@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 
 import pytest
-from fakes import BagOfWordsEmbeddings, TableScorer, scripted
 
 from graph import Context, graph
 from graph.cli import main, read_text_arg
@@ -20,6 +19,8 @@ from graph.context import coerce_setting
 from graph.inputs import validate_input
 from tools.errors import ConfigError, InputError
 from tools.files import read_json_file
+
+from fakes import BagOfWordsEmbeddings, TableScorer, scripted
 
 CANDS = [
     {"qid": "Q41421", "name": "Michael Jordan", "desc": "American basketball player for the Chicago Bulls"},
@@ -255,8 +256,9 @@ def test_report_and_compare_say_which_lines_they_skipped(capsys, tmp_path):
 
 def test_report_and_compare_skip_lines_of_the_wrong_shape(capsys, tmp_path):
     """A hand-edited or foreign predictions.jsonl: valid JSON, wrong types. It used to end in a TypeError traceback."""
-    from evals.store import read_predictions
     from test_report import fixture_records, write_run
+
+    from evals.store import read_predictions
 
     good = fixture_records()
     weird = [{"id": "w1", "gold": "Alpha", "prediction": None},
