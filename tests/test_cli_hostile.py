@@ -207,6 +207,16 @@ def test_a_base_url_without_http_is_refused_before_any_call(url, capsys, monkeyp
 
 # ---- i2cr kb ---------------------------------------------------------------------------------------------
 
+def test_kb_search_names_non_utf8_mention_and_context(capsys, tmp_path, no_model_loads):
+    bad = b"J\xffrdan".decode("utf-8", "surrogateescape")  # what sys.argv holds for these bytes
+    code, out, err = cli(capsys, "kb", "search", bad, "--path", str(tmp_path / "kb"))
+    assert code == 2 and out == ""
+    one_line_error(err, "mention: not valid UTF-8 text (byte 0xff at character 1)")
+    code, out, err = cli(capsys, "kb", "search", "Jordan", "--context", "ok " + bad, "--path", str(tmp_path / "kb"))
+    assert code == 2
+    one_line_error(err, "context: not valid UTF-8 text (byte 0xff at character 4)")
+
+
 def test_kb_path_that_is_a_file_is_named_once(capsys, tmp_path):
     f = tmp_path / "kb.json"
     f.write_text("{}")

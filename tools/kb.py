@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 from langchain_core.embeddings import Embeddings
 
-from tools.candidates import MAX_NAME_CHARS
+from tools.candidates import MAX_NAME_CHARS, check_text
 from tools.errors import ConfigError, I2CRError, InputError, ModelError
 
 log = logging.getLogger(__name__)
@@ -481,6 +481,8 @@ class KnowledgeBase:
         """
         if not isinstance(mention, str) or not mention.strip():
             raise InputError("mention: empty; give the entity mention to look up")
+        check_text(mention, "mention")  # not UTF-8: named here, not blamed on the embedding model
+        check_text(context or "", "context")
         if mode not in MODES:
             raise ConfigError(f"mode: expected one of {list(MODES)}, got {mode!r}")
         if not isinstance(k, int) or k < 1:
