@@ -94,7 +94,7 @@ def parse_gold(value: Any, *, where: str) -> dict[str, Any] | None:
 def read_labels(path: str | Path) -> dict[str, Any]:
     """Read a labels file ``{id: gold}`` (JSON); raise ``InputError`` naming the file when unusable."""
     p = Path(path)
-    labels = read_json_file(p, "--labels")
+    labels = read_json_file(p, "--labels", regular=True)
     if not isinstance(labels, dict):
         raise InputError(f"--labels: {p} must hold an object {{id: gold entity name}}, "
                          f"not a {type(labels).__name__}")
@@ -108,7 +108,7 @@ def load_dataset(path: str | Path, labels: str | Path | dict | None = None,
     Raises ``InputError`` when the file itself is unusable; a bad record becomes an
     :class:`Example` with ``error`` set instead.
     """
-    p = check_input_file(path, "dataset")
+    p = check_input_file(path, "dataset", regular=True)
     if images is not None and not Path(images).is_dir():
         raise InputError(f"--images: not a folder: {images}")
     label_map = labels if isinstance(labels, dict) else (read_labels(labels) if labels else {})

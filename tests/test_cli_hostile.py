@@ -93,6 +93,13 @@ def test_folders_and_special_files_given_as_input_files(capsys, tmp_path, no_mod
     code, _, err = cli(capsys, "kb", "ingest", "/dev/null", "--path", str(tmp_path / "kb"))
     assert code == 2
     one_line_error(err, "KB file /dev/null: not a regular file")
+    good = tmp_path / "d.jsonl"  # eval hashes its dataset and labels to resume: a pipe or device is refused
+    good.write_text(json.dumps({"id": "a", "mention": "Jordan", "context": "c", "candidates": CANDS}) + "\n")
+    for args in (["/dev/null"], [str(good), "--labels", "/dev/null"]):
+        code, _, err = cli(capsys, "eval", *args, "--out", str(tmp_path / "run"), "--no-progress")
+        assert code == 2
+        one_line_error(err, "/dev/null is not a regular file", "save it to a file first")
+    assert not (tmp_path / "run").exists()
 
 
 def test_candidate_file_errors_name_the_file(capsys, tmp_path, no_model_loads):
