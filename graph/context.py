@@ -312,6 +312,15 @@ def _as_list(value: Any) -> Any:
     return [c.strip() for c in text.split(",") if c.strip()]
 
 
+def _did_you_mean(name: str) -> str:
+    """`` (did you mean 'max_rounds'?)`` for a misspelt or capitalised setting name, else ``""``."""
+    import difflib
+
+    key = name.strip().lower().replace("-", "_")
+    close = [key] if key in Context.model_fields else difflib.get_close_matches(key, list(Context.model_fields), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _env_name(name: str) -> str | None:
     """The ``I2CR_*`` variable that sets ``name``, when there is one (names are case-insensitive)."""
     wanted = (ENV_PREFIX + name).upper()
@@ -324,7 +333,7 @@ def _first_error(exc: ValidationError, values: dict[str, Any]) -> str:
     name = str(err["loc"][0]) if err.get("loc") else "settings"
     msg = _explain(name, err)
     if err["type"] == "extra_forbidden":
-        return f"{name}: unknown setting; choose from {sorted(Context.model_fields)}"
+        return f"{name}: unknown setting{_did_you_mean(name)}; choose from {sorted(Context.model_fields)}"
     env = None if name in values else _env_name(name)
     label = f"{env}={os.environ[env]!r}" if env else name
     got = "" if env else f", got {err.get('input')!r:.80}"
@@ -356,7 +365,7 @@ def coerce_setting(name: str, raw: str, *, origin: str | None = None) -> Any:
     label = origin or name
     known = Context.model_fields
     if name not in known:
-        raise ConfigError(f"{label}: unknown setting; choose from {sorted(known)}")
+        raise ConfigError(f"{label}: unknown setting{_did_you_mean(name)}; choose from {sorted(known)}")
     info = known[name]
     if name not in _adapters:
         typ = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation

@@ -212,6 +212,15 @@ def test_a_base_url_without_http_is_refused_before_any_call(url, capsys, monkeyp
     assert Context(openai_base_url=" http://localhost:8000/v1 ").openai_base_url == "http://localhost:8000/v1"
 
 
+@pytest.mark.parametrize("pair, hint", [("MAX_ROUNDS=2", "'max_rounds'"), ("max_round=2", "'max_rounds'"),
+                                        ("gate-treshold=0", "'gate_threshold'"), ("zzz=1", None)])
+def test_an_unknown_setting_suggests_the_close_one(pair, hint, capsys, no_model_loads):
+    code, out, err = cli(capsys, "link", "--mention", "J", "--context", "x", "--set", pair)
+    assert code == 2 and out == ""
+    line = one_line_error(err, f"--set {pair.split('=')[0].replace('-', '_')}: unknown setting", "choose from [")
+    assert (f"(did you mean {hint}?)" in line) if hint else "did you mean" not in line
+
+
 # ---- i2cr kb ---------------------------------------------------------------------------------------------
 
 def test_kb_search_names_non_utf8_mention_and_context(capsys, tmp_path, no_model_loads):
