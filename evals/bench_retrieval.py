@@ -217,8 +217,10 @@ def run_phase(name: str, a: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     if a.dump and name == "wikimel-query":
         cmd += ["--dump", a.dump]
     print("$", " ".join(cmd), file=sys.stderr, flush=True)
-    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True,
-                         cwd=Path(__file__).resolve().parent.parent).stdout
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+    if proc.returncode:  # the phase printed its own one-line error on stderr: stop with its status, no traceback
+        raise SystemExit(proc.returncode)
+    out = proc.stdout
     result = json.loads(out.strip().splitlines()[-1])
     print(json.dumps(result), file=sys.stderr, flush=True)
     return result

@@ -99,8 +99,11 @@ def report_main(argv: list[str]) -> int:
 
 def _report(run: str) -> int:
     from evals.report import write_report
+    from evals.store import read_predictions
 
     path = write_report(run)
+    for note in read_predictions(run)[1]:  # damaged lines: left out of the report, and said so here too
+        print(f"note: {note}", file=sys.stderr)
     print(f"report: {path}\nfigure: {path.parent / 'rounds.png'}\npage: {path.parent / 'report.html'}")
     return 0
 

@@ -106,6 +106,18 @@ def settings_diff(ca: dict[str, Any], cb: dict[str, Any]) -> list[tuple[str, Any
     return out
 
 
+def run_notes(ca: dict[str, Any], cb: dict[str, Any], path_a: str, path_b: str) -> list[str]:
+    """What to tell the user before trusting the comparison: the same folder twice, different datasets."""
+    notes = []
+    if Path(path_a).resolve() == Path(path_b).resolve():
+        notes.append(f"{path_a} is compared with itself")
+    ha, hb = ca.get("dataset_sha256"), cb.get("dataset_sha256")
+    if ha and hb and ha != hb:
+        notes.append(f"the runs are on different datasets (A: {ca.get('dataset')}, B: {cb.get('dataset')}); "
+                     "only the ids both hold, with the same gold answer, are compared")
+    return notes
+
+
 def _pct(x: float) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{100 * x:.1f}%"
 
@@ -209,9 +221,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", help="markdown file to write (default: RUN_B/compare_<name of A>.md)")
     args = p.parse_args(argv)
     try:
-        a, config_a, _ = load_run(args.run_a)
-        b, config_b, _ = load_run(args.run_b)
+        a, config_a, notes_a = load_run(args.run_a)
+        b, config_b, notes_b = load_run(args.run_b)
         name_a, name_b = _label(args.run_a), _label(args.run_b)
+        for note in notes_a + notes_b + run_notes(config_a, config_b, args.run_a, args.run_b):
+            print(f"note: {note}", file=sys.stderr)
         c = compare(a, b)
         if not c["n"]:
             raise InputError(f"compare: {args.run_a} and {args.run_b} share no mention with a gold answer")

@@ -29,6 +29,7 @@ from typing import Any
 from tools.candidates import normalize_candidates
 from tools.clues.precomputed import parse_image_desc
 from tools.errors import InputError
+from tools.files import check_input_file, read_json_file
 
 QID = re.compile(r"^Q\d+$")
 NIL = {"nil": True}
@@ -93,14 +94,7 @@ def parse_gold(value: Any, *, where: str) -> dict[str, Any] | None:
 def read_labels(path: str | Path) -> dict[str, Any]:
     """Read a labels file ``{id: gold}`` (JSON); raise ``InputError`` naming the file when unusable."""
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"--labels: file not found: {p}")
-    try:
-        labels = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"--labels: {p} is not valid JSON ({exc})") from None
-    except RecursionError:
-        raise InputError(f"--labels: {p} is nested too deeply to read as JSON") from None
+    labels = read_json_file(p, "--labels", regular=True)
     if not isinstance(labels, dict):
         raise InputError(f"--labels: {p} must hold an object {{id: gold entity name}}, "
                          f"not a {type(labels).__name__}")
@@ -114,9 +108,7 @@ def load_dataset(path: str | Path, labels: str | Path | dict | None = None,
     Raises ``InputError`` when the file itself is unusable; a bad record becomes an
     :class:`Example` with ``error`` set instead.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"dataset: file not found: {p}")
+    p = check_input_file(path, "dataset", regular=True)
     if images is not None and not Path(images).is_dir():
         raise InputError(f"--images: not a folder: {images}")
     label_map = labels if isinstance(labels, dict) else (read_labels(labels) if labels else {})
@@ -124,6 +116,8 @@ def load_dataset(path: str | Path, labels: str | Path | dict | None = None,
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(f"dataset: {p} is not UTF-8 text ({exc})") from None
+    except OSError as exc:
+        raise InputError(f"dataset: cannot read {p}: {exc.strerror or exc}") from None
     data: Any = None
     if p.suffix.lower() not in (".jsonl", ".ndjson"):
         try:
@@ -144,6 +138,9 @@ def load_dataset(path: str | Path, labels: str | Path | dict | None = None,
         raise InputError(f"dataset: {p} holds a JSON {type(data).__name__}; expected an I2CR "
                          "{id: record} object, a list of records or JSON lines")
 
+    if not raw:
+        raise InputError(f"dataset: {p} holds no record; expected an I2CR {{id: record}} object, "
+                         "a list of records or JSON lines")
     ds = Dataset(path=str(p), format=fmt, examples=[])
     seen: set[str] = set()
     image_dir = Path(images) if images else None
@@ -232,8 +229,9 @@ def _to_inputs(rid: str, record: Any, where: str, *, image_dir: Path | None, bas
                          f"(got {type(context).__name__})")
     raw_cands = _field(record, "Candentity", "candidates")
     candidates = None
+    dropped: list[str] = []
     if raw_cands is not None:
-        candidates = normalize_candidates(raw_cands, where=f"{where}: candidates")
+        candidates = normalize_candidates(raw_cands, where=f"{where}: candidates", dropped=dropped)
         if not candidates:
             candidates = None
     try:
@@ -243,8 +241,8 @@ def _to_inputs(rid: str, record: Any, where: str, *, image_dir: Path | None, bas
     image = _find_image(_field(record, "mention_imgpath", "image"), image_dir, base, where=where,
                         strict="image" in record and "mention_imgpath" not in record)
     inputs: dict[str, Any] = {"id": rid, "mention": mention.strip(), "context": context.strip()}
-    if candidates:
-        inputs["candidates"] = candidates
+    if candidates:  # with duplicates, the list as given: the graph drops them and records a warning
+        inputs["candidates"] = list(raw_cands) if dropped else candidates
     if image_desc:
         inputs["image_desc"] = image_desc
     if image:

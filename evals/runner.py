@@ -79,8 +79,8 @@ def select(examples: list[Example], *, limit: int | None = None, sample: int | N
             keep = set(random.Random(seed).sample(range(len(chosen)), sample))
             chosen = [ex for i, ex in enumerate(chosen) if i in keep]
     if limit is not None:
-        if limit < 0:
-            raise InputError(f"--limit: expected a non-negative number, got {limit}")
+        if limit < 1:
+            raise InputError(f"--limit: expected a positive number, got {limit}")
         chosen = chosen[:limit]
     return chosen
 
@@ -187,6 +187,8 @@ def run_eval(dataset: str | Path, labels: str | Path | dict | None = None, out: 
     ds = load_dataset(dataset, labels, images)
     chosen = select(ds.examples, limit=limit, sample=sample, seed=seed)
     run_dir = Path(out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"--out {run_dir}: is a file, not a run folder; choose a folder")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

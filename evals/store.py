@@ -57,9 +57,53 @@ def read_predictions(run_dir: str | Path, *, repair: bool = False) -> tuple[list
         if not isinstance(rec, dict) or "id" not in rec:
             notes.append(f"{path}: line {lineno} has no 'id'; ignored")
             continue
+        problem = record_problem(rec)
+        if problem:
+            notes.append(f"{path}: line {lineno} is not a prediction line ({problem}); ignored")
+            continue
         by_id.pop(str(rec["id"]), None)  # re-insert so the order is that of the last write
         by_id[str(rec["id"])] = rec
     return list(by_id.values()), notes
+
+
+_NUMBER = (int, float)
+# the fields a prediction line may carry and the types they may have (None is always allowed)
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "gold": (dict,), "prediction": (dict,), "round1": (dict,), "baselines": (dict,), "correct": (bool,),
+    "round1_correct": (bool,), "error": (str,), "status": (str,), "stop_round": (int,), "seconds": _NUMBER,
+    "llm_calls": _NUMBER, "prompt_tokens": _NUMBER, "completion_tokens": _NUMBER, "trace": (list,),
+    "warnings": (list,), "mention": (str,),
+}
+
+# the same for the trace entries (nodes/*.py write them; the report, the page and compare read these keys)
+_TRACE_TYPES: dict[str, tuple[type, ...]] = {
+    "step": (str,), "round": (int,), "clue": (str,), "text": (str,), "note": (str,), "outcome": (str,),
+    "status": (str,), "mode": (str,), "pick": (dict,), "entity": (dict,), "llm": (dict,), "prior_top": (dict,),
+    "top": (list,), "confidence": _NUMBER, "verification_score": _NUMBER, "verification_threshold": _NUMBER,
+    "reflection_score": _NUMBER, "reflection_threshold": _NUMBER, "verification_passed": (bool,),
+    "reflection_passed": (bool,), "gated": (bool,),
+}
+
+
+def record_problem(rec: dict) -> str | None:
+    """Why ``rec`` is not a prediction line as :mod:`evals.predict` writes it (a hand-edited or foreign
+    file), or None. Only the shape is checked: the types of the fields the report and compare read."""
+    if isinstance(rec["id"], bool) or not isinstance(rec["id"], (str, int)):
+        return f"'id' is a {type(rec['id']).__name__}"
+    for key, types in _FIELD_TYPES.items():
+        value = rec.get(key)
+        if value is not None and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+            return f"'{key}' is a {type(value).__name__}"
+    for i, t in enumerate(rec.get("trace") or []):
+        if not isinstance(t, dict):
+            return f"trace[{i}] is a {type(t).__name__}"
+        for key, types in _TRACE_TYPES.items():
+            value = t.get(key)
+            if value is not None and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+                return f"trace[{i}].{key} is a {type(value).__name__}"
+        if any(not isinstance(x, dict) for x in t.get("top") or []):
+            return f"trace[{i}].top holds an entry that is not an object"
+    return None
 
 
 class PredictionWriter:
@@ -92,9 +136,21 @@ def read_config(run_dir: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        config = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path} is not valid JSON ({exc}); delete it or use another --out folder") from None
+    except RecursionError:
+        raise InputError(f"{path} is nested too deeply to read as JSON; delete it or use another --out folder") from None
+    problem = (f"it holds a JSON {type(config).__name__}, not an object" if not isinstance(config, dict) else
+               next((f"'{k}' is a {type(config[k]).__name__}" for k, t in _CONFIG_TYPES.items()
+                     if config.get(k) is not None and not isinstance(config[k], t)), None))
+    if problem:
+        raise InputError(f"{path} is not a run configuration ({problem}); delete it or use another --out folder")
+    return config
+
+
+_CONFIG_TYPES: dict[str, type | tuple[type, ...]] = {"settings": dict, "dataset": str, "labels": str, "images": str,
+                                                     "format": str, "dataset_sha256": str, "created": str}
 
 
 def write_config(run_dir: str | Path, config: dict[str, Any]) -> None:

@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from graph.context import parse_settings
+from tools.candidates import normalize_candidates
+from tools.clues.precomputed import parse_image_desc
 from tools.errors import I2CRError, InputError
-from tools.files import read_json_file
+from tools.files import check_input_file, read_json_file
 
 # the top layer: nothing in graph/, nodes/, tools/ or evals/ imports this module
 __all__ = ["build_parser", "main", "read_text_arg"]
@@ -32,18 +33,18 @@ def read_text_arg(value: str | None, path: str | None) -> str:
     """The context text: ``--context TEXT``, ``--context -`` (stdin) or ``--context-file PATH|-``."""
     if value is not None and path is not None:
         raise InputError("--context and --context-file: give only one of them")
+    if value is None and path is None:
+        raise InputError("--context: missing; give the text around the mention (--context TEXT, "
+                         "--context-file PATH, '-' for stdin, or --context '' when there is none)")
     if path is None and value != "-":
-        return value or ""
+        return value
     what = "--context-file" if path is not None else "--context"
     source = path if path is not None else "-"
     try:
         if source == "-":
             data, where = sys.stdin.buffer.read(), "stdin"
         else:
-            p = Path(source)
-            if not p.is_file():
-                raise InputError(f"{what}: file not found: {source}")
-            data, where = p.read_bytes(), source
+            data, where = check_input_file(source, what).read_bytes(), source
     except OSError as exc:
         raise InputError(f"{what}: cannot read {source}: {exc.strerror or exc}") from None
     try:
@@ -56,6 +57,12 @@ def _link(args: argparse.Namespace) -> int:
     from graph import graph
     from graph.context import Context
 
+    settings = parse_settings(args.set or [])
+    if args.model:
+        settings["linker_model"] = args.model
+    if args.strict_image:
+        settings["strict_image"] = True
+    ctx = Context(**settings)  # a bad setting is reported before stdin or a file is read
     inputs: dict[str, Any] = {"mention": args.mention, "context": read_text_arg(args.context, args.context_file)}
     if args.image:
         inputs["image"] = args.image
@@ -67,15 +74,14 @@ def _link(args: argparse.Namespace) -> int:
             if cands.get("mention_imgdesc_Azure") and not args.image_desc:
                 inputs["image_desc"] = cands["mention_imgdesc_Azure"]
             cands = cands.get("Candentity", cands.get("candidates"))
-        inputs["candidates"] = cands
+        normalize_candidates(cands, where=f"--candidates {args.candidates}: candidates")  # an error names the file
+        inputs["candidates"] = [] if cands is None else cands  # given but null: empty, so the trace says so
     if args.image_desc:
         inputs["image_desc"] = read_json_file(args.image_desc, "--image-desc")
-    settings = parse_settings(args.set or [])
-    if args.model:
-        settings["linker_model"] = args.model
-    if args.strict_image:
-        settings["strict_image"] = True
-    ctx = Context(**settings)
+        try:
+            parse_image_desc(inputs["image_desc"])
+        except ValueError as exc:
+            raise InputError(f"--image-desc {args.image_desc}: {exc}") from None
     out = graph.invoke(inputs, context=ctx)
     result = {
         "mention": args.mention,
@@ -100,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     link = sub.add_parser("link", help="link one mention and print the result as JSON")
     link.add_argument("--mention", required=True)
-    link.add_argument("--context", help="text around the mention ('-': read it from stdin)")
+    link.add_argument("--context", help="text around the mention ('-': read it from stdin; '' when there is none); "
+                                        "this or --context-file is required")
     link.add_argument("--context-file", metavar="PATH", help="read the context from a UTF-8 file ('-': stdin); "
                       "for texts over the OS's argument limit (128 KB)")
     link.add_argument("--image", help="image file that goes with the text (an unusable one is dropped with a "

@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import Field, TypeAdapter, ValidationError, field_validator
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -47,7 +48,7 @@ class Context(BaseSettings):
     """Configuration of one I2CR run. All fields have offline defaults."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", env_ignore_empty=True,
-                                      arbitrary_types_allowed=True)
+                                      arbitrary_types_allowed=True, allow_inf_nan=False)
 
     # ---- models -----------------------------------------------------------
     linker_model: ModelSetting = Field(
@@ -274,6 +275,16 @@ class Context(BaseSettings):
         """``""``, ``"off"`` or ``"none"`` (environment, ``--set``) turn an optional number off."""
         return None if isinstance(value, str) and value.strip().lower() in ("", "off", "none") else value
 
+    @field_validator("openai_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        """``http(s)://host...``: ``localhost:8000`` (no scheme) or a URL with spaces would fail on the first call."""
+        if value is None:
+            return None
+        if not re.match(r"^https?://[^\s/?#]+(/\S*)?$", value.strip()):
+            raise ValueError("expected an http:// or https:// URL such as http://localhost:8000/v1")
+        return value.strip()
+
     @field_validator("clue_order", "object_labels", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
@@ -301,6 +312,15 @@ def _as_list(value: Any) -> Any:
     return [c.strip() for c in text.split(",") if c.strip()]
 
 
+def _did_you_mean(name: str) -> str:
+    """`` (did you mean 'max_rounds'?)`` for a misspelt or capitalised setting name, else ``""``."""
+    import difflib
+
+    key = name.strip().lower().replace("-", "_")
+    close = [key] if key in Context.model_fields else difflib.get_close_matches(key, list(Context.model_fields), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _env_name(name: str) -> str | None:
     """The ``I2CR_*`` variable that sets ``name``, when there is one (names are case-insensitive)."""
     wanted = (ENV_PREFIX + name).upper()
@@ -313,7 +333,7 @@ def _first_error(exc: ValidationError, values: dict[str, Any]) -> str:
     name = str(err["loc"][0]) if err.get("loc") else "settings"
     msg = _explain(name, err)
     if err["type"] == "extra_forbidden":
-        return f"{name}: unknown setting; choose from {sorted(Context.model_fields)}"
+        return f"{name}: unknown setting{_did_you_mean(name)}; choose from {sorted(Context.model_fields)}"
     env = None if name in values else _env_name(name)
     label = f"{env}={os.environ[env]!r}" if env else name
     got = "" if env else f", got {err.get('input')!r:.80}"
@@ -345,11 +365,11 @@ def coerce_setting(name: str, raw: str, *, origin: str | None = None) -> Any:
     label = origin or name
     known = Context.model_fields
     if name not in known:
-        raise ConfigError(f"{label}: unknown setting; choose from {sorted(known)}")
+        raise ConfigError(f"{label}: unknown setting{_did_you_mean(name)}; choose from {sorted(known)}")
     info = known[name]
     if name not in _adapters:
         typ = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
-        _adapters[name] = TypeAdapter(typ)  # type and range
+        _adapters[name] = TypeAdapter(typ, config=ConfigDict(allow_inf_nan=False))  # type and range
     text = raw.strip()
     try:
         if name in ("clue_order", "object_labels"):
@@ -361,6 +381,8 @@ def coerce_setting(name: str, raw: str, *, origin: str | None = None) -> Any:
         value = _adapters[name].validate_python(value)
         if name == "clue_order":
             value = Context._known_clues(value)
+        if name == "openai_base_url":
+            value = Context._http_url(value)
         return value
     except ValidationError as exc:
         raise ConfigError(f"{label}={raw!r}: {_explain(name, exc.errors()[0])}") from None

@@ -7,12 +7,14 @@ The candidate checks live in ``tools/candidates.py`` (the eval scripts use them 
 from __future__ import annotations
 
 import os
+import unicodedata
 
 from tools.candidates import candidate_key, check_text, normalize_candidates
 from tools.clues.precomputed import parse_image_desc
 from tools.errors import InputError
 
-__all__ = ["candidate_key", "check_text", "clip_context", "normalize_candidates", "validate_input", "check_image"]
+__all__ = ["candidate_key", "check_text", "clip_context", "normalize_candidates", "validate_input", "check_image",
+           "visible"]
 
 
 def clip_context(context: str, mention: str, max_chars: int) -> tuple[str, str | None]:
@@ -57,9 +59,13 @@ def validate_input(state: dict, *, strict_image: bool = False) -> dict:
     """
     label = f"input {state['id']!r}: " if state.get("id") else ""
     mention = state.get("mention")
-    if not isinstance(mention, str) or not mention.strip():
+    if not isinstance(mention, str) or not visible(mention):
         raise InputError(f"{label}mention: must be a non-empty string (got {mention!r})")
     check_text(mention, f"{label}mention")
+    control = next((c for c in mention if unicodedata.category(c) == "Cc" and not c.isspace()), None)
+    if control is not None:
+        raise InputError(f"{label}mention: holds the control character U+{ord(control):04X} at character "
+                         f"{mention.index(control)} (got {mention!r:.80})")
     if "context" not in state or state.get("context") is None:
         raise InputError(f"{label}context: missing; give the text around the mention "
                          "(an empty string is allowed when there is none)")
@@ -86,9 +92,19 @@ def validate_input(state: dict, *, strict_image: bool = False) -> dict:
             on = "its text and the precomputed image description" if image_desc else "its text"
             warnings.append(f"{problem}; image not used, the mention is linked on {on}")
             image = None
-    candidates = normalize_candidates(state.get("candidates"), where=f"{label}candidates")
+    dropped: list[str] = []
+    candidates = normalize_candidates(state.get("candidates"), where=f"{label}candidates", dropped=dropped)
+    if dropped:
+        listed = "; ".join(dropped[:3]) + ("; ..." if len(dropped) > 3 else "")
+        warnings.append(f"{label}candidates: {len(dropped)} duplicate(s) dropped, the first of each kept: {listed}")
     return {"mention": mention.strip(), "context": context.strip(), "image": image,
             "image_desc": image_desc, "candidates": candidates, "warnings": warnings}
+
+
+def visible(text: str) -> bool:
+    """Whether ``text`` holds a character that is neither white space, a control nor a format character
+    (zero-width space, joiners, direction marks): a mention of only those is empty."""
+    return any(not c.isspace() and unicodedata.category(c) not in ("Cc", "Cf", "Zs") for c in text)
 
 
 def check_image(path: str) -> str | None:

@@ -35,7 +35,8 @@ def retrieve_candidates(state: State, runtime: Runtime[Context]) -> dict[str, An
         if isinstance(state.get("candidates"), (list, tuple)):  # given, but empty
             notes.append("the input's candidate list is empty: candidates retrieved from the knowledge base instead")
         found = kb_retrieve(clean["mention"], clean["context"], ctx)
-        clean["candidates"] = normalize_candidates(found, where="knowledge base result")
+        # no name-length limit here: ingest refuses long names, and a store written before it must still answer
+        clean["candidates"] = normalize_candidates(found, where="knowledge base result", max_name_chars=None)
         source = "knowledge base"
     entry = {"round": 1, "step": "retrieve",
              "note": "; ".join([f"{len(clean['candidates'])} candidates from {source}", *notes]), "source": source}

@@ -49,7 +49,7 @@ def test_link_reports_bad_input_in_one_line(capsys, tmp_path):
     bad.write_text("[{\"qid\": \"Q1\"}]")
     code, out, err = run_cli(capsys, "link", "--mention", "X", "--context", "", "--candidates", str(bad))
     assert code == 2 and out == ""
-    assert err.strip() == "i2cr: error: candidates[0]: candidate has no name (got {'qid': 'Q1'})"
+    assert err.strip() == f"i2cr: error: --candidates {bad}: candidates[0]: candidate has no name (got {{'qid': 'Q1'}})"
     code, _, err = run_cli(capsys, "link", "--mention", "X", "--context", "", "--candidates", str(tmp_path / "nope"))
     assert code == 2 and "--candidates: file not found" in err
     bad.write_text("{oops")

@@ -18,14 +18,23 @@ def candidate_key(candidate: dict) -> str:
     return str(candidate.get("qid") or candidate.get("name"))
 
 
-def normalize_candidates(raw: Any, *, where: str = "candidates") -> list[dict]:
-    """Check and clean a candidate list; strings are taken as names. Duplicates are dropped."""
+MAX_NAME_CHARS = 1000  # longer is not a name (Wikidata's longest labels are a few hundred characters)
+
+
+def normalize_candidates(raw: Any, *, where: str = "candidates", dropped: list[str] | None = None,
+                         max_name_chars: int | None = MAX_NAME_CHARS) -> list[dict]:
+    """Check and clean a candidate list; strings are taken as names.
+
+    Duplicates (same QID, else same name) are dropped, the first kept; when ``dropped`` is a list,
+    a line per dropped item (``"[2] (Q1 'Jordan') repeats [0]"``) is appended to it. A name longer than
+    ``max_name_chars`` is an ``InputError`` (``None``: no limit, for lists already in a knowledge base).
+    """
     if raw is None:
         return []
     if not isinstance(raw, (list, tuple)):
         raise InputError(f"{where}: expected a list of {{qid, name, desc}} objects, got {type(raw).__name__}")
     out: list[dict] = []
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     for i, item in enumerate(raw):
         if isinstance(item, str):
             item = {"name": item}
@@ -35,6 +44,9 @@ def normalize_candidates(raw: Any, *, where: str = "candidates") -> list[dict]:
         if not isinstance(name, str) or not name.strip():
             raise InputError(f"{where}[{i}]: candidate has no name (got {item!r:.120})")
         check_text(name, f"{where}[{i}].name")
+        if max_name_chars is not None and len(name.strip()) > max_name_chars:
+            raise InputError(f"{where}[{i}].name: {len(name.strip()):,} characters; a name has at most "
+                             f"{max_name_chars:,} (is a description in the 'name' field?)")
         cand = {"name": name.strip()}
         if item.get("qid") not in (None, ""):
             cand["qid"] = str(item["qid"]).strip()
@@ -49,8 +61,11 @@ def normalize_candidates(raw: Any, *, where: str = "candidates") -> list[dict]:
             cand["aliases"] = [str(a) for a in item["aliases"] if str(a).strip()]
         key = candidate_key(cand)
         if key not in seen:
-            seen.add(key)
+            seen[key] = i
             out.append(cand)
+        elif dropped is not None:
+            ident = f"{cand['qid']} {cand['name']!r:.60}" if cand.get("qid") else f"{cand['name']!r:.60}"
+            dropped.append(f"[{i}] ({ident}) repeats [{seen[key]}]")
     return out
 
 

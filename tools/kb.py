@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 from langchain_core.embeddings import Embeddings
 
+from tools.candidates import MAX_NAME_CHARS, check_text
 from tools.errors import ConfigError, I2CRError, InputError, ModelError
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,8 @@ def validate_record(obj: Any) -> dict[str, Any]:
     for key in ("qid", "name"):
         if not isinstance(obj.get(key), str) or not obj[key].strip():
             raise ValueError(f"'{key}' must be a non-empty string")
+    if len(obj["name"].strip()) > MAX_NAME_CHARS:
+        raise ValueError(f"'name' has {len(obj['name'].strip()):,} characters; a name has at most {MAX_NAME_CHARS:,}")
     desc = obj.get("desc", "")
     if desc is None:
         desc = ""
@@ -259,6 +262,8 @@ class KnowledgeBase:
                 client = chromadb.HttpClient(host=self.host, port=self.port, settings=settings)
                 client.heartbeat()
                 return client
+            if self.path.exists() and not self.path.is_dir():
+                raise ConfigError(f"kb_path: {self.path} is a file, not a knowledge base folder")
             self.path.mkdir(parents=True, exist_ok=True)
             return chromadb.PersistentClient(path=str(self.path), settings=settings)
         except I2CRError:
@@ -276,6 +281,8 @@ class KnowledgeBase:
             return False  # do not leave an empty store behind a search or count
         try:
             existing = {getattr(c, "name", c) for c in self.client.list_collections()}
+        except I2CRError:
+            raise
         except Exception as exc:
             raise ConfigError(f"knowledge base at {self.where}: cannot list collections: {exc}") from exc
         name, names = self.collection_name, self.collection_name + NAMES_SUFFIX
@@ -402,8 +409,11 @@ class KnowledgeBase:
     def ingest_file(self, path: str | Path, **kwargs: Any) -> IngestStats:
         """:meth:`ingest` the JSONL file at ``path`` (errors carry its line numbers)."""
         path = Path(path)
+        if path.is_dir():
+            raise InputError(f"KB file {path}: is a folder, not a JSONL file")
         if not path.is_file():
-            raise InputError(f"KB file {path}: not found")
+            raise InputError(f"KB file {path}: not found" if not path.exists() else
+                             f"KB file {path}: not a regular file (it is read twice: copy it to a file first)")
         if kwargs.get("total") is None:
             with path.open("rb") as fh:
                 kwargs["total"] = sum(1 for line in fh if line.strip())
@@ -472,6 +482,8 @@ class KnowledgeBase:
         """
         if not isinstance(mention, str) or not mention.strip():
             raise InputError("mention: empty; give the entity mention to look up")
+        check_text(mention, "mention")  # not UTF-8: named here, not blamed on the embedding model
+        check_text(context or "", "context")
         if mode not in MODES:
             raise ConfigError(f"mode: expected one of {list(MODES)}, got {mode!r}")
         if not isinstance(k, int) or k < 1:
