@@ -12,14 +12,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from fakes import BagOfWordsEmbeddings, ScriptedChatModel, TableScorer, scripted
-from providers_helpers import FakeOpenAI
 
 from graph import Context, graph
 from graph.cli import main
 from graph.context import coerce_setting
 from graph.inputs import clip_context
 from tools.errors import ConfigError, InputError, ModelError
+
+from fakes import BagOfWordsEmbeddings, ScriptedChatModel, TableScorer, scripted
+from providers_helpers import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = str(ROOT / "evals" / "data" / "example_wikimel_25999.json")
@@ -353,6 +354,7 @@ def test_an_unreachable_server_is_named_by_its_url():
     from tools.choice import label_distribution
     from tools.embeddings import CachedEmbedder, load_embeddings
     from tools.models import invoke_model, load_chat_model
+
     from server_helpers import free_port
 
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
