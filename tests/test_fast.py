@@ -80,3 +80,147 @@ def test_more_names_than_sequences_are_scored_in_groups(isolated_llama, monkeypa
     seq, _ = model.continuation_logprobs_sequential(MESSAGES, NAMES)
     multi, _ = model.continuation_logprobs(MESSAGES, NAMES)
     assert np.abs(np.concatenate(multi) - np.concatenate(seq)).max() <= 1e-3
+
+
+# ------------------------------------------------------------- embeddings ---
+TEXTS = ["Jordan. Jordan scored 30 points for the Bulls.", "Michael Jordan. Name: Michael Jordan. Occupation: "
+         "basketball player. Team: Chicago Bulls.", "Jordan. Country in Western Asia.", "Paris",
+         "Jordan River. River in the Middle East.", "a much longer text " * 20]
+
+
+@pytest.fixture
+def fresh_embedders(tmp_path, monkeypatch):
+    from tools import embeddings
+
+    monkeypatch.setenv("I2CR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv(embeddings.EMBED_CACHE_ENV, raising=False)
+    monkeypatch.setattr(embeddings, "_cached", {})
+    return tmp_path
+
+
+def test_batched_embedding_equals_one_text_at_a_time(fresh_embedders, monkeypatch):
+    from tools.embeddings import CachedEmbedder, load_embeddings
+
+    emb = load_embeddings("embedded")
+    together = CachedEmbedder(emb).embed(TEXTS)
+    alone = np.stack([CachedEmbedder(emb).embed([t])[0] for t in TEXTS])
+    assert together.shape == (len(TEXTS), 384)
+    assert np.abs(together - alone).max() <= 1e-6
+
+
+def test_entity_vectors_persist_across_processes(fresh_embedders):
+    import json
+    import subprocess
+
+    code = ("import json, sys; import numpy as np; from tools.embeddings import get_embedder\n"
+            "e = get_embedder('embedded'); v = e.embed_query_entities(sys.argv[1], json.loads(sys.argv[2]))\n"
+            "print(json.dumps({'computed': e.computed, 'hex': v.tobytes().hex()}))")
+    env = {**__import__("os").environ, "I2CR_CACHE_DIR": str(fresh_embedders / "cache")}
+    root = Path(__file__).resolve().parents[1]
+
+    def run(query: str) -> dict:
+        out = subprocess.run([sys.executable, "-c", code, query, json.dumps(TEXTS[1:])], cwd=root, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first = run(TEXTS[0])
+    assert first["computed"] == len(TEXTS)  # a cold cache: the query and every entity text
+    stores = list((fresh_embedders / "cache" / "embeddings").glob("*.sqlite"))
+    assert len(stores) == 1
+    second = run("another query about Jordan")
+    assert second["computed"] == 1  # only the new query: the entity texts came from the store
+    n = 384 * 4
+    a, b = bytes.fromhex(first["hex"]), bytes.fromhex(second["hex"])
+    assert a[n:] == b[n:]  # the entity vectors, bitwise
+
+
+def test_cache_off_and_bad_setting(fresh_embedders, monkeypatch):
+    from tools import embeddings
+    from tools.errors import ConfigError
+
+    monkeypatch.setenv(embeddings.EMBED_CACHE_ENV, "off")
+    assert embeddings.vector_store_for("embedded") is None
+    monkeypatch.setenv(embeddings.EMBED_CACHE_ENV, "maybe")
+    with pytest.raises(ConfigError, match="I2CR_EMBED_CACHE='maybe': expected on or off"):
+        embeddings.vector_store_for("embedded")
+
+
+def test_store_is_a_langchain_byte_store(tmp_path):
+    from tools.embeddings import SqliteByteStore
+
+    store = SqliteByteStore(tmp_path / "s.sqlite")
+    store.mset([("a1", b"x"), ("a2", b"yy"), ("b", b"z")])
+    assert store.mget(["a2", "nope", "b"]) == [b"yy", None, b"z"]
+    assert sorted(store.yield_keys(prefix="a")) == ["a1", "a2"]
+    store.mdelete(["a1"])
+    assert SqliteByteStore(tmp_path / "s.sqlite").mget(["a1", "a2"]) == [None, b"yy"]
+
+
+# ------------------------------------------------------------- link_many ---
+def _linker(ctx, monkeypatch):
+    """The batch actor as Ray builds it (its context pickled), here in-process without starting Ray."""
+    import pickle
+
+    from evals.batch import Linker
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # the death log then names itself by pid
+    return Linker(pickle.dumps(ctx), None, "jsonl", ".", None, False)
+
+
+@pytest.mark.parametrize("embedding", ["bag", "embedded"])
+def test_link_many_batch_path_equals_graph_invoke_per_mention(fresh_embedders, monkeypatch, embedding):
+    from evals.datasets import load_dataset
+    from graph import Context, graph
+    from tools import embeddings
+
+    from fakes import BagOfWordsEmbeddings, TableScorer
+    from test_fused import name_model
+
+    data = Path(__file__).parent / "data"
+    examples = [ex for ex in load_dataset(str(data / "wikimel_small.json"), None).examples if ex.inputs]
+    llm = name_model(Michael_Jordan=-0.5, Paris_Hilton=-0.2, Jordan=-3.0)
+    emb = BagOfWordsEmbeddings() if embedding == "bag" else "embedded"
+    ctx = Context(linker_model=llm, embedding_model=emb, verifier=TableScorer({}), gate_threshold=0.97)
+    reference = [graph.invoke(dict(ex.inputs), context=ctx) for ex in examples]
+    llm_calls = len(llm.calls)
+    assert 0 < llm_calls  # some mentions ask the LLM, so the comparison covers both kinds
+
+    embeddings._cached.clear()  # a fresh actor: nothing in memory
+    llm.calls.clear()
+    linker = _linker(ctx, monkeypatch)
+    embedder = embeddings.get_embedder(linker.ctx.embedding_model)
+    items = [(ex.id, dict(ex.inputs), None) for ex in examples]
+    got = linker.link_many(items)
+    after_warm = embedder.computed
+    assert after_warm > 0
+    from evals.batch import result_of
+
+    want = [result_of(ex.id, dict(ex.inputs), out, None, trace=False) for ex, out in zip(examples, reference)]
+    assert [(r["id"], r["entity"], r["status"], r["stop_round"], r["confidence"], r["error"]) for r in got] == \
+        [(r["id"], r["entity"], r["status"], r["stop_round"], r["confidence"], r["error"]) for r in want]
+    assert len(linker.ctx.linker_model.calls) == llm_calls  # the same mentions asked the LLM
+
+
+def test_warm_embeds_round_one_texts_once(fresh_embedders):
+    from evals.batch import warm_embeddings
+    from evals.datasets import load_dataset
+    from graph import Context
+    from tools import embeddings
+
+    from fakes import BagOfWordsEmbeddings
+
+    data = Path(__file__).parent / "data"
+    inputs = [ex.inputs for ex in load_dataset(str(data / "wikimel_small.json"), None).examples if ex.inputs]
+    ctx = Context(embedding_model=BagOfWordsEmbeddings())
+    n = warm_embeddings(ctx, inputs + [{"mention": 3}])  # a bad record is skipped, not raised
+    emb = embeddings.get_embedder(ctx.embedding_model)
+    assert n == emb.computed > len(inputs)
+    from tools.features import candidate_features
+    from tools.texts import query_text
+
+    for inp in inputs:  # round 1 of every mention now embeds nothing
+        candidate_features(inp["mention"], inp["context"], inp["candidates"], emb)
+    assert emb.computed == n
+    assert warm_embeddings(ctx, inputs) == 0
+    assert query_text("a", "") == "a"
