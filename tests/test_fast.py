@@ -224,3 +224,14 @@ def test_warm_embeds_round_one_texts_once(fresh_embedders):
     assert emb.computed == n
     assert warm_embeddings(ctx, inputs) == 0
     assert query_text("a", "") == "a"
+
+
+def test_an_unwritable_cache_folder_degrades_to_memory(tmp_path, monkeypatch):
+    from tools import embeddings
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("I2CR_CACHE_DIR", str(blocker))  # <blocker>/embeddings cannot be created
+    monkeypatch.delenv(embeddings.EMBED_CACHE_ENV, raising=False)
+    with pytest.warns(UserWarning, match="entity-vector cache .* cannot be used"):
+        assert embeddings.vector_store_for("embedded") is None

@@ -152,7 +152,15 @@ def vector_store_for(spec: str, base_url: str | None = None) -> SqliteByteStore 
     if spec.startswith("openai:"):
         ident += f"@{base_url or os.environ.get('OPENAI_BASE_URL') or 'api.openai.com'}"
     name = hashlib.sha1(ident.encode("utf-8")).hexdigest()[:16]
-    return SqliteByteStore(cache_dir().parent / "embeddings" / f"{name}.sqlite")
+    path = cache_dir().parent / "embeddings" / f"{name}.sqlite"
+    try:
+        return SqliteByteStore(path)
+    except (OSError, sqlite3.Error) as exc:  # a read-only or full disk: link without the store
+        import warnings
+
+        warnings.warn(f"the entity-vector cache {path} cannot be used ({exc}); vectors are kept in memory only",
+                      stacklevel=2)
+        return None
 
 
 def _embedded_version() -> str:
@@ -209,7 +217,10 @@ class CachedEmbedder:
             ents = set(entities)
             keyed = [t for t in missing if t in ents]
             if keyed:
-                found = self.store.mget([text_key(t) for t in keyed])
+                try:
+                    found = self.store.mget([text_key(t) for t in keyed])
+                except sqlite3.Error:
+                    found = [None] * len(keyed)
                 hits = [(t, np.frombuffer(v, dtype=np.float32)) for t, v in zip(keyed, found) if v is not None]
                 if hits:
                     self._remember([t for t, _ in hits], [v for _, v in hits])
@@ -222,7 +233,10 @@ class CachedEmbedder:
                 ents = set(entities)
                 new = [(text_key(t), v.tobytes()) for t, v in zip(missing, vectors) if t in ents]
                 if new:
-                    self.store.mset(new)
+                    try:
+                        self.store.mset(new)
+                    except sqlite3.Error:  # a full disk or a locked file: the vectors stay in memory
+                        pass
         with self._lock:
             rows = [self._cache.get(t) for t in texts]
         if any(r is None for r in rows):  # evicted meanwhile by another thread: embed those again
