@@ -170,12 +170,13 @@ def _linker(ctx, monkeypatch):
 
 @pytest.mark.parametrize("embedding", ["bag", "embedded"])
 def test_link_many_batch_path_equals_graph_invoke_per_mention(fresh_embedders, monkeypatch, embedding):
+    from test_fused import name_model
+
     from evals.datasets import load_dataset
     from graph import Context, graph
     from tools import embeddings
 
     from fakes import BagOfWordsEmbeddings, TableScorer
-    from test_fused import name_model
 
     data = Path(__file__).parent / "data"
     examples = [ex for ex in load_dataset(str(data / "wikimel_small.json"), None).examples if ex.inputs]
