@@ -28,7 +28,8 @@ How it runs (see docs/scale-out.md):
   once per actor (``concurrency`` actors, ``num_cpus=cpus_per_actor`` each), and
   links each mention with the same compiled graph and settings as ``i2cr
   link`` / ``i2cr eval``; :meth:`Linker.link_many` is the one place that links
-  a batch (one mention after another today), where a batch-level scorer fits;
+  a batch: its round-1 texts embedded in one call (:func:`warm_embeddings`),
+  then the graph per mention (docs/batch-speed.md);
 * the driver writes each batch that comes back as one part file, written to a
   temporary name, fsync'd and renamed: a part is in the output whole or not at
   all. Rerunning with the same ``OUT`` reads the ids of the parts (ids only,
