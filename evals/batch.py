@@ -28,7 +28,8 @@ How it runs (see docs/scale-out.md):
   once per actor (``concurrency`` actors, ``num_cpus=cpus_per_actor`` each), and
   links each mention with the same compiled graph and settings as ``i2cr
   link`` / ``i2cr eval``; :meth:`Linker.link_many` is the one place that links
-  a batch (one mention after another today), where a batch-level scorer fits;
+  a batch: its round-1 texts embedded in one call (:func:`warm_embeddings`),
+  then the graph per mention (docs/batch-speed.md);
 * the driver writes each batch that comes back as one part file, written to a
   temporary name, fsync'd and renamed: a part is in the output whole or not at
   all. Rerunning with the same ``OUT`` reads the ids of the parts (ids only,
@@ -268,12 +269,20 @@ class Linker:
         return {"id": [r["id"] for r in recs],
                 "json": [json.dumps(r, ensure_ascii=False, default=str) for r in recs]}
 
+    batch_embed = True
+    """Embed the texts of a whole batch in one call before linking it (:func:`warm_embeddings`)."""
+
     def link_many(self, items: list[tuple[str, dict | None, str | None]]) -> list[dict]:
         """Results of a batch ``[(id, inputs or None, parse error)]``, in order; never raises.
 
-        One graph run per mention today. A batch-level path (mentions embedded
-        together, one LLM batch for the undecided ones) replaces this method.
+        The batch's round-1 texts (every mention's query text, every listed candidate's
+        entity text) are embedded first, together (:func:`warm_embeddings`); then the graph
+        links each mention as ``i2cr eval`` does, finding those vectors in the embedder's
+        memory. The graph stays the one place that decides; only the mentions its gate
+        leaves undecided ask the LLM.
         """
+        if self.batch_embed:
+            warm_embeddings(self.ctx, [inputs for _, inputs, _ in items if inputs is not None])
         return [self.link_one(rid, inputs, error) for rid, inputs, error in items]
 
     def link_one(self, rid: str, inputs: dict | None, error: str | None) -> dict:
@@ -294,6 +303,37 @@ class Linker:
         finally:
             self._deaths.end()
         return result_of(rid, inputs, out, None, trace=self.trace)
+
+
+def warm_embeddings(ctx: Any, inputs: list[dict]) -> int:
+    """Embed the round-1 texts of a batch of mentions at once: their query texts and their listed
+    candidates' entity texts (entity vectors through the persistent cache of ``tools/embeddings.py``).
+
+    The fused linker then finds every round-1 vector in memory (same texts, same embedder);
+    retrieval from a knowledge base, clue texts and verifiers embed as before. Returns the number
+    of texts the model embedded; a failure here is left to the per-mention linking to report.
+    """
+    if not inputs or getattr(ctx, "linker_mode", "fused") != "fused":
+        return 0
+    try:
+        from graph.inputs import clip_context, normalize_candidates
+        from tools.embeddings import get_embedder
+        from tools.texts import entity_text, query_text
+
+        queries, entities = [], []
+        for inp in inputs:  # the texts as the retrieve node cleans them (a bad record is skipped here)
+            try:
+                mention, context = inp["mention"].strip(), inp["context"].strip()
+                context = clip_context(context, mention, ctx.max_context_chars)[0]
+                cands = normalize_candidates(inp.get("candidates"))
+            except Exception:  # noqa: BLE001
+                continue
+            queries.append(query_text(mention, context))
+            entities += [entity_text(c) for c in cands]
+        embedder = get_embedder(ctx.embedding_model, base_url=ctx.openai_base_url, api_key=ctx.openai_api_key)
+        return embedder.warm(queries, entities)
+    except Exception:  # noqa: BLE001 - the mentions' own linking reports the error, one by one
+        return 0
 
 
 class _DeathLog:

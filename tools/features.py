@@ -136,7 +136,10 @@ def candidate_features(mention: str, context: str, candidates: list[dict], embed
     col = _COL
     query = query_text(mention, context)
     ents = [entity_text(c) for c in candidates]
-    vecs = embedder.embed([query, *ents])
+    if hasattr(embedder, "embed_query_entities"):  # entity vectors through the embedder's persistent cache
+        vecs = embedder.embed_query_entities(query, ents)
+    else:
+        vecs = embedder.embed([query, *ents])
     dense = vecs[1:] @ vecs[0]
     gap, top = _relative(dense)
     out[:, col["dense"]], out[:, col["dense_gap"]], out[:, col["dense_top"]] = dense, gap, top

@@ -218,6 +218,97 @@ class LlamaCppChatModel(BaseChatModel):
         """Per-token log-probabilities of each continuation as the start of the model's answer.
 
         The prompt (chat template, generation prompt included) is evaluated
+        once in sequence 0, its shared prefix with the previous call reused
+        from the KV cache. The continuations are then evaluated together in
+        ONE llama.cpp batch: continuation ``j`` is sequence ``j+1``, which
+        shares the prompt's cache cells (``llama_memory_seq_cp`` from seq 0,
+        no copy of the data), so one forward pass of all their tokens replaces
+        one decode per continuation. The other sequences are dropped after, so
+        the cache holds the prompt only. Same scores as
+        :meth:`continuation_logprobs_sequential` up to float rounding
+        (tests/test_fast.py). Returns one list of token log-probabilities per
+        continuation and the number of tokens evaluated.
+        """
+        import llama_cpp
+        import numpy as np
+
+        shared = self._shared()
+        llama = shared.llama
+        n_seq = int(llama.context_params.n_seq_max)
+        if n_seq < 2 or not llama.context_params.kv_unified:
+            return self.continuation_logprobs_sequential(messages, continuations)
+        tokens = self._prompt_tokens(shared, messages)
+        conts = [llama.tokenize(c.encode("utf-8"), add_bos=False, special=False) or [llama.token_eos()]
+                 for c in continuations]
+        n_vocab = llama.n_vocab()
+        if len(tokens) + max(len(c) for c in conts) > llama.n_ctx():
+            raise ModelError(f"linker_model '{self.model_name}': prompt of {len(tokens)} tokens does not fit "
+                             f"n_ctx={llama.n_ctx()}")
+
+        def log_softmax(rows: Any) -> Any:
+            rows = rows - rows.max(axis=-1, keepdims=True)
+            return rows - np.log(np.exp(rows).sum(axis=-1, keepdims=True))
+
+        out: list[list[float]] = [[] for _ in conts]
+        with shared.lock:
+            _eval_prompt(llama, tokens)
+            first = log_softmax(np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(n_vocab,)).astype(np.float64))
+            n_prompt = llama.n_tokens
+            mem = llama._ctx.memory
+            for j, cont in enumerate(conts):
+                out[j].append(float(first[cont[0]]))
+            todo = [j for j, c in enumerate(conts) if len(c) > 1]
+            # groups: at most n_seq - 1 sequences and n_batch tokens per decode
+            groups: list[list[int]] = [[]]
+            for j in todo:
+                size = sum(len(conts[k]) - 1 for k in groups[-1])
+                if groups[-1] and (len(groups[-1]) >= n_seq - 1 or size + len(conts[j]) - 1 > llama.n_batch):
+                    groups.append([])
+                groups[-1].append(j)
+            llama_cpp.llama_memory_seq_rm(mem, 0, n_prompt, -1)
+            for group in groups:
+                if not group:
+                    continue
+                n_tok = sum(len(conts[j]) - 1 for j in group)
+                batch = llama_cpp.llama_batch_init(n_tok, 0, 1)
+                try:
+                    rows_of: list[tuple[int, int]] = []  # (continuation, batch row of its first evaluated token)
+                    k = 0
+                    for s_id, j in enumerate(group, start=1):
+                        llama_cpp.llama_memory_seq_rm(mem, s_id, -1, -1)
+                        llama_cpp.llama_memory_seq_cp(mem, 0, s_id, 0, n_prompt)
+                        rows_of.append((j, k))
+                        for i, tok in enumerate(conts[j][:-1]):
+                            batch.token[k] = tok
+                            batch.pos[k] = n_prompt + i
+                            batch.n_seq_id[k] = 1
+                            batch.seq_id[k][0] = s_id
+                            batch.logits[k] = True
+                            k += 1
+                    batch.n_tokens = k
+                    rc = llama_cpp.llama_decode(llama._ctx.ctx, batch)
+                    if rc != 0:
+                        raise ModelError(f"linker_model '{self.model_name}': llama_decode returned {rc} "
+                                         f"scoring {len(group)} names in one batch")
+                    logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llama._ctx.ctx), shape=(k, n_vocab))
+                    for j, row0 in rows_of:
+                        cont = conts[j]
+                        rows = log_softmax(logits[row0:row0 + len(cont) - 1].astype(np.float64))
+                        out[j] += [float(rows[i, cont[i + 1]]) for i in range(len(cont) - 1)]
+                finally:
+                    llama_cpp.llama_batch_free(batch)
+                    for s_id in range(1, len(group) + 1):
+                        llama_cpp.llama_memory_seq_rm(mem, s_id, -1, -1)
+            llama_cpp.llama_memory_seq_rm(mem, 0, n_prompt, -1)  # the cache holds the prompt only
+        return out, len(tokens) + sum(len(c) for c in conts)
+
+    def continuation_logprobs_sequential(self, messages: list[BaseMessage],
+                                         continuations: list[str]) -> tuple[list[list[float]], int]:
+        """Per-token log-probabilities of each continuation, one continuation decoded after another.
+
+        The reference for :meth:`continuation_logprobs` (and its path when the context has one sequence).
+
+        The prompt (chat template, generation prompt included) is evaluated
         once, its shared prefix with the previous call reused from the KV
         cache; each continuation is then evaluated after it in one batch, and
         the cache is cut back to the prompt before the next. Returns one list

@@ -134,7 +134,23 @@ def _llama_class() -> type:
             params.use_extra_bufts = self._i2cr_extra_bufts
             self.__dict__["model_params"] = params
 
+        @property
+        def context_params(self) -> Any:
+            return self.__dict__["context_params"]
+
+        @context_params.setter
+        def context_params(self, params: Any) -> None:
+            # several sequences in one KV buffer: the candidate names are scored side by side
+            # after one shared prompt (tools/llama_cpp_chat.py, continuation_logprobs)
+            params.n_seq_max = max(int(params.n_seq_max), N_SEQ_MAX)
+            params.kv_unified = True
+            self.__dict__["context_params"] = params
+
     return _Llama
+
+
+N_SEQ_MAX = 32
+"""Sequences of a llama.cpp context (unified KV cache): seq 0 holds the prompt, the others a continuation each."""
 
 
 def new_llama(path: str, *, n_ctx: int, n_threads: int, extra_bufts: bool) -> Any:
