@@ -26,6 +26,8 @@ from nodes.link_fused import fused_pick
 from nodes.prompt_parts import candidate_desc, clue_block, count_call, linker, round_clues
 from prompts import linking as P
 from tools.answers import parse_answer
+from tools.fusion import nil_offered
+from tools.names import display_name
 from tools.models import describe, invoke_model
 from tools.texts import entity_ref
 
@@ -43,7 +45,8 @@ def build_messages(state: State, ctx: Context) -> list:
     number they were told to avoid) and named at the end of the prompt.
     """
     shown = shown_candidates(state)
-    lines = [P.CANDIDATE_LINE.format(number=i + 1, name=c["name"], desc=candidate_desc(c, ctx.max_desc_chars))
+    nil_ok = nil_offered(ctx.allow_nil, ctx.nil_threshold)
+    lines = [P.CANDIDATE_LINE.format(number=i + 1, name=display_name(c["name"]), desc=candidate_desc(c, ctx.max_desc_chars))
              for i, c in enumerate(shown)]
     by_key = {candidate_key(c): c for c in state["candidates"]}
     excluded = [by_key[k]["name"] for k in state.get("excluded") or [] if k in by_key]
@@ -55,8 +58,8 @@ def build_messages(state: State, ctx: Context) -> list:
     user = P.USER.format(candidates="\n".join(lines), mention=state["mention"],
                          context=state.get("context") or "(none)", clues=clue_block(round_clues(state, ctx)),
                          rejected=rejected,
-                         retry=retry, answer_format=P.ANSWER_FORMAT_NIL if ctx.allow_nil else P.ANSWER_FORMAT)
-    return [SystemMessage(P.SYSTEM_NIL if ctx.allow_nil else P.SYSTEM), HumanMessage(user)]
+                         retry=retry, answer_format=P.ANSWER_FORMAT_NIL if nil_ok else P.ANSWER_FORMAT)
+    return [SystemMessage(P.SYSTEM_NIL if nil_ok else P.SYSTEM), HumanMessage(user)]
 
 
 def link_on_text(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -76,8 +79,8 @@ def link_on_text(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     raw, tokens = invoke_model(linker(ctx), build_messages(state, ctx), spec=ctx.linker_model)
     count_call(usage, tokens["input_tokens"], tokens["output_tokens"])
     shown = shown_candidates(state)
-    answer = parse_answer(raw, [c["name"] for c in shown], qids=[c.get("qid") for c in shown],
-                          allow_nil=ctx.allow_nil)
+    answer = parse_answer(raw, [display_name(c["name"]) for c in shown], qids=[c.get("qid") for c in shown],
+                          allow_nil=nil_offered(ctx.allow_nil, ctx.nil_threshold))
     outcome = answer.kind
     pick = shown[answer.index] if outcome == "entity" else None
     key = candidate_key(pick) if pick else None

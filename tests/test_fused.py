@@ -143,7 +143,7 @@ def test_names_are_scored_by_likelihood_when_the_model_can(tmp_path):
     assert out["entity"]["qid"] == "Q2" and len(links(out)) >= 1
     first = links(out)[0]
     assert first["llm"]["method"] == "likelihood" and first["llm"]["weight"] == 1.0
-    assert model.calls[0].startswith("Text: Berg said in 2011") and 'Who is "Berg" in this text?' in model.calls[0]
+    assert model.calls[0].startswith("Text: Berg said in 2011") and 'What does "Berg" refer to in this text?' in model.calls[0]
     assert "Visual clues" in model.calls[1] and model.calls[1].index("Visual clues") > model.calls[1].index("Text:")
     assert out["usage"]["input_tokens"] == 42 * len(model.calls)
     # the weights file gives each method its own weight; llm_weight overrides both

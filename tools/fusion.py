@@ -146,6 +146,16 @@ def nil_decision(p_top: float | None, p_nil: float, nil_threshold: float | None,
     return p_nil / (p_nil + p_top) > nil_threshold
 
 
+def nil_offered(allow_nil: bool, nil_threshold: float | None) -> bool:
+    """Whether ``linker_mode=llm`` offers the model a nil answer: one setting for both linkers.
+
+    ``nil_threshold`` off (``None``) turns nil off in both modes (the fused linker never answers nil,
+    the llm linker is not offered the nil answer format); otherwise ``allow_nil`` decides (default on).
+    The threshold's value has no meaning for the llm linker, whose nil is its own answer.
+    """
+    return bool(allow_nil) and nil_threshold is not None
+
+
 def weights_document(models: dict[str, dict[str, Any]], *, llm_weight: Any = 1.0, llm_floor: float | None = None,
                      nil_row: bool = True, fit: dict[str, Any] | None = None) -> dict[str, Any]:
     """The JSON content of a weights file (the one format :class:`FusionWeights` reads).
