@@ -330,6 +330,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-curve", default="", metavar="N1,N2,...",
                    help="text-only fits on seeded subsets of the first set of these sizes (no LLM)")
     p.add_argument("--curve-repeats", type=int, default=3)
+    p.add_argument("--drop-features", default="", metavar="F1,F2",
+                   help="features the fitted models do not use (e.g. qid_prior), to measure what one brings")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -362,6 +364,10 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:  # noqa: C901
     if not 0 <= a.gate <= 1:
         p.error(f"--gate: expected a number between 0 and 1, got {a.gate}")
     thr = _threshold(a.nil_threshold)
+    drop = tuple(f.strip() for f in a.drop_features.split(",") if f.strip())
+    unknown = [f for f in drop if f not in ALL_FEATURES]
+    if unknown:
+        p.error(f"--drop-features: unknown feature(s) {unknown}; known: {', '.join(ALL_FEATURES)}")
     k = len(a.data)
     if a.labels and k > 1:
         p.error("--labels: give one labels file per set as DATA:LABELS when there are several sets")
@@ -417,7 +423,7 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:  # noqa: C901
     for f in range(a.folds):
         tr = np.flatnonzero(Tf != f)
         models = fit_models([TX[i] for i in tr], Tg[tr], a.C, ranked=Tr[tr], has_clues=np.zeros(len(tr), bool),
-                            source=None if source is None else source[tr])
+                            source=None if source is None else source[tr], exclude=drop)
         fold_models.append(models)
         for s in sets:
             sel = np.flatnonzero(s["fold"] == f)
@@ -425,7 +431,7 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:  # noqa: C901
                 s["z"][i] = z
         print(f"  fold {f + 1}/{a.folds} fitted", file=sys.stderr, flush=True)
     final = fit_models(TX, Tg, a.C, ranked=Tr, has_clues=np.concatenate([s["has_clues"] for s in train]),
-                       source=source)
+                       source=source, exclude=drop)
     for s in sets:
         sel = np.flatnonzero(s["fold"] < 0)
         for i, z in zip(sel, _logits(final["text_unordered"], [s["X"][i] for i in sel])):
@@ -534,6 +540,7 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:  # noqa: C901
 
     # ---- learning curve
     if a.learning_curve:
+        a.drop_set = drop
         result["learning_curve"] = learning_curve(sets, a, thr, base)
 
     # ---- write
@@ -548,7 +555,7 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:  # noqa: C901
             if "nil_bias" in chosen:
                 extra["llm_nil"] = {"bias": chosen["nil_bias"], "weight": chosen["nil_weight"]}
         fit = {"data": [s["name"] for s in sets if s["role"] == "train"], "order": orders, "sample": samples,
-               "augment_noattr": a.augment_noattr, "mentions": len(TX), "folds": a.folds, "C": a.C,
+               "augment_noattr": a.augment_noattr, "dropped_features": list(drop), "mentions": len(TX), "folds": a.folds, "C": a.C,
                "embedding_model": a.embedding_model, "nil_threshold": thr, "balanced": source is not None,
                "method": "conditional logit with a nil row (L-BFGS); LLM terms by maximum likelihood with the nil row",
                "command": result["command"],
@@ -587,7 +594,7 @@ def learning_curve(sets: list[dict[str, Any]], a: argparse.Namespace, thr: float
             idx = np.random.default_rng(a.seed + 1000 * r + size).choice(n, size, replace=False)
             rest = np.setdiff1d(np.arange(n), idx)
             models = fit_models([first["X"][i] for i in idx], first["gold"][idx], a.C,
-                                has_clues=np.zeros(size, bool))
+                                has_clues=np.zeros(size, bool), exclude=a.drop_set)
             m = models["text_unordered"]
             targets = [(first["name"] + " (rest)", [first["X"][i] for i in rest], first["gold"][rest],
                         first["nil"][rest])] + [(s["name"], s["X"], s["gold"], s["nil"]) for s in evals]
