@@ -151,11 +151,9 @@ def llm_scores(records: dict[str, dict], todo: list[str], settings: dict[str, An
     Likelihood scoring also scores ``prompts.linking.NIL_ANSWER`` in the same call (``nil_logp``).
     """
     from graph.context import Context
-    from nodes.link_fused import ask_llm, name_messages
+    from nodes.link_fused import ask_llm
     from nodes.prompt_parts import linker
-    from prompts.linking import NIL_ANSWER
-    from tools.choice import name_likelihoods, scoring_method
-    from tools.names import display_name
+    from tools.choice import scoring_method
 
     key = llm_key(settings)
     got: dict[str, dict] = {}
@@ -173,8 +171,7 @@ def llm_scores(records: dict[str, dict], todo: list[str], settings: dict[str, An
     if not missing:
         return got
     ctx = Context(**settings)
-    model = linker(ctx)
-    method = scoring_method(model, ctx.llm_scoring, ctx.linker_model)
+    method = scoring_method(linker(ctx), ctx.llm_scoring, ctx.linker_model)
     print(f"asking {settings.get('linker_model')} ({method}) about {len(missing)} mention(s) "
           f"({len(todo) - len(missing)} cached in {cache})", file=log, flush=True)
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -184,13 +181,8 @@ def llm_scores(records: dict[str, dict], todo: list[str], settings: dict[str, An
             state = {"mention": inp["mention"], "context": inp.get("context") or "", "candidates": inp["candidates"],
                      "clues": [], "round": 1}
             t = time.perf_counter()
-            nil_lp = None
-            if method == "likelihood":
-                names = [display_name(c["name"]) for c in inp["candidates"]] + [NIL_ANSWER]
-                lp, call = name_likelihoods(model, name_messages(state, ctx), names, spec=ctx.linker_model)
-                logp, nil_lp = lp[:-1], lp[-1]
-            else:
-                logp, call = ask_llm(state, ctx)
+            logp, call = ask_llm(state, ctx)  # the graph's own prompt and scoring (likelihood: also NIL_ANSWER)
+            nil_lp = call.get("nil_logp")
             row = {"id": rid, "key": key, "logp": [round(float(x), 4) for x in logp],
                    "nil_logp": None if nil_lp is None else round(float(nil_lp), 4), "method": call["method"],
                    "tokens": call.get("input_tokens", 0), "seconds": round(time.perf_counter() - t, 3)}

@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     link.add_argument("--set", action="append", metavar="KEY=VALUE", help="any setting of graph/context.py")
     link.add_argument("--compact", action="store_true", help="print one line of JSON")
     for name, help_ in (("kb", "knowledge base: ingest, search"), ("eval", "run a benchmark"),
-                        ("report", "summarise a benchmark run folder")):
+                        ("report", "summarise a benchmark run folder"), ("fit", "refit the fused weights on labelled data")):
         sub.add_parser(name, help=help_, add_help=False)
     return parser
 
@@ -145,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
             from tools.kb_cli import main as kb_main
 
             return kb_main(argv[1:])
+        if argv and argv[0] == "fit":
+            from evals.fit import main as fit_main
+
+            return fit_main(argv[1:])
         if argv and argv[0] in ("eval", "report"):
             from evals import cli as eval_cli
 

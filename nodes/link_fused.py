@@ -58,8 +58,8 @@ def ask_llm(state: State, ctx: Context) -> tuple[np.ndarray, dict[str, Any]]:
     model = linker(ctx)
     names = [display_name(c["name"]) for c in cands]
     if scoring_method(model, ctx.llm_scoring, ctx.linker_model) == "likelihood":
-        logp, call = name_likelihoods(model, name_messages(state, ctx), names, spec=ctx.linker_model)
-        return np.asarray(logp, dtype=np.float64), call
+        logp, call = name_likelihoods(model, name_messages(state, ctx), names + [P.NIL_ANSWER], spec=ctx.linker_model)
+        return np.asarray(logp[:-1], dtype=np.float64), {**call, "nil_logp": float(logp[-1])}
     labels = labels_for(len(cands))
     logp, call = label_distribution(model, choice_messages(state, ctx, labels), labels, names[:len(labels)],
                                     spec=ctx.linker_model)
@@ -90,14 +90,15 @@ def score_round(state: State, ctx: Context, usage: dict[str, Any]) -> dict[str, 
         llm, call = ask_llm(state, ctx)
         count_call(usage, call.get("input_tokens", 0), call.get("output_tokens", 0))
         out["llm"] = {"model": describe(ctx.linker_model), "method": call["method"],
-                      "logprobs": [round(float(x), 3) for x in llm], "raw": call.get("raw"), "round": state["round"]}
+                      "logprobs": [round(float(x), 3) for x in llm], "raw": call.get("raw"), "round": state["round"],
+                      "nil_logprob": call.get("nil_logp")}
     elif earlier.get("llm") and earlier.get("keys") == out["keys"]:
         out["llm"] = {**earlier["llm"], "raw": None}  # an earlier round's opinion of the text still counts, free
     if out["llm"]:
         method = "likelihood" if out["llm"]["method"] == "likelihood" else "choice"
         w = weights.llm_weight_for(method) if ctx.llm_weight is None else ctx.llm_weight
         out["llm"]["weight"] = w
-        scores = scores + w * weights.llm_evidence(np.asarray(out["llm"]["logprobs"]))
+        scores = weights.with_llm(scores, w, out["llm"]["logprobs"], out["llm"].get("nil_logprob"))
     probs, p_nil = distribution(scores, weights.nil_row)
     out["probs"] = [round(float(p), 4) for p in probs]
     out["p_nil"] = round(p_nil, 4)
