@@ -445,7 +445,7 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:  # noqa: C901
             keep = np.ones(n, bool)
             if a.llm_sample and a.llm_sample < n:
                 keep[:] = False
-                keep[np.random.default_rng(a.seed).choice(n, a.llm_sample, replace=False)] = True
+                keep[np.random.default_rng(a.seed).permutation(n)[:a.llm_sample]] = True  # nested: 150 within 300
             s["llm_keep"] = keep
             prior_new = np.array([distribution(z, True)[0].max() for z in s["z"]])
             prior_base = np.array([distribution(z, base.nil_row)[0].max() for z in s["zb"]])
