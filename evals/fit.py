@@ -551,7 +551,7 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:  # noqa: C901
                "embedding_model": a.embedding_model, "nil_threshold": thr, "balanced": source is not None,
                "method": "conditional logit with a nil row (L-BFGS); LLM terms by maximum likelihood with the nil row",
                "command": result["command"],
-               "cv": {n: r["text"]["fit"]["top1"]["p"] for n, r in result["sets"].items()},
+               "cv": cv_record(result),
                **({"llm": result["llm"]} if a.llm and llm_params else {"llm": "carried over from " + base.source})}
         doc = weights_document(final, llm_weight=llm_weight, llm_floor=doc_floor, nil_row=True, fit=fit)
         doc.update(extra)
@@ -561,6 +561,22 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:  # noqa: C901
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(result, indent=1, default=float) + "\n")
     return 0
+
+
+def cv_record(result: dict[str, Any]) -> dict[str, Any]:
+    """The weights file's ``fit.cv``: per set, the order-free text model's Top-1 (nil counted), non-nil Top-1,
+    nil F1, out of fold (training sets) or held out (``--eval`` sets); with the LLM where measured."""
+    out: dict[str, Any] = {"text_unordered": {}, "with_llm": {}}
+    for name, r in result["sets"].items():
+        f = r["text"]["fit"]
+        out["text_unordered"][name] = {"top1": f["top1"]["p"], "top1_non_nil": f["top1_non_nil"]["p"],
+                                       "nil_f1": f["nil"]["f1"], "n": f["top1"]["n"], "scored": r["scored"]}
+        mode = (result.get("llm") or {}).get("mode")
+        if r.get("llm") and mode:
+            g = r["llm"]["fit " + mode]
+            out["with_llm"][name] = {"top1": g["top1"]["p"], "top1_non_nil": g["top1_non_nil"]["p"],
+                                     "nil_f1": g["nil"]["f1"], "n": g["top1"]["n"]}
+    return out
 
 
 def _settings(pairs: list[str]) -> dict[str, Any]:
