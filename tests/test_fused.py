@@ -333,10 +333,14 @@ def test_cv_eval_gives_each_fold_its_own_llm_weight(tmp_path):
 
 def test_llm_score_cache_skips_damaged_and_mismatched_rows(tmp_path):
     from evals.fit_llm_weight import ask
+    from prompts.linking import PROMPT_VERSION
+
+    k = f"huggingface:m|choice|{PROMPT_VERSION}"  # rows of another prompt version are asked again
 
     cache = tmp_path / "scores.jsonl"
-    cache.write_text('5\n{"id": "a", "key": "huggingface:m|choice", "logp": [-1.0, -2.0]}\n'
-                     '{"id": "a", "key": "huggingface:m|choice", "logp": [-1.0]}\n{"id": "b", "key": "huggingface:m|choice", "logp": [0]}\n'
-                     '{"id": "a", "key": "other|choice", "logp": [-9.0, -9.0]}\nbroken{\n')
+    cache.write_text('5\n{"id": "a", "key": "%s", "logp": [-1.0, -2.0]}\n'
+                     '{"id": "a", "key": "%s", "logp": [-1.0]}\n{"id": "b", "key": "%s", "logp": [0]}\n'
+                     '{"id": "a", "key": "other|choice", "logp": [-9.0, -9.0]}\n'
+                     '{"id": "a", "key": "huggingface:m|choice", "logp": [-9.0, -9.0]}\nbroken{\n' % (k, k, k))
     got = ask({"a": {"candidates": [{}, {}]}}, ["a"], {"linker_model": "huggingface:m", "llm_scoring": "choice"}, cache)
-    assert got == {"a": {"id": "a", "key": "huggingface:m|choice", "logp": [-1.0, -2.0]}}  # nothing asked: the good row serves
+    assert got == {"a": {"id": "a", "key": k, "logp": [-1.0, -2.0]}}  # nothing asked: the good row serves
