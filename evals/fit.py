@@ -51,8 +51,14 @@ from evals.fit_fusion import DiskEmbedder, build_matrix, fit_models, predict, un
 from evals.metrics import wilson
 from tools.errors import ConfigError, I2CRError, InputError
 from tools.features import ALL_FEATURES
-from tools.fusion import PACKAGED_WEIGHTS, distribution, floored, load_weights, nil_decision, weights_document, \
-    write_weights
+from tools.fusion import (
+    distribution,
+    floored,
+    load_weights,
+    nil_decision,
+    weights_document,
+    write_weights,
+)
 
 ALL = list(range(len(ALL_FEATURES)))
 LLM_MODES = ("w", "w+nil")
@@ -350,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:  # noqa: C901 (one linear procedure)
+def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     if a.folds < 2:
         p.error(f"--folds: expected at least 2, got {a.folds}")
     if not 0 <= a.gate <= 1:

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from evals.fit_fusion import DATA, _acc, fold_of, fit_models, predict, unordered
+from evals.fit_fusion import DATA, _acc, fit_models, fold_of, predict, unordered
 from tools.errors import I2CRError
 from tools.features import ALL_FEATURES
 from tools.fusion import PACKAGED_WEIGHTS, distribution, floored, nil_decision, softmax

@@ -27,8 +27,8 @@ from nodes.prompt_parts import candidate_desc, clue_block, count_call, linker, r
 from prompts import linking as P
 from tools.answers import parse_answer
 from tools.fusion import nil_offered
-from tools.names import display_name
 from tools.models import describe, invoke_model
+from tools.names import display_name
 from tools.texts import entity_ref
 
 

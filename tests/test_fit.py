@@ -9,12 +9,10 @@ import numpy as np
 import pytest
 from fakes import BagOfWordsEmbeddings, TableScorer, scripted
 
-import evals.fit_fusion as fit_fusion
-import nodes.link_fused as link_fused
-import nodes.prompt_parts as prompt_parts
-from evals import fit
+from evals import fit, fit_fusion
 from graph import Context, graph
 from graph.cli import main as cli_main
+from nodes import link_fused, prompt_parts
 from nodes.link import build_messages
 from prompts import linking as P
 from tools.embeddings import get_embedder
@@ -49,7 +47,7 @@ def _slice(tmp_path: Path, n: int = 24) -> tuple[str, str]:
 class Continuations(scripted("x").__class__):
     """A fake linker model scoring given answers: the name found in the prompt's text scores high."""
 
-    seen: list = []
+    seen: list = []  # noqa: RUF012 (a pydantic field: each instance gets its own list)
 
     def continuation_logprobs(self, messages, continuations):
         prompt = messages[-1].content
@@ -145,7 +143,7 @@ def test_llm_mode_follows_nil_threshold():
         ctx = Context(linker_mode="llm", linker_model=scripted("nil", "nil", "nil", "nil"),
                       embedding_model=BagOfWordsEmbeddings(), verifier=TableScorer({}), max_rounds=1, **settings)
         out = graph.invoke(inputs, context=ctx)
-        return [t["outcome"] for t in out["trace"] if t["step"] == "link"][0]
+        return next(t["outcome"] for t in out["trace"] if t["step"] == "link")
 
     assert outcome() == "nil"
     assert outcome(nil_threshold=None) == "unparseable"  # nil not offered: the answer "nil" is not accepted
