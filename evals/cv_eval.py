@@ -28,8 +28,8 @@ from evals.fit_fusion import DATA, build_matrix, fold_of, fold_weights
 from evals.report import write_report
 from evals.runner import run_eval
 from graph.context import parse_settings
-from tools.files import read_json_file
 from tools.errors import I2CRError, InputError
+from tools.files import read_json_file
 from tools.fusion import PACKAGED_WEIGHTS
 
 
@@ -50,6 +50,7 @@ def llm_fold_weights(path: str, folds: int) -> tuple[list, float | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the cross-validated harness and print where its report is; returns the exit code."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", nargs="?", default=str(DATA / "WikiMEL_dev.json"))
     p.add_argument("--labels", default=None)

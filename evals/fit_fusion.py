@@ -129,13 +129,15 @@ def unordered(X: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def fit_models(X: list[np.ndarray], gold: np.ndarray, C: float, *, ranked: np.ndarray | None = None,
-               has_clues: np.ndarray | None = None, source: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
+               has_clues: np.ndarray | None = None, source: np.ndarray | None = None,
+               exclude: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
     """The four nil-row models of a weights file, widened to ``ALL_FEATURES``.
 
     ``text``/``clue`` read the list's order of the mentions marked ``ranked`` (the others' rank
     features are averaged); ``text_unordered``/``clue_unordered`` never see it. Clue models are
     fitted on the mentions ``has_clues`` (all when not given; the text models when none).
     ``source``: each mention's dataset; given, every dataset weighs the same in the fit.
+    ``exclude``: features no model uses (their weights are 0).
     """
     n = len(X)
     ranked = np.ones(n, bool) if ranked is None else np.asarray(ranked, bool)
@@ -148,7 +150,7 @@ def fit_models(X: list[np.ndarray], gold: np.ndarray, C: float, *, ranked: np.nd
             names = TEXT_FEATURES  # no clue text to learn from: the clue model is the text model
         sel = np.flatnonzero(has_clues) if kind == "clue" and has_clues.any() else np.arange(n)
         for suffix, rows, drop in (("", X_r, ()), ("_unordered", X_u, RANK_FEATURES)):
-            cols = _cols(tuple(f for f in names if f not in drop))
+            cols = _cols(tuple(f for f in names if f not in drop and f not in exclude))
             sw = None
             if source is not None:
                 src = np.asarray(source)[sel]
@@ -287,6 +289,7 @@ def _nil_acc(pred: np.ndarray, gold: np.ndarray, nil: np.ndarray) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Fit the fused weights on the training mix, print the cross-validated figures and write the file."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", nargs="*", default=[str(DATA / "WikiMEL_dev.json")],
                    help="one or more labelled datasets: the training mix")

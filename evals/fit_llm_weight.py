@@ -14,10 +14,13 @@ evidence is not decisive (top probability below ``--gate``). This script:
    prompt and scoring code (``tools/fused_linker.ask_llm``), cached in
    ``--cache`` (JSONL, resumable: rerun after a kill and only the rest is asked);
 3. floors the model's log-probabilities at ``--llm-floor`` below its favourite
-   (one call cannot veto a candidate), picks the weight that links the most
-   undecided mentions of the other folds correctly (ties: the gold's fused
-   log-likelihood), and scores each fold with it (nested: the printed figures
+   (one call cannot veto a candidate), fits the weight on the undecided mentions of the other
+   folds and scores each fold with it (nested: the printed figures
    are cross-validated);
+   The text logits are the nil-row model's (``text_unordered``, out of fold) and the weight is the
+   maximum-likelihood one with the nil row (``evals/fit.fit_llm``, shared with ``i2cr fit``, which
+   fits text, nil and LLM terms in one command and is the recommended path); a nil answer (-1)
+   counts as right where the gold is nil or not listed;
 4. writes the weight fitted on all mentions into the weights file
    (``llm_weight[<method>]``), with the per-fold weights and figures in its
    ``fit.llm`` entry (``evals/cv_eval.py`` links each fold with its own).
@@ -35,9 +38,9 @@ from typing import Any
 import numpy as np
 
 from evals.common import default_labels, defaults, run_main, wikimel_dev
-from evals.fit_fusion import _acc, _cols, fold_of, out_of_fold_logits
-from tools.features import TEXT_FEATURES
-from tools.fusion import PACKAGED_WEIGHTS, floored, softmax
+from evals.fit_fusion import _acc, fit_models, fold_of, predict, unordered
+from tools.features import ALL_FEATURES
+from tools.fusion import PACKAGED_WEIGHTS, distribution, floored, nil_decision, softmax
 
 GRID = np.round(np.arange(0.0, 3.0001, 0.05), 2)
 
@@ -49,7 +52,9 @@ def ask(records: dict[str, dict], todo: list[str], settings: dict[str, Any], cac
     from tools.linker import load_linker
 
     ctx = Context(**settings)
-    key = f"{settings.get('linker_model')}|{settings.get('llm_scoring')}"
+    from evals.fit import llm_key
+
+    key = llm_key(settings)  # model | scoring | prompt version: a cache of another prompt is not reused
     got: dict[str, dict] = {}
     if cache.is_file():
         for line in cache.read_text().splitlines():
@@ -85,6 +90,20 @@ def ask(records: dict[str, dict], todo: list[str], settings: dict[str, Any], cac
     return got
 
 
+def nil_aware_oof_logits(X: list[np.ndarray], gold: np.ndarray, C: float, folds: int) -> list[np.ndarray]:
+    """Out-of-fold text logits of the nil-row model the graph reads for an input list (``text_unordered``),
+    on the folds of :func:`evals.fit_fusion.fold_of` (those ``evals/cv_eval.py`` links with)."""
+    fold = fold_of(len(X), folds)
+    out: list[np.ndarray] = [np.zeros(0)] * len(X)
+    cols = list(range(len(ALL_FEATURES)))
+    for f in range(folds):
+        tr = np.flatnonzero(fold != f)
+        m = fit_models([X[i] for i in tr], gold[tr], C, has_clues=np.zeros(len(tr), bool))["text_unordered"]
+        for i in np.flatnonzero(fold == f):
+            out[i] = predict(m, unordered([X[i]])[0], cols)
+    return out
+
+
 def gold_loglik(logits: list[np.ndarray], llm: list[np.ndarray], gold: list[int], w: float) -> float:
     """Mean log-probability of the gold candidate under text logits + ``w`` * LLM evidence."""
     total = 0.0
@@ -95,16 +114,18 @@ def gold_loglik(logits: list[np.ndarray], llm: list[np.ndarray], gold: list[int]
 
 
 def best_weight(logits: list[np.ndarray], llm: list[np.ndarray], gold: list[int]) -> float:
-    """The grid weight with the most gold picks (mentions whose gold is listed); ties: higher gold log-likelihood."""
-    keep = [k for k, g in enumerate(gold) if g >= 0]
-    if not keep:
-        return 0.0
-    z, l, g = [logits[k] for k in keep], [llm[k] for k in keep], [gold[k] for k in keep]
+    """The LLM weight maximising the likelihood of the golds with the nil row (gold -1: nil or not listed),
+    :func:`evals.fit.fit_llm` (shared with ``i2cr fit``)."""
+    from evals.fit import fit_llm
 
-    def fit(w: float) -> tuple[int, float]:
-        return sum(int(np.argmax(a + w * b)) == c for a, b, c in zip(z, l, g)), gold_loglik(z, l, g, w)
+    return fit_llm([(z, l, 0.0, int(g)) for z, l, g in zip(logits, llm, gold)], "w")["w"]
 
-    return float(max(GRID, key=fit))
+
+def _answer(z: np.ndarray) -> int:
+    """The graph's answer from nil-row scores (default nil_threshold 0.5): a candidate index, or -1 for nil."""
+    probs, p_nil = distribution(z, True)
+    b = int(np.argmax(probs))
+    return -1 if nil_decision(float(probs[b]), p_nil, 0.5, True) else b
 
 
 def evaluate(logits: list[np.ndarray], gold: np.ndarray, scores: dict[str, dict], ids: list[str],
@@ -114,7 +135,7 @@ def evaluate(logits: list[np.ndarray], gold: np.ndarray, scores: dict[str, dict]
     llm = {i: floored(scores[ids[i]]["logp"], floor) for i in undecided}
     methods = {scores[ids[i]]["method"] for i in undecided}
     fold = fold_of(len(logits), folds)
-    pick = np.array([int(np.argmax(z)) for z in logits])
+    pick = np.array([_answer(z) for z in logits])
     fold_w = []
     for f in range(folds):
         train = [i for i in undecided if fold[i] != f]
@@ -122,7 +143,7 @@ def evaluate(logits: list[np.ndarray], gold: np.ndarray, scores: dict[str, dict]
         fold_w.append(w)
         for i in undecided:
             if fold[i] == f:
-                pick[i] = int(np.argmax(logits[i] + w * llm[i]))
+                pick[i] = _answer(logits[i] + w * llm[i])
     secs = [scores[ids[i]]["seconds"] for i in undecided]
     return {"asked": asked, "llm": llm, "fold_w": fold_w, "fused_ok": pick == gold,
             "llm_ok": np.array([int(np.argmax(llm[i])) == gold[i] for i in undecided], bool),
@@ -184,14 +205,14 @@ def main(argv: list[str] | None = None) -> int:
     X, gold, ids = m["X"], m["gold"], m["ids"]
     print(f"{len(X)} labelled mentions with candidates; features in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     records = {ex.id: ex.inputs for ex in load_dataset(a.data, labels).examples if ex.inputs is not None}
-    logits = out_of_fold_logits(X, gold, _cols(TEXT_FEATURES), a.C, a.folds)
-    conf = np.array([softmax(z).max() for z in logits])
+    logits = nil_aware_oof_logits(X, gold, a.C, a.folds)
+    conf = np.array([distribution(z, True)[0].max() for z in logits])
     gates = sorted({a.gate, *a.also_gates})
     cache = Path(a.cache or Path("runs") / "llm-scores" / f"{Path(a.data).stem}.jsonl")
     settings = {**extra, "linker_model": a.linker_model, "llm_scoring": a.llm_scoring,
                 "embedding_model": a.embedding_model}
     scores = ask(records, [ids[i] for i in np.flatnonzero(conf < max(gates))], settings, cache)
-    text_ok = np.array([int(np.argmax(z)) for z in logits]) == gold
+    text_ok = np.array([_answer(z) for z in logits]) == gold
     print(f"linker model {a.linker_model}, llm_scoring {a.llm_scoring}; {a.folds}-fold CV over {len(X)} mentions; "
           f"text evidence alone {_acc(text_ok)}")
     print("| gate | LLM asked | s / call | tokens / mention | text alone on them | LLM alone | fused (nested CV) "

@@ -60,6 +60,7 @@ GATE = 0.95
 
 
 def load_module(path: str, name: str) -> Any:
+    """Import the Python file ``path`` as module ``name`` (an older version of a module, for the before column)."""
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
@@ -148,6 +149,7 @@ def decide(logits: list[np.ndarray], nil_row: bool, nil_threshold: float | None,
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Print the before/after table on every set and write the raw figures as JSON."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cache", default=str(ROOT.parent / "cache"), help="embeddings, features, variants")
     p.add_argument("--out", default=str(ROOT / "evals" / "results" / "generalisation"))
@@ -300,6 +302,7 @@ def _fmt(c: dict[str, Any]) -> str:
 
 
 def print_table(rows: list) -> None:
+    """The table of figures, one line per set and system."""
     head = f"{'set':16} {'system':13} {'Top-1 (nil counted)':22} {'non-nil':20} {'nil F1':>6} {'nilP':>5} {'nilR':>5} {'ECE':>5} {'gated':>6} {'gated acc':20}"
     print(head)
     print("-" * len(head))

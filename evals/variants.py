@@ -27,8 +27,9 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote
 
 import numpy as np
@@ -67,6 +68,7 @@ def _gold_index(cands: list[dict], gold: str) -> int:
 
 
 def shuffle(data: dict, labels: dict, seed: int) -> tuple[dict, dict]:
+    """Variant (a): every candidate list in a seeded random order."""
     out = {}
     for rid, rec in data.items():
         cands = list(rec.get("Candentity") or [])
@@ -76,6 +78,7 @@ def shuffle(data: dict, labels: dict, seed: int) -> tuple[dict, dict]:
 
 
 def titles(data: dict, labels: dict, seed: int) -> tuple[dict, dict]:
+    """Variant (b): names written as Wikipedia titles (underscores, %-encoding, disambiguators); labels follow."""
     out, new_labels = {}, {}
     for rid, rec in data.items():
         cands = [dict(c) for c in rec.get("Candentity") or []]
@@ -90,12 +93,14 @@ def titles(data: dict, labels: dict, seed: int) -> tuple[dict, dict]:
 
 
 def no_attributes(data: dict, labels: dict, seed: int) -> tuple[dict, dict]:
+    """Variant (c): the Wikidata attributes removed from every description."""
     out = {rid: {**rec, "Candentity": [{**c, "desc": strip_attributes(c.get("desc", ""))}
                                        for c in rec.get("Candentity") or []]} for rid, rec in data.items()}
     return out, dict(labels)
 
 
 def make_nil(data: dict, labels: dict, seed: int, share: float = 0.15) -> tuple[dict, dict]:
+    """Variant (d): the gold removed from the list of a seeded ``share`` of mentions, labelled nil."""
     listed = [rid for rid, rec in data.items()
               if rid in labels and labels[rid] != "nil" and _gold_index(rec.get("Candentity") or [], labels[rid]) >= 0]
     rng = np.random.default_rng(seed)
@@ -143,6 +148,7 @@ def write_variants(data_path: str, labels_path: str, out_dir: str, *, seed: int 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Write the variants of a dataset and their labels to a folder."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", nargs="?", default=str(DATA / "WikiMEL_dev.json"))
     p.add_argument("--labels", default=str(DATA / "WikiMEL_dev_label.json"))

@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     link.add_argument("--compact", action="store_true", help="print one line of JSON")
     for name, help_ in (("kb", "knowledge base: ingest, search"), ("eval", "run a benchmark"),
                         ("report", "summarise a benchmark run folder"), ("compare", "compare two run folders"),
-                        ("batch", "link a corpus on Ray Data (resumable)")):
+                        ("batch", "link a corpus on Ray Data (resumable)"),
+                        ("fit", "refit the fused weights on labelled data")):
         sub.add_parser(name, help=help_, add_help=False)
     return parser
 
@@ -143,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             from evals.compare import main as compare_main
 
             return compare_main(argv[1:])
+        if argv and argv[0] == "fit":
+            from evals.fit import main as fit_main
+
+            return fit_main(argv[1:])
         if argv and argv[0] in ("eval", "report"):
             from evals import cli as eval_cli
 

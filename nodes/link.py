@@ -23,6 +23,7 @@ from graph.progress import record
 from graph.state import State
 from tools import fused_linker
 from tools.candidates import candidate_key
+from tools.fusion import nil_offered
 from tools.linker import count_call, load_linker
 from tools.llm_linker import llm_pick
 from tools.models import describe
@@ -58,7 +59,8 @@ def _link_llm(state: State, ctx: Context, entry: dict[str, Any], attempts: list,
     r = llm_pick(load_linker(ctx), state["mention"], state.get("context") or "", state["candidates"],
                  list(state.get("excluded") or []), round_clues(state, ctx),
                  retry_raw=last["raw"] if last and last["outcome"] == "unparseable" else None,
-                 spec=ctx.linker_model, max_desc_chars=ctx.max_desc_chars, allow_nil=ctx.allow_nil)
+                 spec=ctx.linker_model, max_desc_chars=ctx.max_desc_chars,
+                 allow_nil=nil_offered(ctx.allow_nil, ctx.nil_threshold))
     count_call(usage, r.tokens["input_tokens"], r.tokens["output_tokens"])
     entry.update(raw=r.raw, outcome=r.outcome, model=describe(ctx.linker_model), pick=entity_ref(r.pick))
     if r.note:

@@ -65,10 +65,18 @@ Text: {context}
 {clues}
 Which candidate does the mention "{mention}" refer to? Answer with the letter only."""
 
-# Fused mode, llm_scoring="likelihood": the model is asked who the mention is, and
-# each candidate's name is scored as the start of its answer (no answer is sampled).
+# Fused mode, llm_scoring="likelihood": the model is asked what the mention refers to (any kind of
+# entity: person, place, organisation, product, ...), and each candidate's normalised name
+# (tools.names.display_name) is scored as the start of its answer (no answer is sampled), as is
+# NIL_ANSWER (the model's "none" signal, read by fits that test it as nil evidence).
 # The text comes first and the clues after it, so clue rounds reuse the text's KV cache.
 NAME_SYSTEM = "You are an entity linking system."
 
 NAME_USER = """Text: {context}
-{clues}Who is "{mention}" in this text? Answer with the full name."""
+{clues}What does "{mention}" refer to in this text? Answer with its name."""
+
+NIL_ANSWER = "Unknown"
+
+PROMPT_VERSION = "name-v2"
+"""Changes whenever the likelihood or letters prompt changes: cached LLM scores are keyed by it
+(``evals/fit.py``), so a cache filled with another prompt is not reused."""

@@ -8,18 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import BagOfWordsEmbeddings, TableScorer, scripted
 from langchain_core.messages import HumanMessage, SystemMessage
-from providers_helpers import FakeOpenAI, write_tiny_gguf
 
 from graph import Context, graph
 from tools import embedded_llm
-from tools.embeddings import get_embedder
 from tools.choice import label_distribution, labels_for
+from tools.embeddings import get_embedder
 from tools.errors import ConfigError
 from tools.features import ALL_FEATURES, candidate_features, entity_facts, gender_cue
 from tools.fusion import PACKAGED_WEIGHTS, load_weights
 from tools.models import load_chat_model
+
+from fakes import BagOfWordsEmbeddings, TableScorer, scripted
+from providers_helpers import FakeOpenAI, write_tiny_gguf
 
 CANDS = [
     {"qid": "Q1", "name": "Anna Berg", "desc": "Name: Anna Berg. Sex: female. Birth: 1950. Occupation: politician."},
@@ -104,7 +105,7 @@ def test_fact_parsers():
 def test_packaged_weights_load_and_carry_their_fit():
     w = load_weights(None)
     assert w.source == str(PACKAGED_WEIGHTS) and w.features == list(ALL_FEATURES)
-    assert w.fit["mentions"] > 0 and 0 < w.fit["cv"]["text"]["WikiMEL_dev.json"]["top1"] <= 1
+    assert w.fit["mentions"] > 0 and 0 < w.fit["cv"]["text_unordered"]["WikiMEL_dev.json"]["top1"] <= 1
 
 
 def test_bad_weights_file_is_a_config_error(tmp_path):
@@ -143,7 +144,7 @@ def test_names_are_scored_by_likelihood_when_the_model_can(tmp_path):
     assert out["entity"]["qid"] == "Q2" and len(links(out)) >= 1
     first = links(out)[0]
     assert first["llm"]["method"] == "likelihood" and first["llm"]["weight"] == 1.0
-    assert model.calls[0].startswith("Text: Berg said in 2011") and 'Who is "Berg" in this text?' in model.calls[0]
+    assert model.calls[0].startswith("Text: Berg said in 2011") and 'What does "Berg" refer to in this text?' in model.calls[0]
     assert "Visual clues" in model.calls[1] and model.calls[1].index("Visual clues") > model.calls[1].index("Text:")
     assert out["usage"]["input_tokens"] == 42 * len(model.calls)
     # the weights file gives each method its own weight; llm_weight overrides both
@@ -333,10 +334,14 @@ def test_cv_eval_gives_each_fold_its_own_llm_weight(tmp_path):
 
 def test_llm_score_cache_skips_damaged_and_mismatched_rows(tmp_path):
     from evals.fit_llm_weight import ask
+    from prompts.linking import PROMPT_VERSION
+
+    k = f"huggingface:m|choice|{PROMPT_VERSION}"  # rows of another prompt version are asked again
 
     cache = tmp_path / "scores.jsonl"
-    cache.write_text('5\n{"id": "a", "key": "huggingface:m|choice", "logp": [-1.0, -2.0]}\n'
-                     '{"id": "a", "key": "huggingface:m|choice", "logp": [-1.0]}\n{"id": "b", "key": "huggingface:m|choice", "logp": [0]}\n'
-                     '{"id": "a", "key": "other|choice", "logp": [-9.0, -9.0]}\nbroken{\n')
+    cache.write_text(f'5\n{{"id": "a", "key": "{k}", "logp": [-1.0, -2.0]}}\n'
+                     f'{{"id": "a", "key": "{k}", "logp": [-1.0]}}\n{{"id": "b", "key": "{k}", "logp": [0]}}\n'
+                     '{"id": "a", "key": "other|choice", "logp": [-9.0, -9.0]}\n'
+                     '{"id": "a", "key": "huggingface:m|choice", "logp": [-9.0, -9.0]}\nbroken{\n')
     got = ask({"a": {"candidates": [{}, {}]}}, ["a"], {"linker_model": "huggingface:m", "llm_scoring": "choice"}, cache)
-    assert got == {"a": {"id": "a", "key": "huggingface:m|choice", "logp": [-1.0, -2.0]}}  # nothing asked: the good row serves
+    assert got == {"a": {"id": "a", "key": k, "logp": [-1.0, -2.0]}}  # nothing asked: the good row serves

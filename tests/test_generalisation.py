@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import BagOfWordsEmbeddings, TableScorer
 
 from evals.fit_fusion import fit_clogit
 from evals.variants import build_variants, strip_attributes, wiki_title, write_variants
@@ -17,6 +16,8 @@ from tools.errors import ConfigError
 from tools.features import ALL_FEATURES, TEXT_FEATURES, candidate_features
 from tools.fusion import distribution, load_weights, nil_decision, order_is_ranked, weights_document, write_weights
 from tools.names import clean_name, display_name, is_acronym_of, name_key, prefix_share, split_name
+
+from fakes import BagOfWordsEmbeddings, TableScorer
 
 EMB = get_embedder(BagOfWordsEmbeddings())
 

@@ -20,6 +20,9 @@ For one mention, :func:`candidate_features` returns one row per candidate:
   no cue), so a description without Wikidata attributes moves no score;
   a missing description counts only relative to the other candidates
   (``desc_missing_rel``), never as a shift of every candidate at once;
+* a prominence prior from the Wikidata id (``qid_prior``): ``-log10`` of the QID number relative
+  to the list's average (lower, older ids are on average more prominent entities); 0 for a
+  candidate whose id is not a Wikidata QID;
 * with visual clues: dense similarity of the clue text with the entity,
   gender cues in the clues, entity name tokens in the OCR text.
 
@@ -44,7 +47,7 @@ TEXT_FEATURES = (
     "dense", "dense_gap", "dense_top", "list_first", "list_rank_inv",
     "mention_in_name", "name_in_text", "name_exact", "surname_match", "acronym", "name_prefix",
     "has_disamb", "disamb_in_text",
-    "gender_text", "years_fit", "died_before_1900", "desc_missing_rel",
+    "gender_text", "years_fit", "died_before_1900", "desc_missing_rel", "qid_prior",
 )
 CLUE_FEATURES = ("clue_dense", "clue_dense_gap", "clue_dense_top", "gender_clue", "name_in_ocr")
 LEGACY_FEATURES = ("years_alive", "years_unborn", "years_dead", "no_desc")
@@ -74,6 +77,29 @@ def _fold(text: str) -> str:
 def tokens(text: str) -> list[str]:
     """Accent-folded lower-case word tokens."""
     return _WORD.findall(_fold(text))
+
+
+_QID = re.compile(r"Q([1-9][0-9]{0,11})")
+
+
+def qid_prior(qids: list[Any]) -> np.ndarray:
+    """``-log10`` of each Wikidata QID's number, relative to the list's average over its QIDs; 0 for others.
+
+    Wikidata numbered entities in order of creation, and the prominent ones came first, so a lower
+    number is weak evidence of a more prominent (more often mentioned) entity. Any other id scheme
+    gives 0 (no evidence), as does a list with fewer than two QIDs.
+    """
+    vals = np.zeros(len(qids))
+    ok = np.zeros(len(qids), bool)
+    for i, q in enumerate(qids):
+        m = _QID.fullmatch(str(q or "").strip())
+        if m:
+            vals[i], ok[i] = -np.log10(int(m.group(1))), True
+    if ok.sum() < 2:
+        return np.zeros(len(qids))
+    vals[ok] -= vals[ok].mean()
+    vals[~ok] = 0.0
+    return vals
 
 
 def gender_cue(text: str) -> int:
@@ -179,6 +205,7 @@ def candidate_features(mention: str, context: str, candidates: list[dict], embed
         row[col["gender_clue"]] = clue_gender * facts["sex"]
         row[col["name_in_ocr"]] = _share(name_tokens, ocr_tokens) if ocr_tokens else 0.0
     out[:, col["desc_missing_rel"]] = out[:, col["no_desc"]] - out[:, col["no_desc"]].mean()
+    out[:, col["qid_prior"]] = qid_prior([c.get("qid") for c in candidates])
     if clue_text:
         cvec = embedder.embed([clue_text])[0]
         cdense = vecs[1:] @ cvec

@@ -58,8 +58,9 @@ def ask_llm(model: BaseChatModel, mention: str, context: str, candidates: list[d
     """The linker model's log-probability per candidate (one call) and the call's record."""
     names = [display_name(c["name"]) for c in candidates]
     if scoring_method(model, llm_scoring, spec) == "likelihood":
-        logp, call = name_likelihoods(model, name_messages(mention, context, clues), names, spec=spec)
-        return np.asarray(logp, dtype=np.float64), call
+        # "Unknown" is scored after the names too: the LLM's own nil evidence (used when the weights have a term for it)
+        logp, call = name_likelihoods(model, name_messages(mention, context, clues), names + [P.NIL_ANSWER], spec=spec)
+        return np.asarray(logp[:-1], dtype=np.float64), {**call, "nil_logp": float(logp[-1])}
     labels = labels_for(len(candidates))
     messages = choice_messages(mention, context, candidates[:len(labels)], clues, labels,
                                max_desc_chars=max_desc_chars)
@@ -103,14 +104,15 @@ def score_round(mention: str, context: str, candidates: list[dict], clues: list[
                             spec=settings.linker_model, max_desc_chars=settings.max_desc_chars)
         count_call(usage, call.get("input_tokens", 0), call.get("output_tokens", 0))
         out["llm"] = {"model": describe(settings.linker_model), "method": call["method"],
-                      "logprobs": [round(float(x), 3) for x in llm], "raw": call.get("raw"), "round": round_no}
+                      "logprobs": [round(float(x), 3) for x in llm], "raw": call.get("raw"), "round": round_no,
+                      "nil_logprob": call.get("nil_logp")}
     elif earlier.get("llm") and earlier.get("keys") == out["keys"]:
         out["llm"] = {**earlier["llm"], "raw": None}  # an earlier round's opinion of the text still counts, free
     if out["llm"]:
         method = "likelihood" if out["llm"]["method"] == "likelihood" else "choice"
         w = weights.llm_weight_for(method) if settings.llm_weight is None else settings.llm_weight
         out["llm"]["weight"] = w
-        scores = scores + w * weights.llm_evidence(np.asarray(out["llm"]["logprobs"]))
+        scores = weights.with_llm(scores, w, out["llm"]["logprobs"], out["llm"].get("nil_logprob"))
     probs, p_nil = distribution(scores, weights.nil_row)
     out["probs"] = [round(float(p), 4) for p in probs]
     out["p_nil"] = round(p_nil, 4)

@@ -74,6 +74,12 @@ class FusionWeights:
             raise ConfigError(f"fusion_weights {source}: llm_floor must be a positive number, got {floor!r}")
         self.llm_floor = None if floor is None else float(floor)
         self.nil_row = bool(data.get("nil_row", False))
+        nil = data.get("llm_nil")
+        try:
+            self.llm_nil = None if nil is None else {"bias": float(nil["bias"]), "weight": float(nil["weight"])}
+        except (TypeError, KeyError, ValueError):
+            raise ConfigError(f"fusion_weights {source}: llm_nil must be {{\"bias\": b, \"weight\": v}}, "
+                              f"got {nil!r}") from None
         self.fit = data.get("fit", {})
 
     def llm_weight_for(self, method: str) -> float:
@@ -87,6 +93,23 @@ class FusionWeights:
         small model is sometimes confidently wrong); without one, they are used as given.
         """
         return floored(logp, self.llm_floor)
+
+    def with_llm(self, scores: np.ndarray, weight: float, logp: Any, nil_logp: float | None = None) -> np.ndarray:
+        """Candidate scores plus the LLM's evidence, relative to the nil row (kept at 0).
+
+        ``weight`` times the floored relative log-probabilities (:meth:`llm_evidence`); with ``llm_nil``
+        (fitted by ``evals/fit.py`` with the nil row) nil's score, while the LLM is asked, is
+        ``bias + weight * clip(nil_logp - best name's logp)``: the likelihood of the model answering
+        ``prompts.linking.NIL_ANSWER`` as evidence for nil. It is moved to the candidates (the
+        softmax only sees differences). Without ``nil_logp`` (letters route) only the bias applies.
+        """
+        lp = np.asarray(logp, dtype=np.float64)
+        out = np.asarray(scores, dtype=np.float64) + weight * self.llm_evidence(lp)
+        if self.llm_nil and len(lp):
+            f = self.llm_floor or 10.0
+            rel = 0.0 if nil_logp is None else float(np.clip(nil_logp - lp.max(), -f, f))
+            out = out - (self.llm_nil["bias"] + self.llm_nil["weight"] * rel)
+        return out
 
     def logits(self, features: np.ndarray, *, with_clues: bool, ranked: bool = True) -> np.ndarray:
         """Per-candidate logits of the ``clue`` (``with_clues``) or ``text`` model.
@@ -144,6 +167,16 @@ def nil_decision(p_top: float | None, p_nil: float, nil_threshold: float | None,
     if not p_top:
         return True
     return p_nil / (p_nil + p_top) > nil_threshold
+
+
+def nil_offered(allow_nil: bool, nil_threshold: float | None) -> bool:
+    """Whether ``linker_mode=llm`` offers the model a nil answer: one setting for both linkers.
+
+    ``nil_threshold`` off (``None``) turns nil off in both modes (the fused linker never answers nil,
+    the llm linker is not offered the nil answer format); otherwise ``allow_nil`` decides (default on).
+    The threshold's value has no meaning for the llm linker, whose nil is its own answer.
+    """
+    return bool(allow_nil) and nil_threshold is not None
 
 
 def weights_document(models: dict[str, dict[str, Any]], *, llm_weight: Any = 1.0, llm_floor: float | None = None,

@@ -20,6 +20,7 @@ from prompts import linking as P
 from tools.answers import parse_answer
 from tools.candidates import candidate_key
 from tools.models import invoke_model
+from tools.names import display_name
 from tools.prompt_text import candidate_desc, clue_block
 
 
@@ -44,7 +45,7 @@ def llm_messages(mention: str, context: str, candidates: list[dict], excluded: l
                  retry_raw: str | None, max_desc_chars: int, allow_nil: bool) -> list:
     """The chat messages of one attempt; ``retry_raw`` is the previous answer when it could not be used."""
     shown = shown_candidates(candidates, excluded)
-    lines = [P.CANDIDATE_LINE.format(number=i + 1, name=c["name"], desc=candidate_desc(c, max_desc_chars))
+    lines = [P.CANDIDATE_LINE.format(number=i + 1, name=display_name(c["name"]), desc=candidate_desc(c, max_desc_chars))
              for i, c in enumerate(shown)]
     by_key = {candidate_key(c): c for c in candidates}
     names = [by_key[k]["name"] for k in excluded if k in by_key]
@@ -64,7 +65,8 @@ def llm_pick(model: BaseChatModel, mention: str, context: str, candidates: list[
                             max_desc_chars=max_desc_chars, allow_nil=allow_nil)
     raw, tokens = invoke_model(model, messages, spec=spec if spec is not None else model)
     shown = shown_candidates(candidates, excluded)
-    answer = parse_answer(raw, [c["name"] for c in shown], qids=[c.get("qid") for c in shown], allow_nil=allow_nil)
+    answer = parse_answer(raw, [display_name(c["name"]) for c in shown], qids=[c.get("qid") for c in shown],
+                          allow_nil=allow_nil)
     pick = shown[answer.index] if answer.kind == "entity" else None
     note = ("answer could not be mapped to an offered candidate: counted as a failed attempt"
             if answer.kind == "unparseable" else "")

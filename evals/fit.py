@@ -1,0 +1,640 @@
+"""``i2cr fit``: refit the fused linker's text, clue, LLM and nil weights on your own labelled mentions.
+
+    python -m evals.fit DATA.json --labels LABELS.json --out weights.json
+    python -m evals.fit A.json:A_label.json B.json:B_label.json --order ranked unordered --sample 0 3000 \\
+        --eval V.json:V_label.json --eval-sample 300 --llm-sample 300 --out weights.json --json fit.json
+    i2cr link ... --set fusion_weights=weights.json
+
+1. Features of every labelled mention (cached in ``--cache``). ``--augment-noattr`` adds, for every
+   training mention whose candidates carry ``Sex:``/``Birth:``/``Death:`` attributes, a copy with
+   them removed (``evals/variants.strip_attributes``): the weights then also learn to link on
+   descriptions without attributes. A copy shares its mention's fold, so it never trains the model
+   that scores its own mention.
+2. K-fold cross-validation by mention id (a mention id's fold is fixed by a hash of the id): each
+   fold's text models (conditional logits with a nil row, ``evals/fit_fusion.fit_models``) are fitted
+   on the other folds. Scores use the model the graph uses on an input list with the default
+   ``candidate_order=auto`` (``text_unordered``: the list's order is not read).
+3. LLM (unless ``--no-llm``): the linker model (``--linker-model``, the graph's own prompt) is asked
+   about each mention the text model leaves undecided (top probability below ``--gate``, the graph's
+   ``gate_threshold``); its answers are cached in ``--llm-cache``/<data>.jsonl keyed by mention id,
+   model, scoring method and prompt version (``prompts.linking.PROMPT_VERSION``): rerun after a kill
+   and only the rest is asked. The LLM weight is fitted *with* the nil row: per fold, on the other
+   folds' asked mentions, by maximum likelihood of ``softmax([text + w * llm, nil])`` (nil golds
+   included), so the text prior it corrects is the nil-aware one.
+4. Printed per set, against the packaged weights on the same mentions: Top-1 counting nil (a nil
+   answer is right on a nil gold), nil F1 and Top-1 on non-nil golds, with Wilson 95% intervals.
+   Training sets are scored out of fold; ``--eval`` sets whose mention ids occur in a training set
+   are scored by the fold model that did not see that id, the others by the model fitted on all
+   training mentions. Figures with the LLM cover the mentions of ``--llm-sample``.
+5. ``--out``: the weights fitted on every training mention (the LLM weight on every asked one), with
+   the fit record (command, data, CV figures) in its ``fit`` entry.
+
+``--learning-curve 50,100,200,500``: text models (no LLM) fitted on seeded subsets of that many
+mentions of the first training set, scored on the ``--eval`` sets and on the first set's mentions
+outside the subset, beside the packaged weights on the same mentions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import pickle
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evals.fit_fusion import DiskEmbedder, build_matrix, fit_models, predict, unordered
+from evals.metrics import wilson
+from tools.errors import ConfigError, I2CRError, InputError
+from tools.features import ALL_FEATURES
+from tools.fusion import (
+    distribution,
+    floored,
+    load_weights,
+    nil_decision,
+    weights_document,
+    write_weights,
+)
+
+ALL = list(range(len(ALL_FEATURES)))
+LLM_MODES = ("w", "w+nil")
+"""LLM terms fitted with the nil row: ``w`` (the weight of the LLM's floored log-probabilities) and
+``w+nil`` (also the LLM's log-probability of answering ``prompts.linking.NIL_ANSWER``, relative to its
+best name, as evidence for nil: ``nil_bias + nil_weight * that``)."""
+
+
+# ---------------------------------------------------------------- data
+
+def parse_spec(spec: str, labels: str | None = None) -> tuple[str, str | None]:
+    """``DATA`` or ``DATA:LABELS`` -> (data, labels)."""
+    if ":" in spec:
+        d, lab = spec.rsplit(":", 1)
+        if lab.endswith((".json", ".jsonl")) and d:
+            return d, lab
+    return spec, labels
+
+
+def fold_of_id(rid: str, folds: int) -> int:
+    """The CV fold of a mention id (a hash: the same id is in the same fold in every set and run)."""
+    return int(hashlib.sha1(str(rid).encode()).hexdigest()[:8], 16) % folds
+
+
+def _noattr_copy(path: str, labels: str | None, cache: Path) -> tuple[str, str | None] | None:
+    """An attribute-free copy of an I2CR JSON set (written in ``cache``), or None when nothing changes."""
+    from evals.variants import strip_attributes
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    changed, out = False, {}
+    for rid, rec in data.items():
+        rec = dict(rec)
+        cands = []
+        for c in rec.get("Candentity") or []:
+            c = dict(c)
+            new = strip_attributes(str(c.get("desc") or ""))
+            changed |= new != (c.get("desc") or "")
+            c["desc"] = new
+            cands.append(c)
+        rec["Candentity"] = cands
+        out[rid] = rec
+    if not changed:
+        return None
+    key = hashlib.sha256(f"{path}|{Path(path).stat().st_size}".encode()).hexdigest()[:12]
+    dst = cache / f"noattr_{Path(path).stem}_{key}.json"
+    if not dst.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        dst.write_text(json.dumps(out))
+    return str(dst), labels
+
+
+def load_set(path: str, labels: str | None, emb: Any, cache: Path | None, sample: int = 0,
+             seed: int = 0) -> dict[str, Any]:
+    """Feature matrices and golds of a labelled set (``evals/fit_fusion.build_matrix``), cached on disk."""
+    if not Path(path).is_file():
+        raise InputError(f"fit: dataset not found: {path}")
+    if labels is not None and not Path(labels).is_file():
+        raise InputError(f"fit: labels file not found: {labels}")
+    key = hashlib.sha256("|".join(map(str, (
+        Path(path).resolve(), labels and Path(labels).resolve(), sample, seed, Path(path).stat().st_size,
+        Path(path).stat().st_mtime_ns, ",".join(ALL_FEATURES)))).encode()).hexdigest()[:16]
+    f = cache / f"fitfeats_{key}.pkl" if cache else None
+    if f is not None and f.is_file():
+        m = pickle.loads(f.read_bytes())
+    else:
+        m = build_matrix(path, labels, emb, sample=sample or None, seed=seed)
+        if not m["X"]:
+            raise InputError(f"fit: {path}: no labelled mention with candidates (are the labels right?)")
+        if f is not None:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_bytes(pickle.dumps(m))
+    m["path"] = path
+    m["name"] = Path(path).name
+    return m
+
+
+# ---------------------------------------------------------------- LLM scores
+
+def llm_key(settings: dict[str, Any]) -> str:
+    """The cache key of an LLM score: model, scoring method and prompt version."""
+    from prompts.linking import PROMPT_VERSION
+
+    return f"{settings.get('linker_model')}|{settings.get('llm_scoring')}|{PROMPT_VERSION}"
+
+
+def llm_scores(records: dict[str, dict], todo: list[str], settings: dict[str, Any], cache: Path,
+               *, log: Any = sys.stderr) -> dict[str, dict]:
+    """The linker model's opinion of each ``todo`` mention, from ``cache`` (JSONL) or asked now and appended.
+
+    A row: ``{"id", "key", "logp": [per candidate], "nil_logp": x | None, "method", "tokens", "seconds"}``;
+    ``key`` = model | scoring | prompt version (:func:`llm_key`): rows of another key are asked again.
+    Likelihood scoring also scores ``prompts.linking.NIL_ANSWER`` in the same call (``nil_logp``).
+    """
+    from graph.context import Context
+    from tools.choice import scoring_method
+    from tools.fused_linker import ask_llm
+    from tools.linker import load_linker
+
+    key = llm_key(settings)
+    got: dict[str, dict] = {}
+    if cache.is_file():
+        for line in cache.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+            rid = row.get("id") if isinstance(row, dict) else None
+            if rid in records and row.get("key") == key and isinstance(row.get("logp"), list) \
+                    and len(row["logp"]) == len(records[rid]["candidates"]):
+                got[rid] = row
+    missing = [i for i in todo if i not in got]
+    if not missing:
+        return got
+    ctx = Context(**settings)
+    model = load_linker(ctx)
+    method = scoring_method(model, ctx.llm_scoring, ctx.linker_model)
+    print(f"asking {settings.get('linker_model')} ({method}) about {len(missing)} mention(s) "
+          f"({len(todo) - len(missing)} cached in {cache})", file=log, flush=True)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with cache.open("a") as fh:
+        for n, rid in enumerate(missing, 1):
+            inp = records[rid]
+            t = time.perf_counter()
+            # the graph's own prompt and scoring (likelihood: also NIL_ANSWER)
+            logp, call = ask_llm(model, inp["mention"], inp.get("context") or "", inp["candidates"], [],
+                                 llm_scoring=ctx.llm_scoring, spec=ctx.linker_model, max_desc_chars=ctx.max_desc_chars)
+            nil_lp = call.get("nil_logp")
+            row = {"id": rid, "key": key, "logp": [round(float(x), 4) for x in logp],
+                   "nil_logp": None if nil_lp is None else round(float(nil_lp), 4), "method": call["method"],
+                   "tokens": call.get("input_tokens", 0), "seconds": round(time.perf_counter() - t, 3)}
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            got[rid] = row
+            if n % 25 == 0:
+                print(f"  {n}/{len(missing)}", file=log, flush=True)
+    return got
+
+
+def llm_terms(row: dict[str, Any], floor: float | None) -> tuple[np.ndarray, float]:
+    """The LLM evidence of one mention: floored relative log-probabilities, and nil's (relative, clipped)."""
+    lp = np.asarray(row["logp"], dtype=np.float64)
+    ev = floored(lp, floor)
+    nil = row.get("nil_logp")
+    f = floor or 10.0
+    rel = 0.0 if nil is None or not len(lp) else float(np.clip(nil - lp.max(), -f, f))
+    return ev, rel
+
+
+def fused_scores(z: np.ndarray, ev: np.ndarray, rel: float, p: dict[str, float]) -> np.ndarray:
+    """Candidate scores with the LLM's terms, relative to the nil row at 0 (nil's LLM terms moved to the candidates)."""
+    return z + p.get("w", 0.0) * ev - (p.get("nil_bias", 0.0) + p.get("nil_weight", 0.0) * rel)
+
+
+def fit_llm(items: list[tuple[np.ndarray, np.ndarray, float, int]], mode: str = "w",
+            l2: float = 0.01) -> dict[str, float]:
+    """LLM terms maximising the likelihood of the golds (-1 = nil) under ``softmax([fused_scores..., 0])``.
+
+    ``items``: (text logits, LLM evidence, nil evidence, gold index) of the asked mentions of the training
+    folds. ``w`` >= 0; ``mode`` ``w+nil`` also fits ``nil_bias`` and ``nil_weight``.
+    """
+    from scipy.optimize import minimize
+
+    if not items:
+        return {"w": 0.0}
+    names = ["w"] + (["nil_bias", "nil_weight"] if mode == "w+nil" else [])
+
+    def nll(theta: np.ndarray) -> float:
+        p = dict(zip(names, theta))
+        total = 0.0
+        for z, ev, rel, g in items:
+            s = np.append(fused_scores(z, ev, rel, p), 0.0)
+            mx = s.max()
+            lse = mx + np.log(np.exp(s - mx).sum())
+            total -= s[g if g >= 0 else len(s) - 1] - lse
+        return total / len(items) + l2 * float(theta @ theta)
+
+    bounds = [(0.0, 5.0)] + [(-10.0, 10.0)] * (len(names) - 1)
+    res = minimize(nll, np.array([1.0] + [0.0] * (len(names) - 1)), method="L-BFGS-B", bounds=bounds)
+    return {n: round(float(v), 4) for n, v in zip(names, res.x)}
+
+
+# ---------------------------------------------------------------- figures
+
+def decide(scores: np.ndarray, nil_row: bool, nil_threshold: float | None) -> tuple[int, float]:
+    """(answer index, -1 = nil; top candidate probability) of one mention's scores."""
+    probs, p_nil = distribution(scores, nil_row)
+    b = int(np.argmax(probs))
+    return (-1 if nil_decision(float(probs[b]), p_nil, nil_threshold, nil_row) else b), float(probs[b])
+
+
+def figures(pred: np.ndarray, gold: np.ndarray, nil: np.ndarray) -> dict[str, Any]:
+    """Top-1 counting nil, Top-1 on non-nil golds, nil P/R/F1, with Wilson 95% intervals."""
+    def ci(k: int, n: int) -> dict[str, Any]:
+        lo, hi = wilson(k, n) if n else (None, None)
+        return {"k": int(k), "n": int(n), "p": (k / n if n else None), "ci": [lo, hi]}
+
+    pred, gold, nil = np.asarray(pred), np.asarray(gold), np.asarray(nil, bool)
+    said = pred < 0
+    right = np.where(nil, said, (pred == gold) & (gold >= 0))
+    tp = int((said & nil).sum())
+    prec = tp / said.sum() if said.any() else None
+    rec = tp / nil.sum() if nil.any() else None
+    f1 = 2 * prec * rec / (prec + rec) if prec and rec else (0.0 if nil.any() else None)
+    return {"top1": ci(int(right.sum()), len(right)), "top1_non_nil": ci(int(right[~nil].sum()), int((~nil).sum())),
+            "nil": {"golds": int(nil.sum()), "answers": int(said.sum()), "precision": prec, "recall": rec, "f1": f1}}
+
+
+def fmt(fig: dict[str, Any]) -> str:
+    """One line of figures: Top-1 (nil counted), non-nil Top-1 and nil F1, with intervals."""
+    t, nn, nl = fig["top1"], fig["top1_non_nil"], fig["nil"]
+    s = f"Top-1 {100 * t['p']:.1f} [{100 * t['ci'][0]:.1f}, {100 * t['ci'][1]:.1f}] (n={t['n']})"
+    if nn["n"]:
+        s += f"; non-nil {100 * nn['p']:.1f} [{100 * nn['ci'][0]:.1f}, {100 * nn['ci'][1]:.1f}]"
+    if nl["golds"] or nl["answers"]:
+        f1 = "n/a" if nl["f1"] is None else f"{nl['f1']:.2f}"
+        s += f"; nil F1 {f1} ({nl['answers']} nil answers, {nl['golds']} nil golds)"
+    return s
+
+
+def _logits(model: dict[str, Any], X: list[np.ndarray]) -> list[np.ndarray]:
+    return [predict(model, x, ALL) for x in unordered(X)]
+
+
+def packaged_logits(weights: Any, X: list[np.ndarray]) -> list[np.ndarray]:
+    """The packaged (or given) weights' round-1 logits, read the way the graph reads an input list."""
+    return [weights.logits(x, with_clues=False, ranked=False) for x in unordered(X)]
+
+
+# ---------------------------------------------------------------- main
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="i2cr fit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", nargs="+", help="labelled training set(s): DATA.json (with --labels) or DATA.json:LABELS.json")
+    p.add_argument("--labels", default=None, help="labels of a single DATA given without :LABELS")
+    p.add_argument("--order", nargs="*", default=None, choices=("ranked", "unordered"),
+                   help="per training set: is its list order informative (fits the 'text' model that reads it)? "
+                        "default unordered")
+    p.add_argument("--sample", nargs="*", type=int, default=None, help="per training set: a seeded sample (0 = all)")
+    p.add_argument("--augment-noattr", action="store_true",
+                   help="add attribute-free copies of the training mentions whose descriptions carry attributes")
+    p.add_argument("--eval", action="append", default=[], metavar="DATA[:LABELS]",
+                   help="a held-out set to score (repeatable); ids found in a training set are scored out of fold")
+    p.add_argument("--eval-sample", type=int, default=0, help="a seeded sample of each --eval set (0 = all)")
+    p.add_argument("--out", default=None, help="weights JSON to write (use with --set fusion_weights=PATH)")
+    p.add_argument("--json", default=None, help="write every figure as JSON here")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the conditional logits")
+    p.add_argument("--nil-threshold", default="0.5", help="the graph's nil_threshold for the figures ('off': never nil)")
+    p.add_argument("--gate", type=float, default=0.95, help="the graph's gate_threshold: the LLM is asked below it")
+    p.add_argument("--no-llm", dest="llm", action="store_false", help="text weights only (LLM terms kept from --base)")
+    p.add_argument("--linker-model", default="embedded")
+    p.add_argument("--llm-scoring", default="likelihood", choices=("likelihood", "choice"))
+    p.add_argument("--llm-floor", type=float, default=5.0, help="LLM log-probabilities floored at minus this "
+                   "below its favourite (0: none)")
+    p.add_argument("--llm-mode", default="auto", choices=("auto", *LLM_MODES),
+                   help="LLM terms written: 'w', 'w+nil', or auto = the one with the better CV log-likelihood")
+    p.add_argument("--llm-sample", type=int, default=0,
+                   help="ask the LLM only about a seeded sample of this many mentions per set (0 = all)")
+    p.add_argument("--llm-cache", default="runs/llm-scores", help="folder of the resumable LLM score caches")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a graph setting for the LLM")
+    p.add_argument("--base", default=None, help="weights to compare against (default: the packaged file)")
+    p.add_argument("--embedding-model", default="embedded")
+    p.add_argument("--embedding-cache", default=None, help="pickle file caching embeddings across runs")
+    p.add_argument("--cache", default="runs/fit-cache", help="folder caching feature matrices ('' = none)")
+    p.add_argument("--learning-curve", default="", metavar="N1,N2,...",
+                   help="text-only fits on seeded subsets of the first set of these sizes (no LLM)")
+    p.add_argument("--curve-repeats", type=int, default=3)
+    p.add_argument("--drop-features", default="", metavar="F1,F2",
+                   help="features the fitted models do not use (e.g. qid_prior), to measure what one brings")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _threshold(raw: str) -> float | None:
+    if str(raw).strip().lower() in ("", "off", "none"):
+        return None
+    try:
+        v = float(raw)
+    except ValueError:
+        raise ConfigError(f"--nil-threshold: expected a number between 0 and 1 or 'off', got {raw!r}") from None
+    if not 0 <= v <= 1:
+        raise ConfigError(f"--nil-threshold: expected a number between 0 and 1 or 'off', got {raw!r}")
+    return v
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``i2cr fit``; bad input is one line and exit 2."""
+    p = _parser()
+    a = p.parse_args(argv)
+    try:
+        return run(a, p)
+    except I2CRError as exc:
+        print(f"i2cr: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
+    """Fit the weights the arguments ask for, print the cross-validated figures and write the file."""
+    if a.folds < 2:
+        p.error(f"--folds: expected at least 2, got {a.folds}")
+    if not 0 <= a.gate <= 1:
+        p.error(f"--gate: expected a number between 0 and 1, got {a.gate}")
+    thr = _threshold(a.nil_threshold)
+    drop = tuple(f.strip() for f in a.drop_features.split(",") if f.strip())
+    unknown = [f for f in drop if f not in ALL_FEATURES]
+    if unknown:
+        p.error(f"--drop-features: unknown feature(s) {unknown}; known: {', '.join(ALL_FEATURES)}")
+    k = len(a.data)
+    if a.labels and k > 1:
+        p.error("--labels: give one labels file per set as DATA:LABELS when there are several sets")
+    specs = [parse_spec(s, a.labels) for s in a.data]
+    for opt, val in (("--order", a.order), ("--sample", a.sample)):
+        if val is not None and len(val) != k:
+            p.error(f"{opt}: expected one value per training set ({k}), got {len(val)}")
+    orders, samples = a.order or ["unordered"] * k, a.sample or [0] * k
+    floor = a.llm_floor if a.llm_floor and a.llm_floor > 0 else None
+    base = load_weights(a.base)
+    cache = Path(a.cache) if a.cache else None
+    emb: Any = DiskEmbedder(Path(a.embedding_cache), a.embedding_model) if a.embedding_cache else a.embedding_model
+    t0 = time.perf_counter()
+    from evals.datasets import load_dataset
+
+    # ---- training sets (+ attribute-free copies), eval sets
+    sets: list[dict[str, Any]] = []
+    for d, ((path, lab), order, n) in enumerate(zip(specs, orders, samples)):
+        m = load_set(path, lab, emb, cache, n, a.seed)
+        m.update(role="train", source=d, ranked=order == "ranked", spec=(path, lab))
+        sets.append(m)
+        if a.augment_noattr:
+            copy = _noattr_copy(path, lab, cache or Path("runs/fit-cache"))
+            if copy:
+                c = load_set(copy[0], copy[1], emb, cache, n, a.seed)
+                c.update(role="aug", source=d, ranked=order == "ranked", name=m["name"] + " (attribute-free copy)",
+                         spec=copy)
+                sets.append(c)
+    for spec in a.eval:
+        path, lab = parse_spec(spec)
+        m = load_set(path, lab, emb, cache, a.eval_sample, a.seed)
+        m.update(role="eval", source=-1, ranked=False, spec=(path, lab))
+        sets.append(m)
+    if hasattr(emb, "save"):
+        emb.save()
+    print(f"features in {time.perf_counter() - t0:.0f} s: " + ", ".join(f"{s['name']} {len(s['X'])} ({s['role']})"
+                                                                   for s in sets), file=sys.stderr)
+    train = [s for s in sets if s["role"] in ("train", "aug")]
+    train_ids = {rid for s in train for rid in s["ids"]}
+    TX = [x for s in train for x in s["X"]]
+    Tg = np.concatenate([s["gold"] for s in train])
+    Tr = np.concatenate([np.full(len(s["X"]), s["ranked"]) for s in train])
+    Ts = np.concatenate([np.full(len(s["X"]), s["source"]) for s in train])
+    Tf = np.array([fold_of_id(r, a.folds) for s in train for r in s["ids"]])
+    source = Ts if len(set(Ts.tolist())) > 1 else None
+
+    # ---- cross-validated text logits
+    for s in sets:
+        s["z"] = [None] * len(s["X"])
+        s["fold"] = np.array([fold_of_id(r, a.folds) if (s["role"] != "eval" or r in train_ids) else -1
+                              for r in s["ids"]])
+    fold_models = []
+    for f in range(a.folds):
+        tr = np.flatnonzero(Tf != f)
+        models = fit_models([TX[i] for i in tr], Tg[tr], a.C, ranked=Tr[tr], has_clues=np.zeros(len(tr), bool),
+                            source=None if source is None else source[tr], exclude=drop)
+        fold_models.append(models)
+        for s in sets:
+            sel = np.flatnonzero(s["fold"] == f)
+            for i, z in zip(sel, _logits(models["text_unordered"], [s["X"][i] for i in sel])):
+                s["z"][i] = z
+        print(f"  fold {f + 1}/{a.folds} fitted", file=sys.stderr, flush=True)
+    final = fit_models(TX, Tg, a.C, ranked=Tr, has_clues=np.concatenate([s["has_clues"] for s in train]),
+                       source=source, exclude=drop)
+    for s in sets:
+        sel = np.flatnonzero(s["fold"] < 0)
+        for i, z in zip(sel, _logits(final["text_unordered"], [s["X"][i] for i in sel])):
+            s["z"][i] = z
+        s["zb"] = packaged_logits(base, s["X"])
+
+    # ---- the LLM on undecided mentions
+    rng_sets = {}
+    llm_params: dict[str, Any] = {}
+    result: dict[str, Any] = {"command": "python -m evals.fit " + " ".join(sys.argv[1:] if a is not None else []),
+                              "sets": {}, "folds": a.folds, "C": a.C, "gate": a.gate, "nil_threshold": thr}
+    if a.llm:
+        settings = {**_settings(a.set), "linker_model": a.linker_model, "llm_scoring": a.llm_scoring,
+                    "embedding_model": a.embedding_model}
+        for s in sets:
+            if s["role"] == "aug":
+                continue
+            n = len(s["X"])
+            keep = np.ones(n, bool)
+            if a.llm_sample and a.llm_sample < n:
+                keep[:] = False
+                keep[np.random.default_rng(a.seed).permutation(n)[:a.llm_sample]] = True  # nested: 150 within 300
+            s["llm_keep"] = keep
+            prior_new = np.array([distribution(z, True)[0].max() for z in s["z"]])
+            prior_base = np.array([distribution(z, base.nil_row)[0].max() for z in s["zb"]])
+            s["asked"], s["asked_base"] = prior_new < a.gate, prior_base < a.gate
+            todo = [s["ids"][i] for i in np.flatnonzero(keep & (s["asked"] | s["asked_base"]))]
+            records = {ex.id: ex.inputs for ex in load_dataset(*s["spec"]).examples if ex.inputs is not None}
+            stem = Path(s["path"]).stem
+            s["llm"] = llm_scores(records, todo, settings, Path(a.llm_cache) / f"{stem}.jsonl")
+            rng_sets[s["name"]] = int(keep.sum())
+        # per fold: LLM terms fitted on the other folds' asked training mentions (their logits out of fold)
+        pool = []
+        for s in sets:
+            if s["role"] != "train":
+                continue
+            for i in np.flatnonzero(s["llm_keep"] & s["asked"]):
+                rid = s["ids"][i]
+                if rid in s["llm"]:
+                    ev, rel = llm_terms(s["llm"][rid], floor)
+                    pool.append((s["fold"][i], (s["z"][i], ev, rel, int(s["gold"][i]))))
+        per_fold = {mode: [fit_llm([it for f2, it in pool if f2 != f], mode) for f in range(a.folds)]
+                    for mode in LLM_MODES}
+        llm_params = {mode: fit_llm([it for _, it in pool], mode) for mode in LLM_MODES}
+        # held-out log-likelihood of each mode (choose the written one without looking at an eval set)
+        cv_ll = {}
+        for mode in LLM_MODES:
+            tot = 0.0
+            for f2, (z, ev, rel, g) in pool:
+                sc = np.append(fused_scores(z, ev, rel, per_fold[mode][f2]), 0.0)
+                tot += float(sc[g if g >= 0 else len(sc) - 1] - (sc.max() + np.log(np.exp(sc - sc.max()).sum())))
+            cv_ll[mode] = tot / max(len(pool), 1)
+        mode = a.llm_mode if a.llm_mode != "auto" else max(LLM_MODES, key=lambda m: cv_ll[m])
+        result["llm"] = {"asked_pool": len(pool), "cv_loglik": cv_ll, "mode": mode, "params": llm_params,
+                         "fold_params": per_fold, "linker_model": a.linker_model, "llm_scoring": a.llm_scoring,
+                         "floor": floor, "cache_key": llm_key(settings), "llm_sample": rng_sets}
+        print(f"LLM terms fitted with the nil row on {len(pool)} asked training mentions: "
+              + "; ".join(f"{m}: {llm_params[m]} (CV log-lik {cv_ll[m]:.3f})" for m in LLM_MODES)
+              + f"; written: {mode}", file=sys.stderr)
+        base_w = base.llm_weight_for("likelihood" if a.llm_scoring == "likelihood" else "choice")
+        base_p = {"w": base_w}
+
+    # ---- figures
+    print(f"\n{a.folds}-fold CV by mention id; nil_threshold {thr}; gate {a.gate}; "
+          f"'packaged' = {base.source}" + (" (in-sample where marked *)" if base.fit else ""))
+    in_base = set(base.fit.get("data", [])) if isinstance(base.fit, dict) else set()
+    for s in sets:
+        if s["role"] == "aug":
+            continue
+        tag = "*" if s["name"] in in_base else ""
+        how = "out of fold" if (s["fold"] >= 0).all() else ("held out" if (s["fold"] < 0).all() else "mixed")
+        row: dict[str, Any] = {"n": len(s["X"]), "scored": how, "packaged_in_sample": bool(tag)}
+        new = np.array([decide(z, True, thr)[0] for z in s["z"]])
+        old = np.array([decide(z, base.nil_row, thr)[0] for z in s["zb"]])
+        row["text"] = {"fit": figures(new, s["gold"], s["nil"]), "packaged": figures(old, s["gold"], s["nil"])}
+        print(f"{s['name']} ({s['role']}, {len(s['X'])} mentions, {how})")
+        print(f"  text only   fit      : {fmt(row['text']['fit'])}")
+        print(f"  text only   packaged{tag:1}: {fmt(row['text']['packaged'])}")
+        if a.llm and "llm" in s:
+            keep = s["llm_keep"]
+            sel = np.flatnonzero(keep)
+            res = {}
+            for label, zs, asked, params in (
+                    [("fit " + m, s["z"], s["asked"], None if m is None else m) for m in LLM_MODES]
+                    + [("packaged", s["zb"], s["asked_base"], "base")]):
+                pred = []
+                for i in sel:
+                    z = zs[i]
+                    rid = s["ids"][i]
+                    if asked[i] and rid in s["llm"]:
+                        ev, rel = llm_terms(s["llm"][rid], floor if params != "base" else base.llm_floor)
+                        if params == "base":
+                            prm = base_p
+                        else:
+                            prm = per_fold[params][s["fold"][i]] if s["fold"][i] >= 0 else llm_params[params]
+                        z = fused_scores(z, ev, rel, prm)
+                    pred.append(decide(z, True if params != "base" else base.nil_row, thr)[0])
+                res[label] = figures(np.array(pred), s["gold"][sel], s["nil"][sel])
+            res["text only, same mentions"] = figures(new[sel], s["gold"][sel], s["nil"][sel])
+            res["asked_share"] = float(s["asked"][sel].mean()) if len(sel) else None
+            row["llm"] = res
+            print(f"  with the LLM on the {len(sel)} sampled mentions (asked: {res['asked_share']:.0%} for the fit):")
+            for label in ("text only, same mentions", *("fit " + m for m in LLM_MODES), "packaged"):
+                print(f"    {label:25}{tag if label == 'packaged' else '':1}: {fmt(res[label])}")
+        result["sets"][s["name"]] = row
+
+    # ---- learning curve
+    if a.learning_curve:
+        a.drop_set = drop
+        result["learning_curve"] = learning_curve(sets, a, thr, base)
+
+    # ---- write
+    if a.out:
+        llm_weight: Any = {"likelihood": base.llm_weights["likelihood"], "choice": base.llm_weights["choice"]}
+        doc_floor = base.llm_floor
+        extra: dict[str, Any] = {}
+        if a.llm and llm_params:
+            chosen = llm_params[result["llm"]["mode"]]
+            llm_weight[a.llm_scoring if a.llm_scoring == "likelihood" else "choice"] = chosen["w"]
+            doc_floor = floor
+            if "nil_bias" in chosen:
+                extra["llm_nil"] = {"bias": chosen["nil_bias"], "weight": chosen["nil_weight"]}
+        fit = {"data": [s["name"] for s in sets if s["role"] == "train"], "order": orders, "sample": samples,
+               "augment_noattr": a.augment_noattr, "dropped_features": list(drop), "mentions": len(TX), "folds": a.folds, "C": a.C,
+               "embedding_model": a.embedding_model, "nil_threshold": thr, "balanced": source is not None,
+               "method": "conditional logit with a nil row (L-BFGS); LLM terms by maximum likelihood with the nil row",
+               "command": result["command"],
+               "cv": cv_record(result),
+               **({"llm": result["llm"]} if a.llm and llm_params else {"llm": "carried over from " + base.source})}
+        doc = weights_document(final, llm_weight=llm_weight, llm_floor=doc_floor, nil_row=True, fit=fit)
+        doc.update(extra)
+        write_weights(a.out, doc)
+        print(f"\nweights written to {a.out} (use: --set fusion_weights={a.out})", file=sys.stderr)
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(result, indent=1, default=float) + "\n")
+    return 0
+
+
+def cv_record(result: dict[str, Any]) -> dict[str, Any]:
+    """The weights file's ``fit.cv``: per set, the order-free text model's Top-1 (nil counted), non-nil Top-1,
+    nil F1, out of fold (training sets) or held out (``--eval`` sets); with the LLM where measured."""
+    out: dict[str, Any] = {"text_unordered": {}, "with_llm": {}}
+    for name, r in result["sets"].items():
+        f = r["text"]["fit"]
+        out["text_unordered"][name] = {"top1": f["top1"]["p"], "top1_non_nil": f["top1_non_nil"]["p"],
+                                       "nil_f1": f["nil"]["f1"], "n": f["top1"]["n"], "scored": r["scored"]}
+        mode = (result.get("llm") or {}).get("mode")
+        if r.get("llm") and mode:
+            g = r["llm"]["fit " + mode]
+            out["with_llm"][name] = {"top1": g["top1"]["p"], "top1_non_nil": g["top1_non_nil"]["p"],
+                                     "nil_f1": g["nil"]["f1"], "n": g["top1"]["n"]}
+    return out
+
+
+def _settings(pairs: list[str]) -> dict[str, Any]:
+    from graph.context import parse_settings
+
+    return parse_settings(pairs)
+
+
+def learning_curve(sets: list[dict[str, Any]], a: argparse.Namespace, thr: float | None, base: Any) -> dict[str, Any]:
+    """Text-only fits on seeded subsets of the first training set, scored on held-out mentions (no LLM)."""
+    first = next(s for s in sets if s["role"] == "train")
+    evals = [s for s in sets if s["role"] == "eval"]
+    sizes = [int(x) for x in str(a.learning_curve).split(",") if x.strip()]
+    out: dict[str, Any] = {"train_set": first["name"], "sizes": {}}
+    n = len(first["X"])
+    print(f"\nlearning curve: text models fitted on N mentions of {first['name']} ({a.curve_repeats} seeded "
+          f"subsets each), no LLM; Top-1 counting nil, mean over subsets [range]")
+    for size in sizes:
+        if size >= n:
+            continue
+        rows: dict[str, list] = {}
+        for r in range(a.curve_repeats):
+            idx = np.random.default_rng(a.seed + 1000 * r + size).choice(n, size, replace=False)
+            rest = np.setdiff1d(np.arange(n), idx)
+            models = fit_models([first["X"][i] for i in idx], first["gold"][idx], a.C,
+                                has_clues=np.zeros(size, bool), exclude=a.drop_set)
+            m = models["text_unordered"]
+            targets = [(first["name"] + " (rest)", [first["X"][i] for i in rest], first["gold"][rest],
+                        first["nil"][rest])] + [(s["name"], s["X"], s["gold"], s["nil"]) for s in evals]
+            for name, X, g, nl in targets:
+                pred = np.array([decide(z, True, thr)[0] for z in _logits(m, X)])
+                rows.setdefault(name, []).append(figures(pred, g, nl))
+        out["sizes"][size] = {}
+        for name, figs in rows.items():
+            tops = [f["top1"]["p"] for f in figs]
+            f1s = [f["nil"]["f1"] for f in figs if f["nil"]["f1"] is not None]
+            out["sizes"][size][name] = {"top1_mean": float(np.mean(tops)), "top1_min": float(min(tops)),
+                                        "top1_max": float(max(tops)), "n": figs[0]["top1"]["n"],
+                                        "nil_f1_mean": float(np.mean(f1s)) if f1s else None}
+            print(f"  N={size:5} on {name}: {100 * np.mean(tops):.1f} [{100 * min(tops):.1f}-{100 * max(tops):.1f}]"
+                  + (f", nil F1 {np.mean(f1s):.2f}" if f1s else "") + f" (n={figs[0]['top1']['n']})")
+    for s in evals:
+        pred = np.array([decide(z, base.nil_row, thr)[0] for z in s["zb"]])
+        out.setdefault("packaged", {})[s["name"]] = figures(pred, s["gold"], s["nil"])
+        print(f"  packaged weights on {s['name']}: {fmt(out['packaged'][s['name']])}")
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""``i2cr fit`` end to end on a small slice (fake embedder and LLM), the type-neutral prompt, and nil in llm mode."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evals import fit, fit_fusion
+from graph import Context, graph
+from graph.cli import main as cli_main
+from prompts import linking as P
+from tools import fused_linker, linker
+from tools.embeddings import get_embedder
+from tools.features import ALL_FEATURES, qid_prior
+from tools.fusion import FusionWeights, distribution, load_weights, nil_offered
+from tools.llm_linker import llm_messages
+
+from fakes import BagOfWordsEmbeddings, TableScorer, scripted
+
+PEOPLE = ["Anna Berg", "Carl Berg", "Berg_(mountain)", "Lena Holm", "Olof Holm", "Holm_(island)"]
+
+
+def _slice(tmp_path: Path, n: int = 24) -> tuple[str, str]:
+    """A small labelled set in the I2CR format: the gold's name is in the text; every fourth mention is nil."""
+    rng = np.random.default_rng(0)
+    data, labels = {}, {}
+    for k in range(n):
+        fam = ["Berg", "Holm"][k % 2]
+        cands = [{"qid": f"Q{10 + 7 * i}", "name": nm, "desc": ""} for i, nm in enumerate(PEOPLE) if fam in nm]
+        gi = int(rng.integers(len(cands)))
+        gold = cands[gi]["name"]
+        text = f"{gold.replace('_', ' ')} spoke in town on day {k}."
+        if k % 4 == 3:
+            cands = [c for c in cands if c["name"] != gold]
+            gold, text = "nil", f"Somebody called {fam} spoke in town on day {k}."
+        rid = f"m{k}"
+        data[rid] = {"id": rid, "mention": fam, "mention_context": text, "Candentity": cands}
+        labels[rid] = gold
+    d, lab = tmp_path / "slice.json", tmp_path / "slice_label.json"
+    d.write_text(json.dumps(data))
+    lab.write_text(json.dumps(labels))
+    return str(d), str(lab)
+
+
+class Continuations(scripted("x").__class__):
+    """A fake linker model scoring given answers: the name found in the prompt's text scores high."""
+
+    seen: list = []  # noqa: RUF012 (a pydantic field: each instance gets its own list)
+
+    def continuation_logprobs(self, messages, continuations):
+        prompt = messages[-1].content
+        self.seen.append((prompt, list(continuations)))
+        return [[-0.5 if c in prompt else -6.0] for c in continuations], 50
+
+
+@pytest.fixture
+def fakes(monkeypatch):
+    model = Continuations(responses=["x"], prompts=[], seen=[])
+    monkeypatch.setattr(linker, "load_linker", lambda ctx: model)
+    emb = get_embedder(BagOfWordsEmbeddings())
+    monkeypatch.setattr(fit_fusion, "get_embedder", lambda spec, **kw: emb)
+    return model
+
+
+def test_i2cr_fit_end_to_end_resumable(tmp_path, fakes, capsys):
+    data, labels = _slice(tmp_path)
+    out, js, cache = tmp_path / "w.json", tmp_path / "fit.json", tmp_path / "llm"
+    argv = ["fit", f"{data}:{labels}", "--folds", "2", "--gate", "1.0", "--out", str(out), "--json", str(js),
+            "--llm-cache", str(cache), "--cache", "", "--learning-curve", "8,12", "--curve-repeats", "2"]
+    assert cli_main(argv) == 0
+    asked = len(fakes.seen)
+    assert asked == 24  # gate 1.0: every mention undecided, asked once
+    printed = capsys.readouterr().out
+    assert "slice.json (train, 24 mentions, out of fold)" in printed and "nil F1" in printed
+    assert "N=    8" in printed and "N=   12" in printed
+    w = load_weights(str(out))
+    assert w.nil_row and w.llm_floor == 5.0
+    rec = json.loads(js.read_text())
+    assert rec["llm"]["asked_pool"] == 24 and set(rec["llm"]["params"]) == set(fit.LLM_MODES)
+    # the names the LLM says are in the text: its weight is positive and the fused CV is not worse than text alone
+    assert rec["llm"]["params"]["w"]["w"] > 0
+    figs = rec["sets"]["slice.json"]["llm"]
+    assert figs["fit w"]["top1"]["k"] >= figs["text only, same mentions"]["top1"]["k"]
+    assert w.llm_weights["likelihood"] == rec["llm"]["params"][rec["llm"]["mode"]]["w"]
+    # the cache is keyed by id + model + prompt version, the nil answer scored with the names
+    rows = [json.loads(x) for x in (cache / "slice.jsonl").read_text().splitlines()]
+    assert {r["key"] for r in rows} == {f"embedded|likelihood|{P.PROMPT_VERSION}"}
+    assert all(r["nil_logp"] is not None for r in rows)
+    assert all(conts[-1] == P.NIL_ANSWER for _, conts in fakes.seen)
+    # resumable: a line cut by a kill is asked again, the rest comes from the cache
+    lines = (cache / "slice.jsonl").read_text().splitlines()
+    (cache / "slice.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20] + "\n")
+    assert cli_main(argv) == 0
+    assert len(fakes.seen) == asked + 1
+    assert cli_main(argv) == 0
+    assert len(fakes.seen) == asked + 1  # nothing left to ask
+    # another prompt version: asked again
+    import prompts.linking
+
+    prompts.linking.PROMPT_VERSION, old = "test-v0", prompts.linking.PROMPT_VERSION
+    try:
+        assert cli_main(argv) == 0
+    finally:
+        prompts.linking.PROMPT_VERSION = old
+    assert len(fakes.seen) == 2 * asked + 1
+
+
+def test_i2cr_fit_bad_input_is_one_line(tmp_path, fakes, capsys):
+    assert cli_main(["fit", str(tmp_path / "missing.json"), "--no-llm", "--cache", ""]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("i2cr: error: fit: dataset not found") and "Traceback" not in err
+    data, labels = _slice(tmp_path)
+    assert cli_main(["fit", f"{data}:{labels}", "--no-llm", "--cache", "", "--nil-threshold", "2"]) == 2
+    assert "--nil-threshold" in capsys.readouterr().err
+
+
+def test_likelihood_prompt_is_type_neutral_with_display_names(fakes):
+    state = {"mention": "Bratz", "context": "Bratz opened in cinemas.", "clues": [], "round": 1,
+             "candidates": [{"qid": "Q1", "name": "Bratz_(film)", "desc": ""},
+                            {"qid": "Q2", "name": "Bratz%27s_dolls", "desc": ""}]}
+    logp, call = fused_linker.ask_llm(fakes, state["mention"], state["context"], state["candidates"], [],
+                                      llm_scoring="auto", spec="embedded", max_desc_chars=300)
+    prompt, conts = fakes.seen[-1]
+    assert 'What does "Bratz" refer to in this text? Answer with its name.' in prompt
+    assert "Who is" not in prompt
+    assert conts == ["Bratz (film)", "Bratz's dolls", P.NIL_ANSWER]
+    assert len(logp) == 2 and call["nil_logp"] == -6.0
+
+
+def test_llm_mode_follows_nil_threshold():
+    assert nil_offered(True, 0.5) and not nil_offered(True, None) and not nil_offered(False, 0.5)
+    cands = [{"qid": "Q1", "name": "Anna_Berg", "desc": ""}, {"qid": "Q2", "name": "Carl Berg", "desc": ""}]
+    state = {"mention": "Berg", "context": "Berg spoke.", "candidates": cands, "clues": [], "round": 1}
+    def messages(ctx):
+        return llm_messages(state["mention"], state["context"], cands, [], [], retry_raw=None, max_desc_chars=300,
+                            allow_nil=nil_offered(ctx.allow_nil, ctx.nil_threshold))
+
+    on = messages(Context(linker_mode="llm"))
+    off = messages(Context(linker_mode="llm", nil_threshold=None))
+    assert "or nil" in on[-1].content and "or nil" not in off[-1].content
+    assert "1. Anna Berg" in off[-1].content  # normalised names
+    inputs = {"mention": "Berg", "context": "Berg spoke.", "candidates": cands}
+
+    def outcome(**settings):
+        ctx = Context(linker_mode="llm", linker_model=scripted("nil", "nil", "nil", "nil"),
+                      embedding_model=BagOfWordsEmbeddings(), verifier=TableScorer({}), max_rounds=1, **settings)
+        out = graph.invoke(inputs, context=ctx)
+        return next(t["outcome"] for t in out["trace"] if t["step"] == "link")
+
+    assert outcome() == "nil"
+    assert outcome(nil_threshold=None) == "unparseable"  # nil not offered: the answer "nil" is not accepted
+
+
+def test_llm_nil_terms_move_probability_to_nil():
+    zero = {"coef": [0.0] * len(ALL_FEATURES), "intercept": 0.0, "mean": [0.0] * len(ALL_FEATURES),
+            "scale": [1.0] * len(ALL_FEATURES)}
+    doc = {"features": list(ALL_FEATURES), "text": zero, "clue": zero, "llm_weight": 1.0, "llm_floor": 5.0,
+           "nil_row": True, "llm_nil": {"bias": 0.0, "weight": 1.0}}
+    w = FusionWeights(doc, "test")
+    scores = np.array([2.0, 0.0])
+    sure = distribution(w.with_llm(scores, 1.0, [-0.1, -4.0], nil_logp=-8.0), True)[1]
+    unsure = distribution(w.with_llm(scores, 1.0, [-0.1, -4.0], nil_logp=-0.05), True)[1]
+    assert unsure > sure
+    plain = FusionWeights({k: v for k, v in doc.items() if k != "llm_nil"}, "test")
+    assert np.allclose(plain.with_llm(scores, 1.0, [-0.1, -4.0], nil_logp=-0.05), [2.0, -3.9])
+
+
+def test_qid_prior_is_relative_and_neutral_without_qids():
+    v = qid_prior(["Q5", "Q5000", "local-7"])
+    assert v[0] > 0 > v[1] and v[2] == 0 and abs(v[0] + v[1]) < 1e-9
+    assert not qid_prior(["x", "y"]).any() and not qid_prior(["Q1"]).any()
