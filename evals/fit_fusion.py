@@ -33,7 +33,15 @@ from tools.clues.precomputed import describe_all, parse_image_desc, precomputed_
 from tools.embeddings import get_embedder
 from tools.errors import I2CRError
 from tools.features import ALL_FEATURES, CLUE_FEATURES, RANK_FEATURES, TEXT_FEATURES, candidate_features
-from tools.fusion import PACKAGED_WEIGHTS, distribution, nil_decision, softmax, weights_document, write_weights
+from tools.fusion import (
+    PACKAGED_WEIGHTS,
+    distribution,
+    linear_logits,
+    nil_decision,
+    softmax,
+    weights_document,
+    write_weights,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikimel"
 GATES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -246,9 +254,8 @@ def fold_weights(X: list[np.ndarray], gold: np.ndarray, fold: np.ndarray, f: int
 
 
 def predict(model: dict[str, Any], x: np.ndarray, cols: list[int]) -> np.ndarray:
-    """Per-candidate logits of ``model`` on one mention's feature rows."""
-    z = (x[:, cols] - np.asarray(model["mean"])) / np.asarray(model["scale"])
-    return z @ np.asarray(model["coef"]) + model["intercept"]
+    """Per-candidate logits of ``model`` on one mention's feature rows (``tools.fusion.linear_logits``)."""
+    return linear_logits(model, x, cols)
 
 
 def out_of_fold_logits(X: list[np.ndarray], gold: np.ndarray, cols: list[int], C: float, folds: int,

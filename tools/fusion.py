@@ -119,8 +119,14 @@ class FusionWeights:
         """
         kind = "clue" if with_clues else "text"
         m = self.models.get(kind if ranked else f"{kind}_unordered") or self.models[kind]
-        x = (features[:, self.index] - m["mean"]) / m["scale"]
-        return x @ m["coef"] + m["intercept"]
+        return linear_logits(m, features, self.index)
+
+
+def linear_logits(model: dict[str, Any], features: np.ndarray, cols: list[int]) -> np.ndarray:
+    """Per-candidate logits of one fitted model of a weights file (``coef``, ``intercept``, ``mean``,
+    ``scale``) on the ``cols`` columns of the feature rows: the one place the formula is written."""
+    x = (features[:, cols] - np.asarray(model["mean"])) / np.asarray(model["scale"])
+    return x @ np.asarray(model["coef"]) + model["intercept"]
 
 
 def distribution(scores: np.ndarray, nil_row: bool) -> tuple[np.ndarray, float]:
