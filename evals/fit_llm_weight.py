@@ -46,48 +46,14 @@ GRID = np.round(np.arange(0.0, 3.0001, 0.05), 2)
 
 
 def ask(records: dict[str, dict], todo: list[str], settings: dict[str, Any], cache: Path) -> dict[str, dict]:
-    """The linker model's scores for the ``todo`` mentions, from ``cache`` or asked now (and cached)."""
-    from graph.context import Context
-    from tools.fused_linker import ask_llm
-    from tools.linker import load_linker
+    """The linker model's scores for the ``todo`` mentions, from ``cache`` or asked now (and cached).
 
-    ctx = Context(**settings)
-    from evals.fit import llm_key
+    The cache (one JSON row per mention, keyed by model, scoring method and prompt version) is the one
+    ``i2cr fit`` keeps: :func:`evals.fit.llm_scores`.
+    """
+    from evals.fit import llm_scores
 
-    key = llm_key(settings)  # model | scoring | prompt version: a cache of another prompt is not reused
-    got: dict[str, dict] = {}
-    if cache.is_file():
-        for line in cache.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a kill
-                continue
-            rid = row.get("id") if isinstance(row, dict) else None
-            usable = rid in records and isinstance(row.get("logp"), list) and \
-                len(row["logp"]) == len(records[rid]["candidates"])
-            if usable and row.get("key") == key:  # else asked again (a row of other data, or damaged)
-                got[rid] = row
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    missing = [i for i in todo if i not in got]
-    if missing:
-        print(f"asking {settings.get('linker_model')} about {len(missing)} mention(s) "
-              f"({len(todo) - len(missing)} cached in {cache})", file=sys.stderr, flush=True)
-    model = load_linker(ctx) if missing else None
-    with cache.open("a") as fh:
-        for n, rid in enumerate(missing, 1):
-            inp = records[rid]
-            t = time.perf_counter()
-            logp, call = ask_llm(model, inp["mention"], inp.get("context") or "", inp["candidates"], [],
-                                 llm_scoring=ctx.llm_scoring, spec=ctx.linker_model,
-                                 max_desc_chars=ctx.max_desc_chars)
-            row = {"id": rid, "key": key, "logp": [round(float(x), 4) for x in logp], "method": call["method"],
-                   "tokens": call.get("input_tokens", 0), "seconds": round(time.perf_counter() - t, 3)}
-            fh.write(json.dumps(row) + "\n")
-            fh.flush()
-            got[rid] = row
-            if n % 20 == 0:
-                print(f"  {n}/{len(missing)}", file=sys.stderr, flush=True)
-    return got
+    return llm_scores(records, todo, settings, cache)
 
 
 def nil_aware_oof_logits(X: list[np.ndarray], gold: np.ndarray, C: float, folds: int) -> list[np.ndarray]:

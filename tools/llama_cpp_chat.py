@@ -117,6 +117,14 @@ def _eval_prompt(llama: Any, tokens: list[int]) -> None:
     llama.eval(tokens[keep:])
 
 
+def _log_softmax(rows: Any) -> Any:
+    """Row-wise log-softmax of a numpy array of logits."""
+    import numpy as np
+
+    rows = rows - rows.max(axis=-1, keepdims=True)
+    return rows - np.log(np.exp(rows).sum(axis=-1, keepdims=True))
+
+
 def _role(message: BaseMessage) -> str:
     if isinstance(message, SystemMessage):
         return "system"
@@ -214,6 +222,19 @@ class LlamaCppChatModel(BaseChatModel):
         logp = chosen - np.log(np.exp(chosen).sum())
         return dict(zip(labels, logp.tolist())), len(tokens)
 
+    def _prompt_and_continuations(self, shared: _SharedLlama, messages: list[BaseMessage],
+                                  continuations: list[str]) -> tuple[list[int], list[list[int]]]:
+        """The prompt's tokens and each continuation's (an empty one scores the end token); ``ModelError``
+        when the prompt and the longest continuation do not fit the context window."""
+        llama = shared.llama
+        tokens = self._prompt_tokens(shared, messages)
+        conts = [llama.tokenize(c.encode("utf-8"), add_bos=False, special=False) or [llama.token_eos()]
+                 for c in continuations]
+        if len(tokens) + max(len(c) for c in conts) > llama.n_ctx():
+            raise ModelError(f"linker_model '{self.model_name}': prompt of {len(tokens)} tokens does not fit "
+                             f"n_ctx={llama.n_ctx()}")
+        return tokens, conts
+
     def continuation_logprobs(self, messages: list[BaseMessage], continuations: list[str]) -> tuple[list[list[float]], int]:
         """Per-token log-probabilities of each continuation as the start of the model's answer.
 
@@ -237,22 +258,13 @@ class LlamaCppChatModel(BaseChatModel):
         n_seq = int(llama.context_params.n_seq_max)
         if n_seq < 2 or not llama.context_params.kv_unified:
             return self.continuation_logprobs_sequential(messages, continuations)
-        tokens = self._prompt_tokens(shared, messages)
-        conts = [llama.tokenize(c.encode("utf-8"), add_bos=False, special=False) or [llama.token_eos()]
-                 for c in continuations]
+        tokens, conts = self._prompt_and_continuations(shared, messages, continuations)
         n_vocab = llama.n_vocab()
-        if len(tokens) + max(len(c) for c in conts) > llama.n_ctx():
-            raise ModelError(f"linker_model '{self.model_name}': prompt of {len(tokens)} tokens does not fit "
-                             f"n_ctx={llama.n_ctx()}")
-
-        def log_softmax(rows: Any) -> Any:
-            rows = rows - rows.max(axis=-1, keepdims=True)
-            return rows - np.log(np.exp(rows).sum(axis=-1, keepdims=True))
 
         out: list[list[float]] = [[] for _ in conts]
         with shared.lock:
             _eval_prompt(llama, tokens)
-            first = log_softmax(np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(n_vocab,)).astype(np.float64))
+            first = _log_softmax(np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(n_vocab,)).astype(np.float64))
             n_prompt = llama.n_tokens
             mem = llama._ctx.memory
             for j, cont in enumerate(conts):
@@ -293,7 +305,7 @@ class LlamaCppChatModel(BaseChatModel):
                     logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llama._ctx.ctx), shape=(k, n_vocab))
                     for j, row0 in rows_of:
                         cont = conts[j]
-                        rows = log_softmax(logits[row0:row0 + len(cont) - 1].astype(np.float64))
+                        rows = _log_softmax(logits[row0:row0 + len(cont) - 1].astype(np.float64))
                         out[j] += [float(rows[i, cont[i + 1]]) for i in range(len(cont) - 1)]
                 finally:
                     llama_cpp.llama_batch_free(batch)
@@ -319,22 +331,13 @@ class LlamaCppChatModel(BaseChatModel):
 
         shared = self._shared()
         llama = shared.llama
-        tokens = self._prompt_tokens(shared, messages)
-        conts = [llama.tokenize(c.encode("utf-8"), add_bos=False, special=False) or [llama.token_eos()]
-                 for c in continuations]
+        tokens, conts = self._prompt_and_continuations(shared, messages, continuations)
         n_vocab = llama.n_vocab()
-        if len(tokens) + max(len(c) for c in conts) > llama.n_ctx():
-            raise ModelError(f"linker_model '{self.model_name}': prompt of {len(tokens)} tokens does not fit "
-                             f"n_ctx={llama.n_ctx()}")
-
-        def log_softmax(rows: Any) -> Any:
-            rows = rows - rows.max(axis=-1, keepdims=True)
-            return rows - np.log(np.exp(rows).sum(axis=-1, keepdims=True))
 
         out: list[list[float]] = []
         with shared.lock:
             _eval_prompt(llama, tokens)
-            first = log_softmax(np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(n_vocab,)).astype(np.float64))
+            first = _log_softmax(np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(n_vocab,)).astype(np.float64))
             n_prompt = llama.n_tokens
             for cont in conts:
                 lp = [float(first[cont[0]])]
@@ -343,7 +346,7 @@ class LlamaCppChatModel(BaseChatModel):
                     llama._batch.set_batch(batch=cont[:-1], n_past=n_prompt, logits_all=True)
                     llama._ctx.decode(llama._batch)
                     rows = np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(len(cont) - 1, n_vocab))
-                    rows = log_softmax(rows.astype(np.float64))
+                    rows = _log_softmax(rows.astype(np.float64))
                     lp += [float(rows[i, cont[i + 1]]) for i in range(len(cont) - 1)]
                 out.append(lp)
             llama._ctx.kv_cache_seq_rm(-1, n_prompt, -1)  # the cache holds the prompt only, as n_tokens says
