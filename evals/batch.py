@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.errors import ConfigError, I2CRError, InputError
+from tools.files import read_json_file
 
 CONFIG = "batch.json"
 PART_PREFIX = "part-"
@@ -123,12 +124,7 @@ def spool_json(path: Path, kind: str, folder: Path) -> Path:
     out = folder / f"{path.stem}-{digest}.jsonl"
     if out.is_file():
         return out
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"input: {path} is not valid JSON ({exc})") from None
-    except RecursionError:
-        raise InputError(f"input: {path} is nested too deeply to read as JSON") from None
+    data = read_json_file(path, "input")
     tmp = out.with_suffix(f".tmp{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as fh:
         if kind == "i2cr":

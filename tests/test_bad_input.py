@@ -52,18 +52,6 @@ def no_openai_env(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    """Fail the test if any chat model or embedder is loaded."""
-    from tools import embeddings, models
-
-    def refuse(*a, **k):
-        raise AssertionError(f"a model was loaded: {a}")
-
-    monkeypatch.setattr(models, "_load", refuse)
-    monkeypatch.setattr(embeddings, "_load", refuse)
-
-
 # ---- settings: environment vs explicit values, ranges ------------------------------------------------
 
 def test_an_explicit_value_equal_to_the_default_wins_over_the_environment(monkeypatch):

@@ -43,18 +43,6 @@ def one_line_error(err: str, *needles: str) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    """Fail the test if any chat model or embedder is loaded."""
-    from tools import embeddings, models
-
-    def refuse(*a, **k):
-        raise AssertionError(f"a model was loaded: {a}")
-
-    monkeypatch.setattr(models, "_load", refuse)
-    monkeypatch.setattr(embeddings, "_load", refuse)
-
-
 def fake_context(**settings) -> Context:
     return Context(linker_mode="llm", linker_model=scripted("1", "1", "1", "1"), embedding_model=BagOfWordsEmbeddings(),
                    verifier=TableScorer({}), reflection_threshold=0.0, **settings)
