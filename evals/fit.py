@@ -310,7 +310,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="weights JSON to write (use with --set fusion_weights=PATH)")
     p.add_argument("--json", default=None, help="write every figure as JSON here")
     p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the conditional logits")
+    p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the linear conditional logits "
+                   "(--hidden 0 --no-relative)")
+    p.add_argument("--hidden", type=int, default=16,
+                   help="tanh units beside the linear score (0: linear); default 16, as the packaged weights")
+    p.add_argument("--relative", action=argparse.BooleanOptionalAction, default=True,
+                   help="also read each feature's difference to the best rival candidate (default on)")
+    p.add_argument("--weight-decay", type=float, default=3e-3,
+                   help="squared-weight penalty of the --hidden/--relative models (per mention, averaged)")
     p.add_argument("--nil-threshold", default="0.5", help="the graph's nil_threshold for the figures ('off': never nil)")
     p.add_argument("--gate", type=float, default=0.95, help="the graph's gate_threshold: the LLM is asked below it")
     p.add_argument("--no-llm", dest="llm", action="store_false", help="text weights only (LLM terms kept from --base)")
@@ -335,6 +342,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="features the fitted models do not use (e.g. qid_prior), to measure what one brings")
     p.add_argument("--seed", type=int, default=0)
     return p
+
+
+def architecture(a: argparse.Namespace) -> dict[str, Any]:
+    """The scorer's shape from the command line (``evals/fit_fusion.fit_models``' keywords)."""
+    if a.hidden < 0 or a.weight_decay < 0:
+        raise ConfigError(f"fit: --hidden and --weight-decay must be >= 0, got {a.hidden} and {a.weight_decay}")
+    return {"hidden": a.hidden, "relative": a.relative, "weight_decay": a.weight_decay}
 
 
 def _threshold(raw: str) -> float | None:
@@ -396,7 +410,8 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
             copy = _noattr_copy(path, lab, cache or Path("runs/fit-cache"))
             if copy:
                 c = load_set(copy[0], copy[1], emb, cache, n, a.seed)
-                c.update(role="aug", source=d, ranked=order == "ranked", name=m["name"] + " (attribute-free copy)",
+                # its own share of the weight: descriptions without attributes are a distribution of their own
+                c.update(role="aug", source=len(specs) + d, ranked=order == "ranked", name=m["name"] + " (attribute-free copy)",
                          spec=copy)
                 sets.append(c)
     for spec in a.eval:
@@ -422,11 +437,12 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
         s["z"] = [None] * len(s["X"])
         s["fold"] = np.array([fold_of_id(r, a.folds) if (s["role"] != "eval" or r in train_ids) else -1
                               for r in s["ids"]])
+    arch = architecture(a)
     fold_models = []
     for f in range(a.folds):
         tr = np.flatnonzero(Tf != f)
         models = fit_models([TX[i] for i in tr], Tg[tr], a.C, ranked=Tr[tr], has_clues=np.zeros(len(tr), bool),
-                            source=None if source is None else source[tr], exclude=drop)
+                            source=None if source is None else source[tr], exclude=drop, **arch)
         fold_models.append(models)
         for s in sets:
             sel = np.flatnonzero(s["fold"] == f)
@@ -434,7 +450,7 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
                 s["z"][i] = z
         print(f"  fold {f + 1}/{a.folds} fitted", file=sys.stderr, flush=True)
     final = fit_models(TX, Tg, a.C, ranked=Tr, has_clues=np.concatenate([s["has_clues"] for s in train]),
-                       source=source, exclude=drop)
+                       source=source, exclude=drop, **arch)
     for s in sets:
         sel = np.flatnonzero(s["fold"] < 0)
         for i, z in zip(sel, _logits(final["text_unordered"], [s["X"][i] for i in sel])):
@@ -558,7 +574,7 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
             if "nil_bias" in chosen:
                 extra["llm_nil"] = {"bias": chosen["nil_bias"], "weight": chosen["nil_weight"]}
         fit = {"data": [s["name"] for s in sets if s["role"] == "train"], "order": orders, "sample": samples,
-               "augment_noattr": a.augment_noattr, "dropped_features": list(drop), "mentions": len(TX), "folds": a.folds, "C": a.C,
+               "augment_noattr": a.augment_noattr, "dropped_features": list(drop), "mentions": len(TX), "folds": a.folds, "C": a.C, **architecture(a),
                "embedding_model": a.embedding_model, "nil_threshold": thr, "balanced": source is not None,
                "method": "conditional logit with a nil row (L-BFGS); LLM terms by maximum likelihood with the nil row",
                "command": result["command"],
@@ -613,7 +629,7 @@ def learning_curve(sets: list[dict[str, Any]], a: argparse.Namespace, thr: float
             idx = np.random.default_rng(a.seed + 1000 * r + size).choice(n, size, replace=False)
             rest = np.setdiff1d(np.arange(n), idx)
             models = fit_models([first["X"][i] for i in idx], first["gold"][idx], a.C,
-                                has_clues=np.zeros(size, bool), exclude=a.drop_set)
+                                has_clues=np.zeros(size, bool), exclude=a.drop_set, **architecture(a))
             m = models["text_unordered"]
             targets = [(first["name"] + " (rest)", [first["X"][i] for i in rest], first["gold"][rest],
                         first["nil"][rest])] + [(s["name"], s["X"], s["gold"], s["nil"]) for s in evals]

@@ -138,7 +138,8 @@ def unordered(X: list[np.ndarray]) -> list[np.ndarray]:
 
 def fit_models(X: list[np.ndarray], gold: np.ndarray, C: float, *, ranked: np.ndarray | None = None,
                has_clues: np.ndarray | None = None, source: np.ndarray | None = None,
-               exclude: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+               exclude: tuple[str, ...] = (), hidden: int = 0, relative: bool = False,
+               weight_decay: float = 3e-3) -> dict[str, dict[str, Any]]:
     """The four nil-row models of a weights file, widened to ``ALL_FEATURES``.
 
     ``text``/``clue`` read the list's order of the mentions marked ``ranked`` (the others' rank
@@ -146,6 +147,9 @@ def fit_models(X: list[np.ndarray], gold: np.ndarray, C: float, *, ranked: np.nd
     fitted on the mentions ``has_clues`` (all when not given; the text models when none).
     ``source``: each mention's dataset; given, every dataset weighs the same in the fit.
     ``exclude``: features no model uses (their weights are 0).
+    ``hidden``/``relative``/``weight_decay``: with ``hidden`` > 0 or ``relative``, the models are fitted by
+    :func:`fit_clogit_mlp` (a hidden layer of that many units beside the linear part; the features'
+    differences to the best rival as inputs too); else by :func:`fit_clogit` (L2 ``1/C``).
     """
     n = len(X)
     ranked = np.ones(n, bool) if ranked is None else np.asarray(ranked, bool)
@@ -164,7 +168,12 @@ def fit_models(X: list[np.ndarray], gold: np.ndarray, C: float, *, ranked: np.nd
                 src = np.asarray(source)[sel]
                 sizes = {d: int((src == d).sum()) for d in np.unique(src)}
                 sw = np.array([len(src) / (len(sizes) * sizes[d]) for d in src])
-            out[kind + suffix] = widen(fit_clogit([rows[i] for i in sel], gold[sel], cols, C, sample_weight=sw), cols)
+            if hidden or relative:
+                model = fit_clogit_mlp([rows[i] for i in sel], gold[sel], cols, hidden=hidden, relative=relative,
+                                       weight_decay=weight_decay, sample_weight=sw)
+            else:
+                model = fit_clogit([rows[i] for i in sel], gold[sel], cols, C, sample_weight=sw)
+            out[kind + suffix] = widen(model, cols)
     return out
 
 
@@ -233,11 +242,97 @@ def fit_clogit(X: list[np.ndarray], gold: np.ndarray, cols: list[int], C: float,
 
 
 def widen(model: dict[str, Any], cols: list[int]) -> dict[str, Any]:
-    """A model over ``cols`` as weights over every feature (unused ones 0), the weights-file layout."""
-    full = np.zeros(len(ALL_FEATURES))
-    mean, scale = np.zeros(len(ALL_FEATURES)), np.ones(len(ALL_FEATURES))
-    full[cols], mean[cols], scale[cols] = model["coef"], model["mean"], model["scale"]
-    return {"coef": full.tolist(), "intercept": model["intercept"], "mean": mean.tolist(), "scale": scale.tolist()}
+    """A model over ``cols`` as weights over every feature (unused ones 0), the weights-file layout.
+
+    A ``relative`` model's inputs are the features then their differences (``tools.fusion.relative_rows``):
+    both halves are widened alike."""
+    n_all = len(ALL_FEATURES)
+    rel = bool(model.get("relative"))
+    pos = list(cols) + ([n_all + c for c in cols] if rel else [])
+    d = n_all * (2 if rel else 1)
+    full = np.zeros(d)
+    mean, scale = np.zeros(d), np.ones(d)
+    full[pos], mean[pos], scale[pos] = model["coef"], model["mean"], model["scale"]
+    out = {"coef": full.tolist(), "intercept": model["intercept"], "mean": mean.tolist(), "scale": scale.tolist()}
+    if rel:
+        out["relative"] = True
+    if model.get("hidden") is not None:
+        W = np.zeros((len(model["hidden"]["b"]), d))
+        W[:, pos] = np.asarray(model["hidden"]["W"])
+        out["hidden"] = {"W": W.tolist(), "b": list(model["hidden"]["b"]), "v": list(model["hidden"]["v"])}
+    return out
+
+
+def fit_clogit_mlp(X: list[np.ndarray], gold: np.ndarray, cols: list[int], *, hidden: int = 16,
+                   relative: bool = True, weight_decay: float = 3e-3, sample_weight: np.ndarray | None = None,
+                   seed: int = 0, max_iter: int = 300) -> dict[str, Any]:
+    """The conditional logit with a nil row (:func:`fit_clogit`), its score widened: a linear part plus
+    ``hidden`` tanh units (``v . tanh(W x + b)``), over the candidate's standardised features and, with
+    ``relative``, their differences to the best rival of the list (``tools.fusion.relative_rows``).
+
+    Exact log-likelihood of ``softmax([score_i ..., 0])`` (nil row at 0, ``gold`` -1 = nil), weighted by
+    ``sample_weight`` and averaged, plus ``weight_decay`` times the squared weights (not the biases);
+    full-batch L-BFGS (torch, one thread, seeded: the same data gives the same weights). Scored at run
+    time by ``tools.fusion.linear_logits`` in numpy.
+    """
+    import torch
+
+    from tools.fusion import relative_rows
+
+    rows_in = [x[:, cols] for x in X]
+    if relative:
+        rows_in = [relative_rows(x) for x in rows_in]
+    allrows = np.concatenate(rows_in)
+    mean, scale = allrows.mean(0), allrows.std(0)
+    scale[scale == 0] = 1.0
+    M, N, d = len(X), max(len(x) for x in X), allrows.shape[1]
+    A = np.zeros((M, N, d), np.float64)
+    mask = np.zeros((M, N), bool)
+    for m, x in enumerate(rows_in):
+        A[m, :len(x)] = (x - mean) / scale
+        mask[m, :len(x)] = True
+    y = torch.tensor([g if 0 <= g < len(X[m]) else N for m, g in enumerate(gold)])
+    sw = torch.tensor(np.ones(M) if sample_weight is None else np.asarray(sample_weight), dtype=torch.float64)
+    At, maskt = torch.tensor(A), torch.tensor(mask)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        g = torch.Generator().manual_seed(seed)
+        lin = torch.zeros(d, dtype=torch.float64, requires_grad=True)
+        b0 = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        params = [lin, b0]
+        if hidden:
+            W = (torch.randn(hidden, d, generator=g, dtype=torch.float64) / np.sqrt(d)).requires_grad_()
+            bh = torch.zeros(hidden, dtype=torch.float64, requires_grad=True)
+            v = (torch.randn(hidden, generator=g, dtype=torch.float64) / np.sqrt(hidden)).requires_grad_()
+            params += [W, bh, v]
+
+        def scores() -> torch.Tensor:
+            z = At @ lin + b0
+            if hidden:
+                z = z + torch.tanh(At @ W.T + bh) @ v
+            z = z.masked_fill(~maskt, -1e30)
+            return torch.cat([z, torch.zeros(M, 1, dtype=torch.float64)], 1)
+
+        opt = torch.optim.LBFGS(params, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            nll = (torch.nn.functional.cross_entropy(scores(), y, reduction="none") * sw).sum() / sw.sum()
+            pen = (lin ** 2).sum() + ((W ** 2).sum() + (v ** 2).sum() if hidden else 0.0)
+            loss = nll + weight_decay * pen
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    finally:
+        torch.set_num_threads(threads)
+    out: dict[str, Any] = {"coef": lin.detach().numpy().tolist(), "intercept": float(b0.detach()),
+                           "mean": mean.tolist(), "scale": scale.tolist(), "relative": bool(relative)}
+    if hidden:
+        out["hidden"] = {"W": W.detach().numpy().tolist(), "b": bh.detach().numpy().tolist(),
+                         "v": v.detach().numpy().tolist()}
+    return out
 
 
 def fold_of(n: int, folds: int, seed: int = 0) -> np.ndarray:

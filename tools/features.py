@@ -9,11 +9,13 @@ For one mention, :func:`candidate_features` returns one row per candidate:
   candidate gets the position features' average over the list, so the list's
   order cannot change any score;
 * name agreement, on names normalised by :mod:`tools.names` (Wikipedia titles,
-  underscores, %-encoding, a trailing ``(disambiguator)`` split off): mention
-  tokens found in the entity name, name tokens found in the text, exact and
-  surname matches, the mention as an acronym of the name, the mention as a
-  derived form (shared prefix) of a name word; the disambiguator as type
-  evidence (present; its words found in the text);
+  underscores, %-encoding, a trailing ``(disambiguator)`` split off) and the
+  mention without its possessive (``Sydney's``): mention tokens found in the
+  entity name, name tokens found in the text, exact and surname matches, the
+  mention as an acronym of the name, the mention as a derived form (shared
+  prefix) of a name word, the share of the name the mention accounts for
+  (``name_covered``), character-level similarity (``spelling``); the
+  disambiguator as type evidence (present; its words found in the text);
 * consistency of the entity's facts with the text: gender (pronouns and
   nouns vs ``Sex:``), life dates (years in the text vs ``Birth:``/``Death:``).
   These are +1 (consistent) / -1 (contradicted) / 0 (unknown: no attribute or
@@ -40,12 +42,13 @@ from typing import Any
 
 import numpy as np
 
-from tools.names import is_acronym_of, prefix_share, split_name
+from tools.names import is_acronym_of, name_coverage, prefix_share, spelling_similarity, split_name, strip_possessive
 from tools.texts import entity_text, query_text
 
 TEXT_FEATURES = (
     "dense", "dense_gap", "dense_top", "list_first", "list_rank_inv",
     "mention_in_name", "name_in_text", "name_exact", "surname_match", "acronym", "name_prefix",
+    "name_covered", "spelling",
     "has_disamb", "disamb_in_text",
     "gender_text", "years_fit", "died_before_1900", "desc_missing_rel", "qid_prior",
 )
@@ -170,7 +173,8 @@ def candidate_features(mention: str, context: str, candidates: list[dict], embed
     gap, top = _relative(dense)
     out[:, col["dense"]], out[:, col["dense_gap"]], out[:, col["dense_top"]] = dense, gap, top
 
-    m_tokens = tokens(mention)
+    said = strip_possessive(mention)  # "Sydney's" names Sydney
+    m_tokens = tokens(said)
     text_tokens = set(tokens(f"{mention} {context}"))
     context_tokens = set(tokens(context))
     text_gender = gender_cue(context)
@@ -184,8 +188,10 @@ def candidate_features(mention: str, context: str, candidates: list[dict], embed
         dis_tokens = tokens(disamb)
         facts = entity_facts(str(cand.get("desc") or ""))
         row = out[i]
-        row[col["acronym"]] = float(is_acronym_of(mention, base))
-        row[col["name_prefix"]] = prefix_share(mention, base)
+        row[col["acronym"]] = float(is_acronym_of(said, base))
+        row[col["name_prefix"]] = prefix_share(said, base)
+        row[col["name_covered"]] = name_coverage(said, base)
+        row[col["spelling"]] = spelling_similarity(said, base)
         row[col["has_disamb"]] = float(bool(disamb))
         row[col["disamb_in_text"]] = _share(dis_tokens, context_tokens) if dis_tokens else 0.0
         row[col["mention_in_name"]] = _share(m_tokens, set(name_tokens))

@@ -1,6 +1,8 @@
 """The fused linker's scoring: learned weights over :mod:`tools.features`, plus the LLM.
 
-A candidate's score is a logistic-regression logit over its cheap features
+A candidate's score is a learned logit over its cheap features (linear, or a
+small one-hidden-layer network beside the linear part; optionally also over each
+feature's difference to the best rival candidate: :func:`linear_logits`)
 (``text`` weights before any visual clue, ``clue`` weights once clues are
 gathered), plus ``llm_weight`` times the log-probability the linker model gave the
 candidate (its name's likelihood, or its letter's) when the model was asked. A softmax over the candidates
@@ -56,12 +58,7 @@ class FusionWeights:
         for kind in ("text", "clue", "text_unordered", "clue_unordered"):
             if kind not in data and kind.endswith("_unordered"):
                 continue
-            m = data[kind]
-            self.models[kind] = {k: np.asarray(m[k], dtype=np.float64) for k in ("coef", "mean", "scale")}
-            self.models[kind]["intercept"] = float(m["intercept"])
-            if len(self.models[kind]["coef"]) != len(self.features):
-                raise ConfigError(f"fusion_weights {source}: '{kind}' has {len(m['coef'])} weights "
-                                  f"for {len(self.features)} features")
+            self.models[kind] = load_model(data[kind], len(self.features), f"fusion_weights {source}: '{kind}'")
         raw = data.get("llm_weight", 1.0)
         weights = raw if isinstance(raw, dict) else {"likelihood": raw, "choice": raw}
         try:
@@ -122,11 +119,56 @@ class FusionWeights:
         return linear_logits(m, features, self.index)
 
 
+def load_model(m: Any, n_features: int, where: str) -> dict[str, Any]:
+    """One model of a weights file as arrays, its shapes checked against the file's feature list."""
+    try:
+        relative = bool(m.get("relative", False))
+        d = n_features * (2 if relative else 1)
+        out: dict[str, Any] = {k: np.asarray(m[k], dtype=np.float64) for k in ("coef", "mean", "scale")}
+        out["intercept"], out["relative"] = float(m["intercept"]), relative
+        if any(out[k].shape != (d,) for k in ("coef", "mean", "scale")):
+            raise ConfigError(f"{where} has {out['coef'].size} weights for {d} inputs "
+                              f"({n_features} features{', plain and relative' if relative else ''})")
+        if m.get("hidden") is not None:
+            h = m["hidden"]
+            W, b, v = (np.asarray(h[k], dtype=np.float64) for k in ("W", "b", "v"))
+            if W.ndim != 2 or W.shape[1] != d or b.shape != (W.shape[0],) or v.shape != (W.shape[0],):
+                raise ConfigError(f"{where}: hidden layer shapes W {W.shape}, b {b.shape}, v {v.shape} "
+                                  f"do not fit {d} inputs")
+            out["hidden"] = {"W": W, "b": b, "v": v}
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"{where} is malformed: {exc!r}") from None
+    return out
+
+
+def relative_rows(x: np.ndarray) -> np.ndarray:
+    """Each candidate's features beside their difference to the best *other* candidate of the list,
+    column by column (0 for a list of one): how a candidate compares with its rivals, which a score
+    of the candidate alone cannot see. Order-free."""
+    if len(x) < 2:
+        return np.concatenate([x, np.zeros_like(x)], 1)
+    srt = np.sort(x, 0)
+    best, second = srt[-1], srt[-2]
+    return np.concatenate([x, x - np.where(x == best, second, best)], 1)
+
+
 def linear_logits(model: dict[str, Any], features: np.ndarray, cols: list[int]) -> np.ndarray:
-    """Per-candidate logits of one fitted model of a weights file (``coef``, ``intercept``, ``mean``,
-    ``scale``) on the ``cols`` columns of the feature rows: the one place the formula is written."""
-    x = (features[:, cols] - np.asarray(model["mean"])) / np.asarray(model["scale"])
-    return x @ np.asarray(model["coef"]) + model["intercept"]
+    """Per-candidate logits of one fitted model of a weights file on the ``cols`` columns of the
+    feature rows: the one place the formula is written.
+
+    ``(x - mean) / scale`` standardised inputs, where ``x`` is the candidate's features, followed by
+    :func:`relative_rows`'s differences when the model is ``relative``; the logit is
+    ``x . coef + intercept``, plus ``v . tanh(W x + b)`` when the model has a ``hidden`` layer
+    (fitted by ``evals/fit_fusion.fit_clogit_mlp``)."""
+    x = np.asarray(features, dtype=np.float64)[:, cols]
+    if model.get("relative"):
+        x = relative_rows(x)
+    x = (x - np.asarray(model["mean"])) / np.asarray(model["scale"])
+    z = x @ np.asarray(model["coef"]) + model["intercept"]
+    h = model.get("hidden")
+    if h is not None:
+        z = z + np.tanh(x @ np.asarray(h["W"]).T + np.asarray(h["b"])) @ np.asarray(h["v"])
+    return z
 
 
 def distribution(scores: np.ndarray, nil_row: bool) -> tuple[np.ndarray, float]:
@@ -189,7 +231,8 @@ def weights_document(models: dict[str, dict[str, Any]], *, llm_weight: Any = 1.0
                      nil_row: bool = True, fit: dict[str, Any] | None = None) -> dict[str, Any]:
     """The JSON content of a weights file (the one format :class:`FusionWeights` reads).
 
-    ``models``: ``{"text": {"coef", "intercept", "mean", "scale"}, "clue": {...}}`` over ``ALL_FEATURES``,
+    ``models``: ``{"text": {"coef", "intercept", "mean", "scale"}, "clue": {...}}`` over ``ALL_FEATURES``
+    (twice over with ``"relative": true``; optionally ``"hidden": {"W", "b", "v"}``),
     optionally ``text_unordered`` / ``clue_unordered`` (fitted without the rank features: used when the
     list's order is not informative).
     """
@@ -198,10 +241,17 @@ def weights_document(models: dict[str, dict[str, Any]], *, llm_weight: Any = 1.0
         if kind not in models and kind.endswith("_unordered"):
             continue
         m = models[kind]
-        if len(m["coef"]) != len(ALL_FEATURES):
-            raise ValueError(f"model '{kind}' has {len(m['coef'])} weights for {len(ALL_FEATURES)} features")
+        d = len(ALL_FEATURES) * (2 if m.get("relative") else 1)
+        if len(m["coef"]) != d:
+            raise ValueError(f"model '{kind}' has {len(m['coef'])} weights for {d} inputs")
         out[kind] = {k: (float(m[k]) if k == "intercept" else [float(v) for v in m[k]])
                      for k in ("coef", "intercept", "mean", "scale")}
+        if m.get("relative"):
+            out[kind]["relative"] = True
+        if m.get("hidden") is not None:
+            h = m["hidden"]
+            out[kind]["hidden"] = {"W": [[float(v) for v in row] for row in h["W"]],
+                                   "b": [float(v) for v in h["b"]], "v": [float(v) for v in h["v"]]}
     out["llm_weight"] = llm_weight
     if llm_floor is not None:
         out["llm_floor"] = llm_floor

@@ -15,19 +15,26 @@ here:
 
 Cheap, general evidence of a mention naming an entity (no lists fitted to any
 dataset): :func:`is_acronym_of` (``UN`` / ``USGS`` ->
-``United States Geological Survey``) and :func:`prefix_share` (``Spanish``
+``United States Geological Survey``), :func:`prefix_share` (``Spanish``
 -> ``Spain``: a mention that shares a long prefix with a name word, as
-demonyms and derived forms do).
+demonyms and derived forms do), :func:`name_coverage` (how much of the name
+the mention accounts for: ``Australian`` covers ``Australia`` but a third of
+``Australian Defence Force``) and :func:`spelling_similarity` (character-level:
+``Kallita`` ~ ``Kalitta``, ``United Naitions`` ~ ``United Nations``).
+A mention's English possessive is not part of the name it names
+(:func:`strip_possessive`: ``Sydney's`` -> ``Sydney``).
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from difflib import SequenceMatcher
 from urllib.parse import unquote
 
 _DISAMBIGUATOR = re.compile(r"^(?P<base>.*\S)\s*\((?P<dis>[^()]+)\)\s*$")
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_POSSESSIVE = re.compile(r"(?<=\w)['\u2019]s\b|(?<=s)['\u2019](?=\s|$)", re.IGNORECASE)
 _STOP = {"of", "the", "and", "for", "in", "on", "at", "de", "du", "des", "la", "le", "del", "da", "do", "a", "an", "&"}
 
 
@@ -114,3 +121,43 @@ def prefix_share(mention: str, name: str, min_len: int = 3) -> float:
                 hits += 1
                 break
     return hits / len(m_words)
+
+
+def strip_possessive(mention: str) -> str:
+    """The mention without English possessive endings: ``Sydney's`` -> ``Sydney``, ``Nintendo’s`` ->
+    ``Nintendo``, ``the Jones'`` -> ``the Jones``. Other apostrophes (``O'Brien``) stay."""
+    return _POSSESSIVE.sub("", str(mention or "")).strip()
+
+
+def _derived(w: str, v: str, min_len: int = 3) -> bool:
+    """``w`` and ``v`` share a prefix of at least ``min_len`` letters and 60% of the shorter word."""
+    k = 0
+    while k < min(len(w), len(v)) and w[k] == v[k]:
+        k += 1
+    return k >= min_len and k >= 0.6 * min(len(w), len(v))
+
+
+def name_coverage(mention: str, name: str) -> float:
+    """Share of the name's content words (function words left out) that the mention accounts for: the
+    same word, or a derived form of it (a long shared prefix, words of 4+ letters: ``Australian`` ->
+    ``Australia``). ``Colorado`` covers ``Colorado`` wholly and 2 of the 3 words of ``Colorado Springs,
+    Colorado``. 0.0 for an empty name."""
+    m_words = words(strip_possessive(mention))
+    n_words = [w for w in words(split_name(name)[0]) if w not in _STOP] or words(split_name(name)[0])
+    if not n_words:
+        return 0.0
+    m_set = set(m_words)
+    long_m = [w for w in m_words if len(w) >= 4]
+    hits = sum(v in m_set or (len(v) >= 4 and any(_derived(w, v) for w in long_m)) for v in n_words)
+    return hits / len(n_words)
+
+
+def spelling_similarity(mention: str, name: str) -> float:
+    """Character-level similarity (0..1, difflib's ratio) of the mention and the name without its
+    disambiguator, both as :func:`name_key`: misspellings and transliterations score high
+    (``Panthopath`` ~ ``Panthapath`` 0.9) where word matching sees nothing."""
+    a = name_key(strip_possessive(mention))
+    b = name_key(split_name(name)[0])
+    if not a or not b:
+        return 0.0
+    return SequenceMatcher(None, a, b, autojunk=False).ratio()
