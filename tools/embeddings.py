@@ -172,6 +172,7 @@ def embedding_id(spec: Any, base_url: str | None = None) -> str | None:
     """
     if not isinstance(spec, str):
         return None
+    spec = spec.strip()
     if spec == "embedded":
         return f"embedded:{_embedded_version()}"
     if spec.startswith("openai:"):
