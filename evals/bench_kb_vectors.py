@@ -33,6 +33,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "bench_kb_vectors.json"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Build the small KB, link each mention's round 1 with the KB's vectors shared and not, compare."""
     ap = argparse.ArgumentParser(prog="python -m evals.bench_kb_vectors", description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=None, help="shared data folder (default: $I2CR_DATA_DIR, else ../shared/data)")
     ap.add_argument("--sample", type=int, default=20, help="dev mentions (seeded)")
@@ -44,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from evals.common import data_dir
     from graph.context import Context
-    from tools import embeddings, kb as kbmod
+    from tools import embeddings
+    from tools import kb as kbmod
     from tools.candidates import normalize_candidates
     from tools.features import candidate_features
     from tools.fusion import distribution, load_weights, order_is_ranked

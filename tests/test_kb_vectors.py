@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from graph import Context, graph
-from tools import embeddings, kb as kbmod
+from tools import embeddings
+from tools import kb as kbmod
 from tools.candidates import normalize_candidates
 from tools.errors import ConfigError
 from tools.features import ALL_FEATURES, candidate_features
