@@ -9,7 +9,9 @@ Entity texts ("name. desc") repeat across mentions and runs: :class:`CachedEmbed
 them in memory and, for a model named by a spec, in a persistent vector store on disk
 (:class:`SqliteByteStore`, a LangChain ``BaseStore`` in one SQLite file per model under
 ``<cache dir>/embeddings/``; ``$I2CR_EMBED_CACHE=off`` turns it off). Vectors are stored as the
-float32 bytes computed, so a cached vector is bitwise the one first computed.
+float32 bytes computed, so a cached vector is bitwise the one first computed. A knowledge base's
+stored entity vectors can be handed over too (:meth:`CachedEmbedder.prime`, from ``tools.kb``), when
+they were made by the same model (:func:`embedding_id`) from the same text.
 """
 
 from __future__ import annotations
@@ -148,10 +150,7 @@ def vector_store_for(spec: str, base_url: str | None = None) -> SqliteByteStore 
         return None
     from tools.cache import cache_dir
 
-    ident = spec if spec != "embedded" else f"embedded:{_embedded_version()}"
-    if spec.startswith("openai:"):
-        ident += f"@{base_url or os.environ.get('OPENAI_BASE_URL') or 'api.openai.com'}"
-    name = hashlib.sha1(ident.encode("utf-8")).hexdigest()[:16]
+    name = hashlib.sha1(embedding_id(spec, base_url).encode("utf-8")).hexdigest()[:16]
     path = cache_dir().parent / "embeddings" / f"{name}.sqlite"
     try:
         return SqliteByteStore(path)
@@ -161,6 +160,24 @@ def vector_store_for(spec: str, base_url: str | None = None) -> SqliteByteStore 
         warnings.warn(f"the entity-vector cache {path} cannot be used ({exc}); vectors are kept in memory only",
                       stacklevel=2)
         return None
+
+
+def embedding_id(spec: Any, base_url: str | None = None) -> str | None:
+    """What decides a text's vector besides the text: the model ``spec`` names, made exact.
+
+    ``embedded`` includes the packaged model's version, ``openai:`` models the server's address
+    (``base_url``, else ``$OPENAI_BASE_URL``, else OpenAI's); other specs are themselves. ``None`` for
+    an ``Embeddings`` object (from Python): nothing says which model it is, so no vector made by
+    another process is taken as its own.
+    """
+    if not isinstance(spec, str):
+        return None
+    spec = spec.strip()
+    if spec == "embedded":
+        return f"embedded:{_embedded_version()}"
+    if spec.startswith("openai:"):
+        return f"{spec}@{base_url or os.environ.get('OPENAI_BASE_URL') or 'api.openai.com'}"
+    return spec
 
 
 def _embedded_version() -> str:
@@ -205,6 +222,23 @@ class CachedEmbedder:
             if len(self._cache) + len(texts) > self.maxsize:
                 self._cache.clear()
             self._cache.update(zip(texts, vectors))
+
+    def prime(self, texts: Sequence[str], vectors: Any) -> int:
+        """Take ``vectors`` (one row per text, made by this embedder's model elsewhere: a knowledge
+        base's stored ones) as the vectors of ``texts``, in memory only. A text already in memory keeps
+        its vector (the first one seen, as for computed ones). Returns how many texts were added.
+
+        The caller vouches that each vector is the model's embedding of exactly that text
+        (``tools.kb.share_entity_vectors`` checks the model id and the text).
+        """
+        rows = np.asarray(vectors, dtype=np.float32)
+        if rows.ndim != 2 or len(rows) != len(texts):
+            raise ValueError(f"prime: {len(texts)} texts but vectors of shape {rows.shape}")
+        with self._lock:
+            new = {t: i for i, t in enumerate(texts) if t not in self._cache}
+        if new:
+            self._remember(list(new), [rows[i].copy() for i in new.values()])
+        return len(new)
 
     def embed(self, texts: list[str], *, entities: Sequence[str] = ()) -> np.ndarray:
         """Unit-normalised embeddings of ``texts``, one row each, from ONE forward pass for the missing ones.

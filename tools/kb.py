@@ -6,7 +6,12 @@ Storage — two Chroma collections, so the same code runs on an embedded store
 * ``<collection>``: one row per entity, id = qid, the dense embedding of
   ``"name. desc"`` (from ``embedding_model``) and metadata ``{name, desc,
   aliases (JSON list or ""), image, hash}``. ``hash`` is a digest of the record: re-ingesting
-  an unchanged record is a no-op, a changed one is re-embedded and upserted.
+  an unchanged record is a no-op, a changed one is re-embedded and upserted. The collection's
+  metadata records the model: ``i2cr_embedding_model`` (the spec, checked on open) and
+  ``i2cr_embedding_id`` (the exact model, :func:`tools.embeddings.embedding_id`; ``unknown`` or
+  absent when the stored vectors may come from another model): the graph's retrieval hands the
+  stored vectors to the linker's embedder only when that id is the linker's
+  (:func:`share_entity_vectors`).
 * ``<collection>__names``: one row per name and alias, id = ``qid#i``, whose
   vector is a hashed character-trigram profile of the normalised name
   (:func:`name_vector`) — a lexical index that lives in Chroma too.
@@ -31,6 +36,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import sys
 import unicodedata
@@ -55,6 +61,8 @@ LEXICAL_DIM = 256
 LEXICAL_SCHEME = "char3-hash256-v1"
 LEXICAL_WEIGHT = 0.5  # weight of the name signal in the hybrid score (0.3-0.5 within 0.5 pt on WikiMEL dev)
 ON_ERROR = ("skip", "fail")
+KB_VECTORS_ENV = "I2CR_KB_VECTORS"  # on (default) | off: hand the KB's stored entity vectors to the linker
+UNKNOWN_ID = "unknown"  # i2cr_embedding_id of a collection whose vectors may come from several models
 MODES = ("hybrid", "dense", "lexical")
 # HNSW settings, fixed at collection creation. Lighter than Chroma's defaults
 # (ef_construction 100) so that ingest stays ~3x faster on small machines; the
@@ -225,6 +233,7 @@ class KnowledgeBase:
         self.model_name = (embeddings if isinstance(embeddings, str)
                            else getattr(embeddings, "model", None) or getattr(embeddings, "model_name", None)
                            or type(embeddings).__name__)
+        self._id_checked = False  # this ingest's model id reconciled with the collection's (see _write)
         self._client = client or (self._connect() if host else None)  # a local store opens on first use
         self._entities = None
         self._names = None
@@ -289,7 +298,8 @@ class KnowledgeBase:
         if name not in existing or names not in existing:
             if not create:
                 return False
-            meta = {"i2cr_embedding_model": str(self.model_name), "i2cr_lexical": LEXICAL_SCHEME}
+            meta = {"i2cr_embedding_model": str(self.model_name), "i2cr_lexical": LEXICAL_SCHEME,
+                    "i2cr_embedding_id": self.model_id or UNKNOWN_ID}
             self._entities = self.client.get_or_create_collection(
                 name, metadata=meta, configuration={"hnsw": dict(DENSE_HNSW)}, embedding_function=None)
             self._names = self.client.get_or_create_collection(
@@ -304,6 +314,40 @@ class KnowledgeBase:
                               f"'{built_with}', not '{self.model_name}'; use the same model or ingest into "
                               "another collection (--collection / kb_collection)")
         return True
+
+    @property
+    def model_id(self) -> str | None:
+        """The exact id of this KB's embedder (:func:`tools.embeddings.embedding_id`; ``None`` for an object)."""
+        from tools.embeddings import embedding_id
+
+        return embedding_id(self._spec, self._base_url)
+
+    @property
+    def vectors_id(self) -> str | None:
+        """The model id the stored entity vectors were made with (``None``: not recorded, or unknown).
+
+        Recorded at ingest since the KB shares its vectors with the linker; a KB written before
+        has none, and one ingested with two different model ids is ``unknown``.
+        """
+        if not self._collections(create=False):
+            return None
+        recorded = (self._entities.metadata or {}).get("i2cr_embedding_id")
+        return None if recorded in (None, "", UNKNOWN_ID) else str(recorded)
+
+    def _reconcile_id(self) -> None:
+        """Before vectors are written: keep ``i2cr_embedding_id`` true of every stored vector.
+
+        An empty collection takes this ingest's id; one holding vectors of another (or an unrecorded)
+        model becomes ``unknown`` (its vectors are then never shared with the linker).
+        """
+        if self._id_checked:
+            return
+        meta = dict(self._entities.metadata or {})
+        recorded, mine = meta.get("i2cr_embedding_id"), self.model_id or UNKNOWN_ID
+        new = mine if self._entities.count() == 0 else recorded if recorded == mine else UNKNOWN_ID
+        if new != recorded:
+            self._chroma(self._entities.modify, metadata={**meta, "i2cr_embedding_id": new})
+        self._id_checked = True
 
     @property
     def embeddings(self) -> Embeddings:
@@ -369,6 +413,7 @@ class KnowledgeBase:
                 raise InputError(f"{len(bad)} malformed record(s), nothing ingested: {shown}{more}")
             total = total or len(items)
         self._collections(create=True)
+        self._id_checked = False
         stats = IngestStats()
         bar = progress if progress not in (True, False) else None
         if progress is True:
@@ -429,6 +474,7 @@ class KnowledgeBase:
         todo = [q for q in ids if old_meta.get(q, {}).get("hash") != hashes[q]]
         stats.unchanged += len(ids) - len(todo)
         if todo:
+            self._reconcile_id()
             recs = [batch[q] for q in todo]
             vectors = self._embed([entity_text(r) for r in recs])
             changed = [q for q in todo if q in old_meta]
@@ -471,7 +517,7 @@ class KnowledgeBase:
 
     # -------------------------------------------------------------- search --
     def search(self, mention: str, context: str = "", k: int = 10, *, mode: str = "hybrid",
-               depth: int | None = None) -> list[dict[str, Any]]:
+               depth: int | None = None, with_vectors: bool = False) -> list[dict[str, Any]]:
         """Top ``k`` entities for ``mention`` in ``context``, best first.
 
         Each result is ``{qid, name, desc, aliases, image, score, dense, lexical, rank}``:
@@ -479,6 +525,8 @@ class KnowledgeBase:
         of the mention with the best-matching name or alias, ``score`` = the fused
         score (``LEXICAL_WEIGHT``-weighted sum in ``hybrid`` mode, else the single signal).
         ``depth`` = candidates pulled from each index before fusion (default max(30, 3k)).
+        ``with_vectors``: each result also has ``vector``, the stored unit embedding of its
+        :func:`entity_text` (a float32 array; not JSON).
         """
         if not isinstance(mention, str) or not mention.strip():
             raise InputError("mention: empty; give the entity mention to look up")
@@ -504,10 +552,11 @@ class KnowledgeBase:
         if not ids:
             raise self._empty_error()
         got = self._chroma(self._entities.get, ids=list(ids),
-                           include=["metadatas", "embeddings"] if qvec is not None else ["metadatas"])
+                           include=["metadatas", "embeddings"] if qvec is not None or with_vectors
+                           else ["metadatas"])
         dense = np.zeros(len(got["ids"]), dtype=np.float32)
+        emb = np.asarray(got["embeddings"], dtype=np.float32) if got.get("embeddings") is not None else None
         if qvec is not None and len(got["ids"]):
-            emb = np.asarray(got["embeddings"], dtype=np.float32)
             dense = emb @ qvec / np.linalg.norm(emb, axis=1).clip(min=1e-12)
         mgrams = _profile(mention)
         rows = []
@@ -518,6 +567,8 @@ class KnowledgeBase:
             rows.append({"qid": qid, "name": meta.get("name", ""), "desc": meta.get("desc", ""),
                          "aliases": aliases, "image": meta.get("image", ""), "dense": float(dense[i]),
                          "lexical": lex})
+            if with_vectors:
+                rows[-1]["vector"] = emb[i]
         _fuse(rows, mode)
         rows.sort(key=lambda r: (-r["score"], -r["dense"], -r["lexical"], r["qid"]))
         for rank, row in enumerate(rows[:k], 1):
@@ -590,9 +641,55 @@ def open_kb(ctx: Any) -> KnowledgeBase:
     return _open[key]
 
 
+def kb_vectors_on() -> bool:
+    """``$I2CR_KB_VECTORS``: ``on`` (default) shares the KB's stored entity vectors with the linker."""
+    raw = os.environ.get(KB_VECTORS_ENV, "").strip().lower() or "on"
+    if raw not in ("on", "off"):
+        raise ConfigError(f"{KB_VECTORS_ENV}={os.environ[KB_VECTORS_ENV]!r}: expected on or off")
+    return raw == "on"
+
+
+def share_entity_vectors(kb: KnowledgeBase, rows: list[dict[str, Any]], ctx: Any) -> int:
+    """Hand the stored vectors of ``rows`` (from ``search(with_vectors=True)``) to the embedder of
+    ``ctx.embedding_model``, so that the linker does not embed those entity texts again.
+
+    Only vectors that are what that embedder would compute: the KB's recorded model id
+    (:attr:`KnowledgeBase.vectors_id`) equals the linker's (:func:`tools.embeddings.embedding_id`),
+    and the text the KB embedded (:func:`entity_text`) equals the text the linker embeds
+    (:func:`tools.texts.entity_text`, which cleans the name). Removes ``vector`` from every row;
+    returns how many texts the embedder took (in memory only: :meth:`CachedEmbedder.prime`).
+    """
+    from tools.embeddings import embedding_id, get_embedder
+    from tools.texts import entity_text as linker_text
+
+    vectors = [r.pop("vector", None) for r in rows]
+    spec = getattr(ctx, "embedding_model", "embedded")
+    base_url = getattr(ctx, "openai_base_url", None)
+    linker_id = embedding_id(spec, base_url)
+    if linker_id is None or kb.vectors_id != linker_id:
+        return 0
+    texts, rows_kept = [], []
+    for row, vec in zip(rows, vectors):
+        text = linker_text(row)
+        if vec is not None and text == entity_text(row):
+            texts.append(text)
+            rows_kept.append(vec)
+    if not texts:
+        return 0
+    embedder = get_embedder(spec, base_url=base_url, api_key=getattr(ctx, "openai_api_key", None))
+    return embedder.prime(texts, np.stack(rows_kept))
+
+
 def retrieve_candidates(mention: str, context: str, ctx: Any) -> list[dict[str, Any]]:
     """Top ``ctx.top_k`` KB candidates ``{qid, name, desc, score, ...}`` for the graph's retrieval node.
 
+    Their stored vectors go to the linker's embedder (:func:`share_entity_vectors`; not into the
+    result, which is graph state) unless ``$I2CR_KB_VECTORS=off``.
     Raises ``InputError`` when the KB is empty or missing (run ``i2cr kb ingest``).
     """
-    return open_kb(ctx).search(mention, context or "", k=int(getattr(ctx, "top_k", 10)))
+    kb = open_kb(ctx)
+    share = kb_vectors_on()
+    rows = kb.search(mention, context or "", k=int(getattr(ctx, "top_k", 10)), with_vectors=share)
+    if share:
+        share_entity_vectors(kb, rows, ctx)
+    return rows

@@ -1,0 +1,214 @@
+"""The knowledge base's stored entity vectors handed to the linker (tools/kb.py: share_entity_vectors).
+
+A fake bag-of-words embedder is registered under a model spec (``huggingface:bag``, or ``embedded``
+with a chosen package version), so that the KB and the linker name the same model by its spec, as
+in a real run; it records every text it embeds. The persistent entity-vector store is off, so that
+every vector the linker does not compute comes from the KB.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from graph import Context, graph
+from tools import embeddings
+from tools import kb as kbmod
+from tools.candidates import normalize_candidates
+from tools.errors import ConfigError
+from tools.features import ALL_FEATURES, candidate_features
+from tools.kb import KnowledgeBase, retrieve_candidates
+from tools.texts import entity_text
+
+from fakes import BagOfWordsEmbeddings, TableScorer, scripted
+
+RECORDS = [
+    {"qid": "Q1", "name": "Anna Berg", "desc": "Name: Anna Berg. Sex: female. Occupation: politician."},
+    {"qid": "Q2", "name": "Carl Berg", "desc": "Name: Carl Berg. Sex: male. Occupation: painter."},
+    {"qid": "Q3", "name": "Berg", "desc": "Name: Berg. a mountain in the Alps"},
+    {"qid": "Q4", "name": "Ingrid_Berg_(singer)", "desc": "Name: Ingrid Berg. Sex: female. Occupation: singer."},
+    {"qid": "Q5", "name": "Berg River", "desc": ""},
+]
+MENTIONS = [("Berg", "Berg said in 2011 that she would run again for the party."),
+            ("Berg", "the painter Berg showed his landscapes"),
+            ("Berg", "they climbed the Berg in the Alps"),
+            ("Ingrid Berg", "Ingrid Berg sang at the festival")]
+
+
+class RecordingBag(BagOfWordsEmbeddings):
+    """Bag of words that records what it embeds (documents: the linker's path; queries: the KB search)."""
+
+    def __init__(self):
+        self.documents: list[str] = []
+        self.queries: list[str] = []
+
+    def embed_documents(self, texts):
+        self.documents.extend(texts)
+        return super().embed_documents(texts)
+
+    def embed_query(self, text):
+        self.queries.append(text)
+        return super().embed_query(text)
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch) -> RecordingBag:
+    """A fresh RecordingBag that ``huggingface:bag`` and ``embedded`` load; no persistent vector store."""
+    model = RecordingBag()
+
+    def load(provider, name, *rest):
+        assert provider in ("huggingface", "embedded") and name in ("bag", ""), (provider, name)
+        return model
+
+    monkeypatch.setattr(embeddings, "_load", load)
+    monkeypatch.setattr(embeddings, "_cached", {})
+    monkeypatch.setattr(kbmod, "_open", {})
+    monkeypatch.setattr(embeddings, "_embedded_version", lambda: "1.0")
+    monkeypatch.setenv("I2CR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv(embeddings.EMBED_CACHE_ENV, "off")
+    monkeypatch.delenv(kbmod.KB_VECTORS_ENV, raising=False)
+    return model
+
+
+def build(tmp_path: Path, spec: str = "huggingface:bag", records=RECORDS) -> Path:
+    path = tmp_path / "kb"
+    KnowledgeBase(path=path, embeddings=spec).ingest(records)
+    return path
+
+
+def fresh_memory() -> None:
+    """A new process's state: no embedder, no open KB."""
+    embeddings._cached.clear()
+    kbmod._open.clear()
+
+
+def linker_embeds(fake: RecordingBag, mention: str, context: str, ctx) -> tuple[list[str], list[dict]]:
+    """Retrieve as the retrieve node does, compute the fused linker's features; the texts the model embedded."""
+    rows = retrieve_candidates(mention, context, ctx)
+    cands = normalize_candidates(rows, max_name_chars=None)
+    fake.documents.clear()
+    candidate_features(mention, context, cands, embeddings.get_embedder(ctx.embedding_model))
+    return list(fake.documents), cands
+
+
+def test_linker_takes_the_kb_vectors_instead_of_embedding_the_candidates(fake, tmp_path):
+    ctx = Context(embedding_model="huggingface:bag", kb_path=str(build(tmp_path)), top_k=5)
+    fresh_memory()
+    assert KnowledgeBase.from_context(ctx).vectors_id == "huggingface:bag"
+    embedded, cands = linker_embeds(fake, *MENTIONS[0], ctx)
+    texts = [entity_text(c) for c in cands]
+    assert len(cands) == 5
+    # the query is embedded; of the candidates only the two whose text the linker writes differently
+    # from the KB: a name it cleans ("Ingrid Berg (singer). ...") and an empty description ("Berg River")
+    assert embedded[0] == "Berg. " + MENTIONS[0][1]
+    assert sorted(embedded[1:]) == ["Berg River", "Ingrid Berg (singer). Name: Ingrid Berg. Sex: female. "
+                                    "Occupation: singer."]
+    assert embeddings.get_embedder(ctx.embedding_model).computed == 3
+    assert sum(t not in embedded for t in texts) == 3
+    # the shared vectors are those the model computes for those texts
+    reused = [t for t in texts if t not in embedded]
+    mine = embeddings.get_embedder(ctx.embedding_model).embed(reused)
+    own = np.asarray(BagOfWordsEmbeddings().embed_documents(reused), np.float32)
+    assert np.allclose(mine, own / np.linalg.norm(own, axis=1, keepdims=True), atol=1e-7)
+
+
+def test_no_sharing_when_switched_off(fake, tmp_path, monkeypatch):
+    ctx = Context(embedding_model="huggingface:bag", kb_path=str(build(tmp_path)), top_k=5)
+    monkeypatch.setenv(kbmod.KB_VECTORS_ENV, "off")
+    fresh_memory()
+    embedded, cands = linker_embeds(fake, *MENTIONS[0], ctx)
+    assert len(embedded) == 1 + len(cands)
+    monkeypatch.setenv(kbmod.KB_VECTORS_ENV, "sometimes")
+    with pytest.raises(ConfigError, match="I2CR_KB_VECTORS='sometimes': expected on or off"):
+        retrieve_candidates(*MENTIONS[0], ctx)
+
+
+def test_a_kb_built_by_another_model_version_is_not_shared(fake, tmp_path, monkeypatch):
+    path = build(tmp_path, spec="embedded")  # package version 1.0
+    monkeypatch.setattr(embeddings, "_embedded_version", lambda: "2.0")  # upgraded since
+    ctx = Context(embedding_model="embedded", kb_path=str(path), top_k=5)
+    fresh_memory()
+    assert KnowledgeBase.from_context(ctx).vectors_id == "embedded:1.0"
+    embedded, cands = linker_embeds(fake, *MENTIONS[0], ctx)
+    assert len(embedded) == 1 + len(cands)
+    # ingesting with 2.0 adds vectors of another model: the KB no longer vouches for any of them
+    KnowledgeBase(path=path, embeddings="embedded").ingest([{"qid": "Q6", "name": "Alban Berg",
+                                                             "desc": "Name: Alban Berg. Occupation: composer."}])
+    for version in ("1.0", "2.0"):
+        monkeypatch.setattr(embeddings, "_embedded_version", lambda v=version: v)
+        fresh_memory()
+        assert KnowledgeBase.from_context(ctx).vectors_id is None
+        embedded, cands = linker_embeds(fake, *MENTIONS[0], ctx)
+        assert len(embedded) == 1 + len(cands)
+
+
+def test_an_unchanged_reingest_keeps_the_id_and_an_empty_kb_takes_it(fake, tmp_path, monkeypatch):
+    path = build(tmp_path, spec="embedded")
+    monkeypatch.setattr(embeddings, "_embedded_version", lambda: "2.0")
+    stats = KnowledgeBase(path=path, embeddings="embedded").ingest(RECORDS)  # nothing written
+    assert stats.unchanged == len(RECORDS)
+    assert KnowledgeBase(path=path, embeddings="embedded").vectors_id == "embedded:1.0"
+
+
+def test_a_kb_written_before_ids_were_recorded_is_not_shared(fake, tmp_path):
+    path = build(tmp_path)
+    kb = KnowledgeBase(path=path, embeddings="huggingface:bag")
+    kb._collections(create=False)
+    old = {k: v for k, v in kb._entities.metadata.items() if k != "i2cr_embedding_id"}
+    kb._entities.modify(metadata=old)  # what an older i2cr wrote
+    ctx = Context(embedding_model="huggingface:bag", kb_path=str(path), top_k=5)
+    fresh_memory()
+    assert KnowledgeBase.from_context(ctx).vectors_id is None
+    embedded, cands = linker_embeds(fake, *MENTIONS[0], ctx)
+    assert len(embedded) == 1 + len(cands)
+
+
+def test_an_embedder_object_is_never_given_another_process_vectors(fake, tmp_path):
+    """An ``Embeddings`` object has no model id: the KB's vectors cannot be known to be its own."""
+    path = build(tmp_path)
+    obj = RecordingBag()
+    ctx = Context(embedding_model=obj, kb_path=str(path), top_k=5)
+    fresh_memory()
+    kb = KnowledgeBase.from_context(ctx, embeddings="huggingface:bag")
+    rows = kb.search(*MENTIONS[0], k=5, with_vectors=True)
+    assert kbmod.share_entity_vectors(kb, rows, ctx) == 0
+    assert all("vector" not in r for r in rows)
+    assert embeddings.embedding_id(obj) is None
+
+
+def weights_file(tmp_path: Path) -> str:
+    """Fused weights on the dense similarity and two name features (standardisation off)."""
+    coef = {"dense": 6.0, "name_exact": 1.0, "gender_text": 1.0}
+    model = {"coef": [coef.get(f, 0.0) for f in ALL_FEATURES], "intercept": 0.0,
+             "mean": [0.0] * len(ALL_FEATURES), "scale": [1.0] * len(ALL_FEATURES)}
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps({"features": list(ALL_FEATURES), "text": model, "clue": model, "llm_weight": 1.0}))
+    return str(path)
+
+
+def test_the_graph_answers_the_same_with_and_without_the_kb_vectors(fake, tmp_path, monkeypatch):
+    path = build(tmp_path)
+    weights = weights_file(tmp_path)
+    results = {}
+    for switch in ("on", "off"):
+        monkeypatch.setenv(kbmod.KB_VECTORS_ENV, switch)
+        fresh_memory()
+        fake.documents.clear()
+        outs = []
+        for mention, context in MENTIONS:
+            ctx = Context(embedding_model="huggingface:bag", kb_path=str(path), top_k=5, fusion_weights=weights,
+                          linker_model=scripted(*["1"] * 20), verifier=TableScorer({}), llm_scoring="choice")
+            out = graph.invoke({"mention": mention, "context": context}, context=ctx)
+            links = [t for t in out["trace"] if t["step"] == "link"]
+            outs.append((out["entity"], out["status"], out.get("confidence"), json.dumps(links, sort_keys=True)))
+        results[switch] = (outs, list(fake.documents))
+    (on, embedded_on), (off, embedded_off) = results["on"], results["off"]
+    assert on == off
+    assert [o[0]["qid"] for o in on] == ["Q3", "Q2", "Q3", "Q4"]  # the dense evidence told them apart
+    shared = {entity_text(r) for r in RECORDS} - {"Ingrid Berg (singer). Name: Ingrid Berg. Sex: female. "
+                                                    "Occupation: singer.", "Berg River"}
+    assert not shared & set(embedded_on)  # never embedded with the KB's vectors shared
+    assert shared & set(embedded_off)
