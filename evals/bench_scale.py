@@ -436,7 +436,8 @@ def _row(rid: str, entity: Any, error: Any, timing: dict | None, gold: Any) -> d
     return {"id": rid, "entity": None if not entity else {"qid": entity.get("qid"), "name": entity.get("name")},
             "error": error, "correct": None if gold is None else bool(match(entity, gold)) and not error,
             "seconds": None if timing is None else timing["seconds"], "end": None if timing is None else timing["end"],
-            "llm": None if timing is None else timing["llm_calls"] > 0, "timing": timing}
+            "llm": None if timing is None else timing["llm_calls"] > 0,
+            "llm_calls": None if timing is None else timing["llm_calls"], "timing": timing}
 
 
 def run_eval_config(data: Path, labels: str | None, run_dir: Path, ctx: Any, gold: dict[str, Any],
