@@ -327,6 +327,8 @@ def bench_llm(a: argparse.Namespace, mentions: list[dict], work: Path, log: Call
 
         first = call(None, mentions[0])  # the probe (once per server) and the first prompt, outside the timings
         out["route"] = first.get("method")
+        out["route_kind"] = ("likelihood (names scored by echoed log-probabilities)" if out["route"] == "likelihood"
+                             else "lettered choices (the fallback)")
         try:
             from tools.choice import server_probe
 
@@ -334,7 +336,7 @@ def bench_llm(a: argparse.Namespace, mentions: list[dict], work: Path, log: Call
             out["probe"] = {"echo_ok": probe.echo_ok, "template": probe.template, "reason": probe.reason}
         except Exception as exc:  # noqa: BLE001 - the route above is what counts
             out["probe"] = {"error": f"{type(exc).__name__}: {exc}"}
-        log(f"[bench_servers] llm: route {out['route']} ({out['probe']})")
+        log(f"[bench_servers] llm: route {out['route']}: {out['route_kind']}; probe {out['probe']}")
         for c in a.client_counts:
             items = (mentions * (1 + a.llm_calls // max(1, len(mentions))))[:max(a.llm_calls, c)]
             r = run_clients(c, items, call)
@@ -594,7 +596,7 @@ def report(result: dict[str, Any]) -> str:
     llm = result.get("llm")
     if llm:
         lines.append(f"LLM server (llama_cpp.server, {Path(llm['model']).name}, {llm['n_threads']} threads); "
-                     f"route the probe chose: {llm.get('route')} ({llm.get('probe')}):")
+                     f"route: {llm.get('route_kind')} (method {llm.get('route')!r}; probe: {llm.get('probe')}):")
         lines += ["| clients | linker calls/s | p50 s | p95 s | errors |", "| --- | --- | --- | --- | --- |"]
         for r in llm["runs"]:
             lines.append(f"| {r['clients']} | {r['per_s'] or 0:.3f} | {r['p50_s'] or 0:.2f} | {r['p95_s'] or 0:.2f} "
