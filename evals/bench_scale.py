@@ -10,7 +10,9 @@ Configurations, each on the same mentions, in this order (``--configs`` picks so
   concurrency 1, its own run folder (``report=False``: the report is written after the
   linking and is not timed);
 * ``batch1`` / ``batch2``: :func:`evals.batch.link_batch` with 1 and 2 actors, Ray started in
-  this process with ``--cpus`` CPUs (default 2), batch size ``--batch-size``;
+  this process with ``--cpus`` CPUs (default 2), batch size ``--batch-size``; each actor's
+  llama.cpp gets ``--cpus`` / actors threads (``$I2CR_LLAMA_THREADS``, unless it is set already:
+  by default llama.cpp takes every core in every actor, which oversubscribes the CPUs);
 * ``batch2-warm``: ``batch2`` again on the entity-vector store ``batch2`` filled (a rerun, or a
   corpus whose entities were seen before); every other configuration starts from an empty store;
 * ``text``: the mentions the gate decided without the LLM in the ``eval`` run, linked again,
@@ -78,6 +80,7 @@ CONFIGS = ("eval", "batch1", "batch2", "batch2-warm", "text")
 CATEGORIES = ("embeddings", "features", "llm", "clues")
 TARGETS = {"text_decided_mps": 50.0, "overall_mps": 3.0}
 STORE_ENV = "I2CR_BENCH_STORE"
+THREADS_ENV = "I2CR_LLAMA_THREADS"
 TIMING_STEP = "bench_timing"
 
 
@@ -466,7 +469,8 @@ def run_eval_config(data: Path, labels: str | None, run_dir: Path, ctx: Any, gol
     recs, _ = read_predictions(run_dir)
     rows = [_row(r["id"], r.get("prediction"), r.get("error"), timing_of(r.get("trace")), gold.get(r["id"]))
             for r in recs]
-    return rows, {"wall_s": wall, "memory": mem.as_dict(), "worker_restarts": summary.get("worker_restarts")}
+    return rows, {"wall_s": wall, "memory": mem.as_dict(), "worker_restarts": summary.get("worker_restarts"),
+                  "llama_threads_per_actor": os.environ.get(THREADS_ENV) or os.cpu_count()}
 
 
 def run_batch_config(data: Path, out_dir: Path, ctx: Any, gold: dict[str, Any], *, actors: int, cpus: int,
@@ -474,15 +478,18 @@ def run_batch_config(data: Path, out_dir: Path, ctx: Any, gold: dict[str, Any], 
     """``i2cr batch`` with ``actors`` actors over the mentions of ``data`` (Ray started here)."""
     from evals.batch import link_batch, read_results
 
-    with _env(**{STORE_ENV: store}), RssSampler() as mem:
+    threads = os.environ.get(THREADS_ENV) or str(max(1, cpus // actors))
+    env = {STORE_ENV: store, THREADS_ENV: threads}
+    with _env(**env), RssSampler() as mem:
         t = time.perf_counter()
-        with ray_session(cpus, {STORE_ENV: store}) as own:
+        with ray_session(cpus, env) as own:
             summary = link_batch(data, out_dir, context=ctx, concurrency=actors, batch_size=batch_size,
                                  graph=GRAPH_REF, trace=True, progress=progress)
         wall = time.perf_counter() - t
     rows = [_row(r["id"], r.get("entity"), r.get("error"), timing_of(r.get("trace")), gold.get(r["id"]))
             for r in read_results(out_dir)]
-    return rows, {"wall_s": wall, "memory": mem.as_dict(), "ray_started_here": own, "errors": summary["errors"]}
+    return rows, {"wall_s": wall, "memory": mem.as_dict(), "ray_started_here": own, "errors": summary["errors"],
+                  "llama_threads_per_actor": int(threads) if threads.isdigit() else threads}
 
 
 def summarize(name: str, rows: list[dict], extra: dict[str, Any], *, seed: int = 0) -> dict[str, Any]:
