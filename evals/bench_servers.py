@@ -349,14 +349,14 @@ def bench_llm(a: argparse.Namespace, mentions: list[dict], work: Path, log: Call
 # ---- projection -----------------------------------------------------------------------------
 
 def scale_inputs(path: Path | None) -> dict[str, Any] | None:
-    """The per-core figures of a ``bench_scale`` result: the best batch configuration's steady rate per CPU,
+    """The per-core figures of a ``bench_scale`` result: the best cold batch configuration's steady rate per CPU,
     the text-decided rate per CPU (config ``text``), the LLM calls per mention and the LLM-asked share
     (config ``eval``'s rows), the LLM call's mean seconds in-process."""
     if path is None or not path.is_file():
         return None
     res = json.loads(path.read_text(encoding="utf-8"))
     cfg, cpus = res.get("configs", {}), res.get("cpus") or 1
-    batches = {n: c for n, c in cfg.items() if n.startswith("batch") and (c.get("throughput") or {}).get("rate")}
+    batches = {n: c for n, c in cfg.items() if n in ("batch1", "batch2") and (c.get("throughput") or {}).get("rate")}
     best = max(batches, key=lambda n: batches[n]["throughput"]["rate"], default=None)
     rows = (res.get("rows") or {}).get("eval") or (res.get("rows") or {}).get(best or "", [])
     ok = [r for r in rows if not r.get("error")]
