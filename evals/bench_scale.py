@@ -28,7 +28,7 @@ wrapping the functions that do the work (:func:`install`): ``embeddings``
 (``tools.fused_linker.ask_llm``: the linker model's call) and ``clues``
 (``nodes.clue_round._extract``: extracting a clue, without its embeddings/LLM); ``other`` is
 the rest of ``graph.invoke`` (retrieval, the graph's own steps, verification). The models' loading
-(``tools.models._load``, ``tools.embeddings._load``: once per process, in its first mentions) is
+(``tools.models._load``, ``tools.embeddings._load``, ``tools.llama_cpp_chat.shared_llama``: once per process, in its first mentions) is
 timed too and taken out of the per-mention seconds and the shares (reported as ``load_s``); it
 stays inside the wall-clock spans below. A batch's
 embedding call (``warm_embeddings``, outside ``graph.invoke``) is added to the next mention's
@@ -340,6 +340,12 @@ def install() -> None:
 
     models._load = timed("load", models._load)  # a model's loading (once per process): left out of the figures
     embeddings._load = timed("load", embeddings._load)
+    try:  # the embedded GGUF is loaded on the model's first call, not when the model object is made
+        from tools import llama_cpp_chat
+
+        llama_cpp_chat.shared_llama = timed("load", llama_cpp_chat.shared_llama)
+    except ImportError:  # pragma: no cover - no llama.cpp runtime here
+        pass
     embeddings.CachedEmbedder._compute = timed("embeddings", embeddings.CachedEmbedder._compute)
     fused_linker.candidate_features = timed("features", fused_linker.candidate_features)
     fused_linker.ask_llm = timed("llm", fused_linker.ask_llm)
