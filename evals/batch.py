@@ -513,10 +513,21 @@ def start_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
 
 def _map(ds: Any, ray: Any, *, concurrency: int, cpus_per_actor: float, batch_size: int, max_restarts: int,
          max_task_retries: int, ctor: dict) -> Any:
-    """``map_batches`` over :class:`Linker`: ``concurrency`` actors of ``cpus_per_actor`` CPUs each."""
+    """``map_batches`` over :class:`Linker`: ``concurrency`` actors of ``cpus_per_actor`` CPUs each, whose
+    native libraries use that many threads (:func:`actor_env`)."""
     return ds.map_batches(Linker, batch_size=batch_size, batch_format="numpy", num_cpus=cpus_per_actor,
                           compute=ray.data.ActorPoolStrategy(size=concurrency), fn_constructor_kwargs=ctor,
-                          max_restarts=max_restarts, max_task_retries=max_task_retries)
+                          max_restarts=max_restarts, max_task_retries=max_task_retries,
+                          runtime_env={"env_vars": actor_env(cpus_per_actor)})
+
+
+def actor_env(cpus_per_actor: float, environ: Any = None) -> dict[str, str]:
+    """Thread counts for an actor's native libraries: the CPUs Ray reserved for it (at least 1), so that N
+    actors on a node do not each start one llama.cpp/torch thread per core. ``I2CR_LLAMA_THREADS`` and
+    ``OMP_NUM_THREADS`` already set in the driver's environment win."""
+    environ = os.environ if environ is None else environ
+    n = str(max(1, int(cpus_per_actor)))
+    return {k: environ.get(k) or n for k in ("I2CR_LLAMA_THREADS", "OMP_NUM_THREADS")}
 
 
 def link_batch(inp: str | Path, out: str | Path, *, settings: dict | None = None, context: Any = None,

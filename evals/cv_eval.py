@@ -30,7 +30,7 @@ from evals.runner import run_eval
 from graph.context import parse_settings
 from tools.errors import I2CRError, InputError
 from tools.files import read_json_file
-from tools.fusion import PACKAGED_WEIGHTS
+from tools.fusion import PACKAGED_WEIGHTS, load_weights
 
 
 def llm_fold_weights(path: str, folds: int) -> tuple[list, float | None]:
@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--llm-weights", default=str(PACKAGED_WEIGHTS),
                    help="weights file whose fit.llm.fold_weights (from evals/fit_llm_weight.py) give each fold's "
                         "LLM weight (default: the packaged file)")
+    p.add_argument("--fold-weights", default=None, metavar="DIR",
+                   help="each fold's weights from `i2cr fit --fold-weights DIR` (DIR/fold<k>.json: fitted on the "
+                        "training mix without the fold; folds by mention id as i2cr fit makes them) instead of "
+                        "fitting WikiMEL-only fold weights here")
     p.add_argument("--report-only", action="store_true",
                    help="link nothing: merge the folds' predictions written so far and report them")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a graph setting (repeatable)")
@@ -79,13 +83,30 @@ def main(argv: list[str] | None = None) -> int:
     (out / "data").mkdir(parents=True, exist_ok=True)
     wfiles = [out / "weights" / f"fold{k}.json" for k in range(a.folds)]
     dfiles = [out / "data" / f"fold{k}.json" for k in range(a.folds)]
+    if a.fold_weights:
+        given = [Path(a.fold_weights) / f"fold{k}.json" for k in range(a.folds)]
+        missing = [str(f) for f in given if not f.is_file()]
+        if missing:
+            raise InputError(f"cv_eval: --fold-weights: missing {', '.join(missing)} (written by "
+                             f"`i2cr fit ... --folds {a.folds} --fold-weights {a.fold_weights}`)")
     if not all(f.is_file() for f in wfiles + dfiles):
-        per_fold, floor = llm_fold_weights(a.llm_weights, a.folds)
-        m = build_matrix(a.data, labels, settings.get("embedding_model", "embedded"))
-        fold = fold_of(len(m["X"]), a.folds)
+        if a.fold_weights:
+            from evals.fit import fold_of_id
+
+            ids_all = [str(k) for k in raw]
+            fold = [fold_of_id(r, a.folds) for r in ids_all]
+            m = {"ids": ids_all}
+        else:
+            per_fold, floor = llm_fold_weights(a.llm_weights, a.folds)
+            m = build_matrix(a.data, labels, settings.get("embedding_model", "embedded"))
+            fold = fold_of(len(m["X"]), a.folds)
         for k in range(a.folds):
-            weights = {**fold_weights(m["X"], m["gold"], fold, k, a.C, llm_weight=per_fold[k]), "llm_floor": floor}
-            wfiles[k].write_text(json.dumps(weights, indent=1) + "\n")
+            if a.fold_weights:
+                load_weights(str(given[k]))  # checked before any linking
+                shutil.copy(given[k], wfiles[k])
+            else:
+                weights = {**fold_weights(m["X"], m["gold"], fold, k, a.C, llm_weight=per_fold[k]), "llm_floor": floor}
+                wfiles[k].write_text(json.dumps(weights, indent=1) + "\n")
             ids = {m["ids"][i] for i in range(len(m["ids"])) if fold[i] == k}
             dfiles[k].write_text(json.dumps({key: rec for key, rec in raw.items() if str(key) in ids}))
             (out / "data" / f"fold{k}_label.json").write_text(

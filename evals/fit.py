@@ -309,6 +309,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-sample", type=int, default=0, help="a seeded sample of each --eval set (0 = all)")
     p.add_argument("--out", default=None, help="weights JSON to write (use with --set fusion_weights=PATH)")
     p.add_argument("--json", default=None, help="write every figure as JSON here")
+    p.add_argument("--fold-weights", default=None, metavar="DIR",
+                   help="also write each CV fold's weights (fitted without that fold, LLM terms too) as "
+                        "DIR/fold<k>.json, for `python -m evals.cv_eval --fold-weights DIR` (whole-graph CV)")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the linear conditional logits "
                    "(--hidden 0 --no-relative)")
@@ -584,10 +587,37 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
         doc.update(extra)
         write_weights(a.out, doc)
         print(f"\nweights written to {a.out} (use: --set fusion_weights={a.out})", file=sys.stderr)
+    if a.fold_weights:
+        write_fold_weights(Path(a.fold_weights), fold_models, result, a, floor if a.llm and llm_params else None, base)
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(result, indent=1, default=float) + "\n")
     return 0
+
+
+def write_fold_weights(folder: Path, fold_models: list[dict], result: dict[str, Any], a: argparse.Namespace,
+                       floor: float | None, base: Any) -> None:
+    """Each CV fold's weights file: text models and LLM terms fitted without the fold's mentions (folds by
+    :func:`fold_of_id`), so a whole-graph run of the fold (``evals/cv_eval.py --fold-weights``) is held out."""
+    folder.mkdir(parents=True, exist_ok=True)
+    llm = result.get("llm") or {}
+    for k, models in enumerate(fold_models):
+        weight: Any = {"likelihood": base.llm_weights["likelihood"], "choice": base.llm_weights["choice"]}
+        extra: dict[str, Any] = {}
+        doc_floor = base.llm_floor
+        if llm:
+            prm = llm["fold_params"][llm["mode"]][k]
+            weight["likelihood" if a.llm_scoring == "likelihood" else "choice"] = prm["w"]
+            doc_floor = floor
+            if "nil_bias" in prm:
+                extra["llm_nil"] = {"bias": prm["nil_bias"], "weight": prm["nil_weight"]}
+        fit = {"fold": k, "folds": a.folds, "fold_of": "evals.fit.fold_of_id (SHA-1 of the mention id)",
+               "command": result["command"], **architecture(a),
+               "llm": "fitted without this fold" if llm else "carried over from " + base.source}
+        doc = weights_document(models, llm_weight=weight, llm_floor=doc_floor, nil_row=True, fit=fit)
+        doc.update(extra)
+        write_weights(folder / f"fold{k}.json", doc)
+    print(f"fold weights written to {folder}/fold0..{len(fold_models) - 1}.json", file=sys.stderr)
 
 
 def cv_record(result: dict[str, Any]) -> dict[str, Any]:

@@ -247,3 +247,12 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     assert set(ids) == {f"m{i}" for i in range(24)} and set(ids.values()) == {1}
     assert summary["resumed_from"] == len(before) and summary["written"] == 24 - len(before)
     assert not list(out.glob(".tmp-*"))
+
+
+def test_each_actor_gets_the_threads_ray_reserved_for_it():
+    from evals.batch import actor_env
+
+    assert actor_env(1, environ={}) == {"I2CR_LLAMA_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    assert actor_env(2.5, environ={}) == {"I2CR_LLAMA_THREADS": "2", "OMP_NUM_THREADS": "2"}
+    assert actor_env(0.5, environ={})["I2CR_LLAMA_THREADS"] == "1"  # a fraction of a CPU still runs one thread
+    assert actor_env(1, environ={"I2CR_LLAMA_THREADS": "4"})["I2CR_LLAMA_THREADS"] == "4"  # the user's choice wins

@@ -172,3 +172,34 @@ def test_qid_prior_is_relative_and_neutral_without_qids():
     v = qid_prior(["Q5", "Q5000", "local-7"])
     assert v[0] > 0 > v[1] and v[2] == 0 and abs(v[0] + v[1]) < 1e-9
     assert not qid_prior(["x", "y"]).any() and not qid_prior(["Q1"]).any()
+
+
+def test_fold_weights_from_fit_drive_a_whole_graph_cv_run(tmp_path, fakes):
+    """`i2cr fit --fold-weights DIR` writes each fold's held-out weights (the default hidden, relative
+    scorer); `evals.cv_eval --fold-weights DIR` links each fold with the file that never saw it."""
+    from evals import cv_eval
+
+    data, labels = _slice(tmp_path, n=32)
+    folds = tmp_path / "folds"
+    argv = ["fit", f"{data}:{labels}", "--folds", "2", "--gate", "1.0", "--out", str(tmp_path / "w.json"),
+            "--llm-cache", str(tmp_path / "llm"), "--cache", "", "--fold-weights", str(folds)]
+    assert cli_main(argv) == 0
+    docs = [json.loads((folds / f"fold{k}.json").read_text()) for k in (0, 1)]
+    for k, doc in enumerate(docs):
+        assert doc["fit"]["fold"] == k and doc["fit"]["hidden"] == 16 and doc["fit"]["relative"]
+        assert doc["text_unordered"]["relative"] and len(doc["text_unordered"]["hidden"]["b"]) == 16
+        assert doc["fit"]["llm"] == "fitted without this fold" and doc["llm_weight"]["likelihood"] >= 0
+    assert docs[0]["text_unordered"]["coef"] != docs[1]["text_unordered"]["coef"]
+    out = tmp_path / "cv"
+    assert cv_eval.main([data, "--labels", labels, "--folds", "2", "--out", str(out), "--fold-weights", str(folds),
+                         "--set", "gate_threshold=0"]) == 0
+    raw = json.loads(Path(data).read_text())
+    for k in (0, 1):
+        ids = set(json.loads((out / "data" / f"fold{k}.json").read_text()))
+        assert ids == {r for r in raw if fit.fold_of_id(r, 2) == k}  # the folds the weights were fitted without
+        assert json.loads((out / "weights" / f"fold{k}.json").read_text()) == docs[k]
+    merged = (out / "all" / "predictions.jsonl").read_text().splitlines()
+    assert len({json.loads(x)["id"] for x in merged}) == len(raw)
+    with pytest.raises(Exception, match="missing"):
+        cv_eval.main([data, "--labels", labels, "--folds", "3", "--out", str(tmp_path / "cv3"),
+                      "--fold-weights", str(folds)])
