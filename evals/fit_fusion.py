@@ -139,7 +139,7 @@ def unordered(X: list[np.ndarray]) -> list[np.ndarray]:
 def fit_models(X: list[np.ndarray], gold: np.ndarray, C: float, *, ranked: np.ndarray | None = None,
                has_clues: np.ndarray | None = None, source: np.ndarray | None = None,
                exclude: tuple[str, ...] = (), hidden: int = 0, relative: bool = False,
-               weight_decay: float = 3e-3) -> dict[str, dict[str, Any]]:
+               weight_decay: float = 3e-3, linear_only: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
     """The four nil-row models of a weights file, widened to ``ALL_FEATURES``.
 
     ``text``/``clue`` read the list's order of the mentions marked ``ranked`` (the others' rank
@@ -170,7 +170,8 @@ def fit_models(X: list[np.ndarray], gold: np.ndarray, C: float, *, ranked: np.nd
                 sw = np.array([len(src) / (len(sizes) * sizes[d]) for d in src])
             if hidden or relative:
                 model = fit_clogit_mlp([rows[i] for i in sel], gold[sel], cols, hidden=hidden, relative=relative,
-                                       weight_decay=weight_decay, sample_weight=sw)
+                                       weight_decay=weight_decay, sample_weight=sw,
+                                       linear_only=[k for k, c in enumerate(cols) if ALL_FEATURES[c] in linear_only])
             else:
                 model = fit_clogit([rows[i] for i in sel], gold[sel], cols, C, sample_weight=sw)
             out[kind + suffix] = widen(model, cols)
@@ -265,7 +266,7 @@ def widen(model: dict[str, Any], cols: list[int]) -> dict[str, Any]:
 
 def fit_clogit_mlp(X: list[np.ndarray], gold: np.ndarray, cols: list[int], *, hidden: int = 16,
                    relative: bool = True, weight_decay: float = 3e-3, sample_weight: np.ndarray | None = None,
-                   seed: int = 0, max_iter: int = 300) -> dict[str, Any]:
+                   seed: int = 0, max_iter: int = 300, linear_only: list[int] = ()) -> dict[str, Any]:
     """The conditional logit with a nil row (:func:`fit_clogit`), its score widened: a linear part plus
     ``hidden`` tanh units (``v . tanh(W x + b)``), over the candidate's standardised features and, with
     ``relative``, their differences to the best rival of the list (``tools.fusion.relative_rows``).
@@ -273,7 +274,9 @@ def fit_clogit_mlp(X: list[np.ndarray], gold: np.ndarray, cols: list[int], *, hi
     Exact log-likelihood of ``softmax([score_i ..., 0])`` (nil row at 0, ``gold`` -1 = nil), weighted by
     ``sample_weight`` and averaged, plus ``weight_decay`` times the squared weights (not the biases);
     full-batch L-BFGS (torch, one thread, seeded: the same data gives the same weights). Scored at run
-    time by ``tools.fusion.linear_logits`` in numpy.
+    time by ``tools.fusion.linear_logits`` in numpy. ``linear_only``: positions in ``cols`` whose inputs
+    (plain and relative) the hidden units do not read (their ``W`` columns stay 0): evidence that counts
+    in proportion only.
     """
     import torch
 
@@ -301,6 +304,12 @@ def fit_clogit_mlp(X: list[np.ndarray], gold: np.ndarray, cols: list[int], *, hi
         lin = torch.zeros(d, dtype=torch.float64, requires_grad=True)
         b0 = torch.zeros((), dtype=torch.float64, requires_grad=True)
         params = [lin, b0]
+        keep = np.ones(d)
+        for k in linear_only:
+            keep[k] = 0.0
+            if relative:
+                keep[len(cols) + k] = 0.0
+        mask_w = torch.tensor(keep, dtype=torch.float64)
         if hidden:
             W = (torch.randn(hidden, d, generator=g, dtype=torch.float64) / np.sqrt(d)).requires_grad_()
             bh = torch.zeros(hidden, dtype=torch.float64, requires_grad=True)
@@ -310,7 +319,7 @@ def fit_clogit_mlp(X: list[np.ndarray], gold: np.ndarray, cols: list[int], *, hi
         def scores() -> torch.Tensor:
             z = At @ lin + b0
             if hidden:
-                z = z + torch.tanh(At @ W.T + bh) @ v
+                z = z + torch.tanh(At @ (W * mask_w).T + bh) @ v
             z = z.masked_fill(~maskt, -1e30)
             return torch.cat([z, torch.zeros(M, 1, dtype=torch.float64)], 1)
 
@@ -330,7 +339,7 @@ def fit_clogit_mlp(X: list[np.ndarray], gold: np.ndarray, cols: list[int], *, hi
     out: dict[str, Any] = {"coef": lin.detach().numpy().tolist(), "intercept": float(b0.detach()),
                            "mean": mean.tolist(), "scale": scale.tolist(), "relative": bool(relative)}
     if hidden:
-        out["hidden"] = {"W": W.detach().numpy().tolist(), "b": bh.detach().numpy().tolist(),
+        out["hidden"] = {"W": (W * mask_w).detach().numpy().tolist(), "b": bh.detach().numpy().tolist(),
                          "v": v.detach().numpy().tolist()}
     return out
 

@@ -203,3 +203,31 @@ def test_fold_weights_from_fit_drive_a_whole_graph_cv_run(tmp_path, fakes):
     with pytest.raises(Exception, match="missing"):
         cv_eval.main([data, "--labels", labels, "--folds", "3", "--out", str(tmp_path / "cv3"),
                       "--fold-weights", str(folds)])
+
+
+def test_homonym_copy_renames_another_described_candidate_to_the_mention(tmp_path):
+    data = {
+        "a": {"id": "a", "mention": "Jordan's", "mention_context": "Jordan's 30 points for the Bulls",
+              "Candentity": [{"qid": "Q1", "name": "Michael Jordan", "desc": "basketball player"},
+                             {"qid": "Q2", "name": "Jordan River", "desc": "river in the Middle East"},
+                             {"qid": "Q3", "name": "Jordan Peele", "desc": "film director"}]},
+        "b": {"id": "b", "mention": "Paris", "mention_context": "Paris in spring",  # the gold IS the exact name
+              "Candentity": [{"qid": "Q90", "name": "Paris", "desc": "capital of France"},
+                             {"qid": "Q4", "name": "Paris Hilton", "desc": "media personality"}]},
+        "c": {"id": "c", "mention": "USGS", "mention_context": "the USGS said",  # no descriptions: unchanged
+              "Candentity": [{"qid": "Q5", "name": "United States Geological Survey", "desc": ""},
+                             {"qid": "Q6", "name": "Usgs", "desc": ""}]},
+    }
+    labels = {"a": "Michael Jordan", "b": "Paris", "c": "United States Geological Survey"}
+    d, lab = tmp_path / "d.json", tmp_path / "d_label.json"
+    d.write_text(json.dumps(data))
+    lab.write_text(json.dumps(labels))
+    path, lab2 = fit._homonym_copy(str(d), str(lab), tmp_path / "cache", seed=0)
+    copy = json.loads(Path(path).read_text())
+    assert lab2 == str(lab) and set(copy) == set(data)
+    names = [c["name"] for c in copy["a"]["Candentity"]]
+    assert names[0] == "Michael Jordan" and names.count("Jordan") == 1  # one rival renamed, possessive dropped
+    renamed = copy["a"]["Candentity"][names.index("Jordan")]
+    assert renamed["desc"] in ("river in the Middle East", "film director")  # keeps its own description
+    assert copy["b"] == data["b"] and copy["c"] == data["c"]
+    assert fit._homonym_copy(str(d), str(lab), tmp_path / "cache", seed=0)[0] == path  # cached, same file

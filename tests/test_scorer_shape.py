@@ -142,3 +142,17 @@ def test_malformed_hidden_layer_is_a_config_error(tmp_path):
     p.write_text(json.dumps({**doc, "text": model2}))
     with pytest.raises(ConfigError, match="plain and relative"):
         load_weights(str(p))
+
+
+def test_linear_only_inputs_never_reach_the_hidden_units():
+    X, gold = _interaction_data(200, 3)
+    m = fit_clogit_mlp(X, gold, [0, 1], hidden=4, relative=True, weight_decay=1e-3, linear_only=[0])
+    W = np.asarray(m["hidden"]["W"])
+    assert W.shape == (4, 4)
+    assert np.all(W[:, 0] == 0.0) and np.all(W[:, 2] == 0.0)  # feature 0, plain and relative
+    assert np.any(W[:, 1] != 0.0) and np.any(W[:, 3] != 0.0)
+    # so the score moves with feature 0 in proportion only: its effect is the same whatever feature 1 is
+    x = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    z = linear_logits(m, x[:1], [0, 1]), linear_logits(m, x[1:2], [0, 1])
+    z2 = linear_logits(m, x[2:3], [0, 1]), linear_logits(m, x[3:4], [0, 1])
+    np.testing.assert_allclose(z[1] - z[0], z2[1] - z2[0], atol=1e-12)

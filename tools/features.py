@@ -50,7 +50,7 @@ TEXT_FEATURES = (
     "mention_in_name", "name_in_text", "name_exact", "surname_match", "acronym", "name_prefix",
     "name_covered", "spelling",
     "has_disamb", "disamb_in_text",
-    "gender_text", "years_fit", "died_before_1900", "desc_missing_rel", "qid_prior",
+    "gender_text", "years_fit", "died_before_1900", "desc_missing_rel", "has_desc", "qid_prior",
 )
 CLUE_FEATURES = ("clue_dense", "clue_dense_gap", "clue_dense_top", "gender_clue", "name_in_ocr")
 LEGACY_FEATURES = ("years_alive", "years_unborn", "years_dead", "no_desc")
@@ -208,6 +208,7 @@ def candidate_features(mention: str, context: str, candidates: list[dict], embed
             row[col["years_fit"]] = row[col["years_alive"]] - row[col["years_unborn"]] - row[col["years_dead"]]
         row[col["died_before_1900"]] = float(facts["death"] is not None and facts["death"] < 1900)
         row[col["no_desc"]] = float(not str(cand.get("desc") or "").strip())
+        row[col["has_desc"]] = 1.0 - row[col["no_desc"]]
         row[col["gender_clue"]] = clue_gender * facts["sex"]
         row[col["name_in_ocr"]] = _share(name_tokens, ocr_tokens) if ocr_tokens else 0.0
     out[:, col["desc_missing_rel"]] = out[:, col["no_desc"]] - out[:, col["no_desc"]].mean()
