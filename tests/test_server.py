@@ -34,8 +34,9 @@ DESC = {"Caption": "a man holding a basketball", "OCR text": "BULLS 23",
 INPUT = {"mention": "Jordan", "context": "Jordan scored 30 points for the Bulls", "candidates": CANDS,
          "image_desc": DESC}
 # per-run override: every pick passes reflection, no pick passes verification, two clue rounds at most
+# the LLM linker (linker_mode=llm) decides every round, whatever the fused weights would say: candidate 2
 OVERRIDE = {"max_rounds": 2, "reflection_threshold": 0.0, "verification_threshold": 1.0, "llm_in_clue_rounds": True,
-            "gate_threshold": 1.0}  # the LLM is asked in every round, whatever the fitted weights say
+            "gate_threshold": 1.0, "linker_mode": "llm"}
 EXPECTED_NODES = ["retrieve_candidates", "link_on_text", "reflect", "verify",
                   "clue_round", "link_on_text", "reflect", "verify",
                   "clue_round", "link_on_text", "reflect", "verify", "finalize"]
