@@ -197,6 +197,22 @@ def balance_weights(sizes: list[int]) -> np.ndarray:
     return np.concatenate([np.full(n, total / (k * n)) for n in sizes if n])
 
 
+def standardised_padded(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-mention input rows standardised over all rows (a constant column gets scale 1) and padded into
+    one ``(mentions, longest list, inputs)`` array, with the mask of the real candidates, the means and
+    the scales."""
+    allrows = np.concatenate(rows)
+    mean, scale = allrows.mean(0), allrows.std(0)
+    scale[scale == 0] = 1.0
+    M, N, d = len(rows), max(len(x) for x in rows), allrows.shape[1]
+    T = np.zeros((M, N, d))
+    mask = np.zeros((M, N), dtype=bool)
+    for m, x in enumerate(rows):
+        T[m, :len(x)] = (x - mean) / scale
+        mask[m, :len(x)] = True
+    return T, mask, mean, scale
+
+
 def fit_clogit(X: list[np.ndarray], gold: np.ndarray, cols: list[int], C: float,
                sample_weight: np.ndarray | None = None) -> dict[str, Any]:
     """A conditional logit with a nil alternative: per mention, ``softmax([x_i . w + b ..., 0])``.
@@ -209,15 +225,8 @@ def fit_clogit(X: list[np.ndarray], gold: np.ndarray, cols: list[int], C: float,
     """
     from scipy.optimize import minimize
 
-    rows = np.concatenate([x[:, cols] for x in X])
-    mean, scale = rows.mean(0), rows.std(0)
-    scale[scale == 0] = 1.0
-    M, N, d = len(X), max(len(x) for x in X), len(cols)
-    T = np.zeros((M, N, d))
-    mask = np.zeros((M, N), dtype=bool)
-    for m, x in enumerate(X):
-        T[m, :len(x)] = (x[:, cols] - mean) / scale
-        mask[m, :len(x)] = True
+    T, mask, mean, scale = standardised_padded([x[:, cols] for x in X])
+    M, N, d = T.shape
     y = np.zeros((M, N + 1))
     for m, g in enumerate(gold):
         y[m, g if 0 <= g < len(X[m]) else N] = 1.0
@@ -285,15 +294,8 @@ def fit_clogit_mlp(X: list[np.ndarray], gold: np.ndarray, cols: list[int], *, hi
     rows_in = [x[:, cols] for x in X]
     if relative:
         rows_in = [relative_rows(x) for x in rows_in]
-    allrows = np.concatenate(rows_in)
-    mean, scale = allrows.mean(0), allrows.std(0)
-    scale[scale == 0] = 1.0
-    M, N, d = len(X), max(len(x) for x in X), allrows.shape[1]
-    A = np.zeros((M, N, d), np.float64)
-    mask = np.zeros((M, N), bool)
-    for m, x in enumerate(rows_in):
-        A[m, :len(x)] = (x - mean) / scale
-        mask[m, :len(x)] = True
+    A, mask, mean, scale = standardised_padded(rows_in)
+    M, N, d = A.shape
     y = torch.tensor([g if 0 <= g < len(X[m]) else N for m, g in enumerate(gold)])
     sw = torch.tensor(np.ones(M) if sample_weight is None else np.asarray(sample_weight), dtype=torch.float64)
     At, maskt = torch.tensor(A), torch.tensor(mask)

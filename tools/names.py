@@ -111,15 +111,8 @@ def prefix_share(mention: str, name: str, min_len: int = 3) -> float:
         return 0.0
     hits = 0
     for w in m_words:
-        for v in n_words:
-            if w == v:
-                continue
-            k = 0
-            while k < min(len(w), len(v)) and w[k] == v[k]:
-                k += 1
-            if k >= min_len and k >= 0.6 * min(len(w), len(v)):
-                hits += 1
-                break
+        if any(w != v and _derived(w, v, min_len) for v in n_words):
+            hits += 1
     return hits / len(m_words)
 
 
