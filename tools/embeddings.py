@@ -141,12 +141,17 @@ def text_key(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
+def env_switch(name: str) -> bool:
+    """An ``on`` (default) / ``off`` environment variable; any other value is a one-line ``ConfigError``."""
+    raw = os.environ.get(name, "").strip().lower() or "on"
+    if raw not in ("on", "off"):
+        raise ConfigError(f"{name}={os.environ[name]!r}: expected on or off")
+    return raw == "on"
+
+
 def vector_store_for(spec: str, base_url: str | None = None) -> SqliteByteStore | None:
     """The persistent entity-vector store of the model ``spec`` (``None`` when ``$I2CR_EMBED_CACHE=off``)."""
-    raw = os.environ.get(EMBED_CACHE_ENV, "").strip().lower() or "on"
-    if raw not in ("on", "off"):
-        raise ConfigError(f"{EMBED_CACHE_ENV}={os.environ[EMBED_CACHE_ENV]!r}: expected on or off")
-    if raw == "off":
+    if not env_switch(EMBED_CACHE_ENV):
         return None
     from tools.cache import cache_dir
 

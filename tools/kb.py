@@ -36,7 +36,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import sys
 import unicodedata
@@ -643,10 +642,9 @@ def open_kb(ctx: Any) -> KnowledgeBase:
 
 def kb_vectors_on() -> bool:
     """``$I2CR_KB_VECTORS``: ``on`` (default) shares the KB's stored entity vectors with the linker."""
-    raw = os.environ.get(KB_VECTORS_ENV, "").strip().lower() or "on"
-    if raw not in ("on", "off"):
-        raise ConfigError(f"{KB_VECTORS_ENV}={os.environ[KB_VECTORS_ENV]!r}: expected on or off")
-    return raw == "on"
+    from tools.embeddings import env_switch
+
+    return env_switch(KB_VECTORS_ENV)
 
 
 def share_entity_vectors(kb: KnowledgeBase, rows: list[dict[str, Any]], ctx: Any) -> int:
