@@ -89,6 +89,17 @@ def fold_of_id(rid: str, folds: int) -> int:
     return int(hashlib.sha1(str(rid).encode()).hexdigest()[:8], 16) % folds
 
 
+def _cached_copy(data: dict, path: str, cache: Path, kind: str, salt: str = "") -> str:
+    """Write the ``kind`` copy ``data`` of the set at ``path`` into ``cache`` once (named by the source's
+    path and size, plus ``salt``) and return its path."""
+    key = hashlib.sha256(f"{path}|{Path(path).stat().st_size}{salt}".encode()).hexdigest()[:12]
+    dst = cache / f"{kind}_{Path(path).stem}_{key}.json"
+    if not dst.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        dst.write_text(json.dumps(data))
+    return str(dst)
+
+
 def _noattr_copy(path: str, labels: str | None, cache: Path) -> tuple[str, str | None] | None:
     """An attribute-free copy of an I2CR JSON set (written in ``cache``), or None when nothing changes."""
     from evals.variants import strip_attributes
@@ -113,12 +124,7 @@ def _noattr_copy(path: str, labels: str | None, cache: Path) -> tuple[str, str |
         out[rid] = rec
     if not changed:
         return None
-    key = hashlib.sha256(f"{path}|{Path(path).stat().st_size}".encode()).hexdigest()[:12]
-    dst = cache / f"noattr_{Path(path).stem}_{key}.json"
-    if not dst.is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        dst.write_text(json.dumps(out))
-    return str(dst), labels
+    return _cached_copy(out, path, cache, "noattr"), labels
 
 
 def _homonym_copy(path: str, labels: str | None, cache: Path, seed: int = 0) -> tuple[str, str | None] | None:
@@ -142,12 +148,12 @@ def _homonym_copy(path: str, labels: str | None, cache: Path, seed: int = 0) -> 
     for rid, rec in data.items():
         cands = [dict(c) for c in (rec.get("Candentity") or []) if isinstance(c, dict)]
         said = strip_possessive(str(rec.get("mention") or ""))
-        g = name_key(str(gold.get(rid) or ""))
-        gi = [i for i, c in enumerate(cands) if name_key(str(c.get("name") or "")) == g]
-        others = [i for i, c in enumerate(cands) if i not in gi and str(c.get("desc") or "").strip()]
-        if (not gi or not others or not said or name_key(said) == g
-                or not any(str(c.get("desc") or "").strip() for c in cands)
-                or any(name_key(str(c.get("name") or "")) == name_key(said) for c in cands)):
+        g, said_key = name_key(str(gold.get(rid) or "")), name_key(said)
+        keys = [name_key(str(c.get("name") or "")) for c in cands]
+        # described rivals of a listed gold (none when the gold is unlisted, so both are checked at once)
+        others = [i for i, c in enumerate(cands) if keys[i] != g and str(c.get("desc") or "").strip()] \
+            if g in keys else []
+        if not others or not said or said_key == g or said_key in keys:
             out[rid] = rec
             continue
         cands[int(rng.choice(others))]["name"] = said
@@ -155,12 +161,7 @@ def _homonym_copy(path: str, labels: str | None, cache: Path, seed: int = 0) -> 
         n += 1
     if not n:
         return None
-    key = hashlib.sha256(f"{path}|{Path(path).stat().st_size}|{seed}".encode()).hexdigest()[:12]
-    dst = cache / f"homonym_{Path(path).stem}_{key}.json"
-    if not dst.is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        dst.write_text(json.dumps(out))
-    return str(dst), labels
+    return _cached_copy(out, path, cache, "homonym", f"|{seed}"), labels
 
 
 def load_set(path: str, labels: str | None, emb: Any, cache: Path | None, sample: int = 0,
@@ -448,6 +449,7 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     unknown = [f for f in drop if f not in ALL_FEATURES]
     if unknown:
         p.error(f"--drop-features: unknown feature(s) {unknown}; known: {', '.join(ALL_FEATURES)}")
+    arch = architecture(a)  # checked before any feature is computed
     k = len(a.data)
     if a.labels and k > 1:
         p.error("--labels: give one labels file per set as DATA:LABELS when there are several sets")
@@ -469,21 +471,18 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
         m = load_set(path, lab, emb, cache, n, a.seed)
         m.update(role="train", source=d, ranked=order == "ranked", spec=(path, lab))
         sets.append(m)
-        if a.augment_homonym:
-            copy = _homonym_copy(path, lab, cache or Path("runs/fit-cache"), a.seed)
+        copies = cache or Path("runs/fit-cache")
+        augments = (
+            # shares its mention's weight (a share of its own cost 0.4 points of WikiMEL dev CV, 0.2 of WikiDiverse train CV)
+            (a.augment_homonym, lambda: _homonym_copy(path, lab, copies, a.seed), "homonym copy", d),
+            # its own share of the weight: descriptions without attributes are a distribution of their own
+            (a.augment_noattr, lambda: _noattr_copy(path, lab, copies), "attribute-free copy", len(specs) + d),
+        )
+        for wanted, make, label, src in augments:
+            copy = make() if wanted else None
             if copy:
                 c = load_set(copy[0], copy[1], emb, cache, n, a.seed)
-                # shares its mention's weight (a share of its own cost 0.4 points of WikiMEL dev CV, 0.2 of WikiDiverse train CV)
-                c.update(role="aug", source=d, ranked=order == "ranked", name=m["name"] + " (homonym copy)",
-                         spec=copy)
-                sets.append(c)
-        if a.augment_noattr:
-            copy = _noattr_copy(path, lab, cache or Path("runs/fit-cache"))
-            if copy:
-                c = load_set(copy[0], copy[1], emb, cache, n, a.seed)
-                # its own share of the weight: descriptions without attributes are a distribution of their own
-                c.update(role="aug", source=len(specs) + d, ranked=order == "ranked", name=m["name"] + " (attribute-free copy)",
-                         spec=copy)
+                c.update(role="aug", source=src, ranked=order == "ranked", name=f"{m['name']} ({label})", spec=copy)
                 sets.append(c)
     for spec in a.eval:
         path, lab = parse_spec(spec)
@@ -508,7 +507,6 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
         s["z"] = [None] * len(s["X"])
         s["fold"] = np.array([fold_of_id(r, a.folds) if (s["role"] != "eval" or r in train_ids) else -1
                               for r in s["ids"]])
-    arch = architecture(a)
     fold_models = []
     for f in range(a.folds):
         tr = np.flatnonzero(Tf != f)
@@ -635,17 +633,10 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
 
     # ---- write
     if a.out:
-        llm_weight: Any = {"likelihood": base.llm_weights["likelihood"], "choice": base.llm_weights["choice"]}
-        doc_floor = base.llm_floor
-        extra: dict[str, Any] = {}
-        if a.llm and llm_params:
-            chosen = llm_params[result["llm"]["mode"]]
-            llm_weight[a.llm_scoring if a.llm_scoring == "likelihood" else "choice"] = chosen["w"]
-            doc_floor = floor
-            if "nil_bias" in chosen:
-                extra["llm_nil"] = {"bias": chosen["nil_bias"], "weight": chosen["nil_weight"]}
+        llm_weight, doc_floor, extra = llm_entries(
+            base, a.llm_scoring, llm_params[result["llm"]["mode"]] if a.llm and llm_params else None, floor)
         fit = {"data": [s["name"] for s in sets if s["role"] == "train"], "order": orders, "sample": samples,
-               "augment_noattr": a.augment_noattr, "augment_homonym": a.augment_homonym, "dropped_features": list(drop), "mentions": len(TX), "folds": a.folds, "C": a.C, **architecture(a),
+               "augment_noattr": a.augment_noattr, "augment_homonym": a.augment_homonym, "dropped_features": list(drop), "mentions": len(TX), "folds": a.folds, "C": a.C, **arch,
                "embedding_model": a.embedding_model, "nil_threshold": thr, "balanced": source is not None,
                "method": "conditional logit with a nil row (L-BFGS); LLM terms by maximum likelihood with the nil row",
                "command": result["command"],
@@ -663,6 +654,19 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     return 0
 
 
+def llm_entries(base: Any, scoring: str, params: dict[str, float] | None,
+                floor: float | None) -> tuple[dict[str, float], float | None, dict[str, Any]]:
+    """A weights document's LLM entries: ``llm_weight`` (per scoring route), ``llm_floor`` and the extra
+    ``llm_nil``, from fitted LLM ``params`` (``w``, optionally ``nil_bias``/``nil_weight``) for the route
+    ``scoring``, or carried over from ``base`` when nothing was fitted (``params`` None)."""
+    weight = {"likelihood": base.llm_weights["likelihood"], "choice": base.llm_weights["choice"]}
+    if params is None:
+        return weight, base.llm_floor, {}
+    weight["likelihood" if scoring == "likelihood" else "choice"] = params["w"]
+    extra = {"llm_nil": {"bias": params["nil_bias"], "weight": params["nil_weight"]}} if "nil_bias" in params else {}
+    return weight, floor, extra
+
+
 def write_fold_weights(folder: Path, fold_models: list[dict], result: dict[str, Any], a: argparse.Namespace,
                        floor: float | None, base: Any) -> None:
     """Each CV fold's weights file: text models and LLM terms fitted without the fold's mentions (folds by
@@ -670,15 +674,8 @@ def write_fold_weights(folder: Path, fold_models: list[dict], result: dict[str, 
     folder.mkdir(parents=True, exist_ok=True)
     llm = result.get("llm") or {}
     for k, models in enumerate(fold_models):
-        weight: Any = {"likelihood": base.llm_weights["likelihood"], "choice": base.llm_weights["choice"]}
-        extra: dict[str, Any] = {}
-        doc_floor = base.llm_floor
-        if llm:
-            prm = llm["fold_params"][llm["mode"]][k]
-            weight["likelihood" if a.llm_scoring == "likelihood" else "choice"] = prm["w"]
-            doc_floor = floor
-            if "nil_bias" in prm:
-                extra["llm_nil"] = {"bias": prm["nil_bias"], "weight": prm["nil_weight"]}
+        weight, doc_floor, extra = llm_entries(base, a.llm_scoring,
+                                               llm["fold_params"][llm["mode"]][k] if llm else None, floor)
         fit = {"fold": k, "folds": a.folds, "fold_of": "evals.fit.fold_of_id (SHA-1 of the mention id)",
                "command": result["command"], **architecture(a),
                "llm": "fitted without this fold" if llm else "carried over from " + base.source}
