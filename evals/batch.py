@@ -301,22 +301,50 @@ class Linker:
         return result_of(rid, inputs, out, None, trace=self.trace)
 
 
-def warm_embeddings(ctx: Any, inputs: list[dict]) -> int:
-    """Embed the round-1 texts of a batch of mentions at once: their query texts and their listed
-    candidates' entity texts (entity vectors through the persistent cache of ``tools/embeddings.py``).
+def visual_texts(ctx: Any, inp: dict) -> list[str]:
+    """The texts the graph embeds for a mention's precomputed image description (no image file):
+    each clue round's clue text (the clues of ``clue_order`` so far, joined) and, with the offline
+    verifier, its image text; made by the same tools the nodes call. Empty when there is an image
+    file (its clues come from models, extracted round by round)."""
+    from tools.clues import extract_clue
+    from tools.verifiers.text import TextEmbeddingScorer
+    from tools.verify import get_scorer
 
-    The fused linker then finds every round-1 vector in memory (same texts, same embedder);
-    retrieval from a knowledge base, clue texts and verifiers embed as before. Returns the number
-    of texts the model embedded; a failure here is left to the per-mention linking to report.
+    desc = inp.get("image_desc")
+    if not desc or inp.get("image"):
+        return []
+    scorer = get_scorer(ctx)
+    texts = [scorer.image_text(None, desc, ctx)] if isinstance(scorer, TextEmbeddingScorer) else []
+    gathered: dict = {}
+    clues: list[str] = []
+    for clue_type in ctx.clue_order:
+        clue = extract_clue(clue_type, image=None, image_desc=desc, ctx=ctx, gathered=gathered)
+        if clue is not None and clue.text:
+            gathered[clue_type] = clue
+            clues.append(clue.text)
+            texts.append(". ".join(clues))
+    return [t for t in texts if t]
+
+
+def warm_embeddings(ctx: Any, inputs: list[dict]) -> int:
+    """Embed the texts of a batch of mentions at once: their query texts, their listed candidates'
+    entity texts (entity vectors through the persistent cache of ``tools/embeddings.py``, or the
+    knowledge base's stored ones) and the texts of their precomputed image descriptions
+    (:func:`visual_texts`: most mentions run every clue round).
+
+    The graph then finds those vectors in memory (same texts, same embedder); retrieval from a
+    knowledge base and the clues of image files embed as before. Returns the number of texts the
+    model embedded; a failure here is left to the per-mention linking to report.
     """
     if not inputs or getattr(ctx, "linker_mode", "fused") != "fused":
         return 0
     try:
         from graph.inputs import clip_context, normalize_candidates
         from tools.embeddings import get_embedder
+        from tools.kb import share_listed_vectors
         from tools.texts import entity_text, query_text
 
-        queries, entities = [], []
+        queries, entities, listed = [], [], []
         for inp in inputs:  # the texts as the retrieve node cleans them (a bad record is skipped here)
             try:
                 mention, context = inp["mention"].strip(), inp["context"].strip()
@@ -326,6 +354,12 @@ def warm_embeddings(ctx: Any, inputs: list[dict]) -> int:
                 continue
             queries.append(query_text(mention, context))
             entities += [entity_text(c) for c in cands]
+            listed += cands
+            try:
+                queries += visual_texts(ctx, inp)
+            except Exception:  # noqa: BLE001 - a clue tool's problem is the mention's own to report
+                pass
+        share_listed_vectors(listed, ctx)  # one KB lookup for the batch's listed entities
         embedder = get_embedder(ctx.embedding_model, base_url=ctx.openai_base_url, api_key=ctx.openai_api_key)
         return embedder.warm(queries, entities)
     except Exception:  # noqa: BLE001 - the mentions' own linking reports the error, one by one

@@ -16,7 +16,13 @@ Configurations, each on the same mentions, in this order (``--configs`` picks so
 * ``batch2-warm``: ``batch2`` again on the entity-vector store ``batch2`` filled (a rerun, or a
   corpus whose entities were seen before); every other configuration starts from an empty store;
 * ``text``: the mentions the gate decided without the LLM in the ``eval`` run, linked again,
-  alone, through ``i2cr batch`` with ``--text-actors`` actors (default 2), empty store.
+  alone, through ``i2cr batch`` with ``--text-actors`` actors (default 2), empty store;
+* ``text-kb``: the same mentions, empty store, with a knowledge base that holds their listed
+  candidates (``--kb``, default ``kb_entities.jsonl`` beside the data; ingested into the run's
+  folder first, timed apart as ``ingest``): listed candidates with a ``qid`` take the KB's stored
+  vectors (``tools.kb.share_listed_vectors``), so a mention costs one query embedding. This is a
+  corpus linked against a KB ingested once. Every other configuration runs with
+  ``$I2CR_KB_VECTORS=off``, so that no KB on the machine changes its figures.
 
 Every configuration links with the same graph wrapped in :class:`TimedGraph` (passed to the
 runner and to the batch actors as ``evals.bench_scale:timed_graph``): it adds one trace entry per
@@ -76,11 +82,12 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_scale.json"
-CONFIGS = ("eval", "batch1", "batch2", "batch2-warm", "text")
+CONFIGS = ("eval", "batch1", "batch2", "batch2-warm", "text", "text-kb")
 CATEGORIES = ("embeddings", "features", "llm", "clues")
 TARGETS = {"text_decided_mps": 50.0, "overall_mps": 3.0}
 STORE_ENV = "I2CR_BENCH_STORE"
 THREADS_ENV = "I2CR_LLAMA_THREADS"
+KB_VECTORS_ENV = "I2CR_KB_VECTORS"
 TIMING_STEP = "bench_timing"
 
 
@@ -467,7 +474,7 @@ def run_eval_config(data: Path, labels: str | None, run_dir: Path, ctx: Any, gol
     from evals.runner import run_eval
     from evals.store import read_predictions
 
-    with _env(**{STORE_ENV: store}), RssSampler() as mem:
+    with _env(**{STORE_ENV: store, KB_VECTORS_ENV: "off"}), RssSampler() as mem:
         t = time.perf_counter()
         summary = run_eval(str(data), labels, run_dir, context=ctx, concurrency=1, progress=progress,
                            report=False, graph=GRAPH_REF, fail_fast=0, max_failure_share=None)
@@ -479,13 +486,29 @@ def run_eval_config(data: Path, labels: str | None, run_dir: Path, ctx: Any, gol
                   "llama_threads_per_actor": os.environ.get(THREADS_ENV) or os.cpu_count()}
 
 
+def ingest_kb(entities: Path, folder: Path, ctx: Any, log: Any) -> tuple[Any, dict[str, Any]]:
+    """A KB of ``entities`` in ``folder`` (made with the linker's embedding model); the context pointing
+    to it, and the ingest's figures (done once per KB, so timed apart from the linking)."""
+    from tools.kb import KnowledgeBase
+
+    log(f"[bench_scale] text-kb: ingesting {entities} ...")
+    t = time.perf_counter()
+    stats = KnowledgeBase(path=folder, embeddings=ctx.embedding_model, base_url=ctx.openai_base_url,
+                          api_key=ctx.openai_api_key).ingest_file(entities)
+    wall = time.perf_counter() - t
+    return ctx.model_copy(update={"kb_path": str(folder), "kb_host": None}), {
+        "entities": str(entities), "seconds": round(wall, 1), "added": stats.added,
+        "entities_per_s": round(stats.added / wall, 1) if wall > 0 else None}
+
+
 def run_batch_config(data: Path, out_dir: Path, ctx: Any, gold: dict[str, Any], *, actors: int, cpus: int,
-                     batch_size: int, store: str, progress: bool) -> tuple[list[dict], dict[str, Any]]:
+                     batch_size: int, store: str, progress: bool,
+                     kb_vectors: str = "off") -> tuple[list[dict], dict[str, Any]]:
     """``i2cr batch`` with ``actors`` actors over the mentions of ``data`` (Ray started here)."""
     from evals.batch import link_batch, read_results
 
     threads = os.environ.get(THREADS_ENV) or str(max(1, cpus // actors))
-    env = {STORE_ENV: store, THREADS_ENV: threads}
+    env = {STORE_ENV: store, THREADS_ENV: threads, KB_VECTORS_ENV: kb_vectors}
     with _env(**env), RssSampler() as mem:
         t = time.perf_counter()
         with ray_session(cpus, env) as own:
@@ -540,17 +563,23 @@ def write_subset(records: dict, ids: list[str], path: Path) -> Path:
 
 def benchmark(data: Path, labels: str | None, ctx: Any, *, sample: int | None = None, seed: int = 0,
               configs: tuple[str, ...] = CONFIGS, cpus: int = 2, batch_size: int = 16, text_actors: int = 2,
-              workdir: Path | None = None, progress: bool = False, log: Any = print) -> dict[str, Any]:
+              workdir: Path | None = None, progress: bool = False, log: Any = print,
+              kb: Path | None = None) -> dict[str, Any]:
     """Run the configurations on the same mentions; the raw results (see the module's doc)."""
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         from tools.errors import InputError
 
         raise InputError(f"--configs: unknown {unknown}; expected some of {list(CONFIGS)}")
-    if "text" in configs and "eval" not in configs:
+    if {"text", "text-kb"} & set(configs) and "eval" not in configs:
         from tools.errors import InputError
 
-        raise InputError("--configs: 'text' needs 'eval' (it links the mentions eval decided without the LLM)")
+        raise InputError("--configs: 'text' and 'text-kb' need 'eval' (they link the mentions eval decided "
+                         "without the LLM)")
+    if "text-kb" in configs and not (kb and Path(kb).is_file()):
+        from tools.errors import InputError
+
+        raise InputError(f"--kb: 'text-kb' needs the knowledge base's entities (JSONL): {kb} is not a file")
     tmp = tempfile.TemporaryDirectory(prefix="bench-scale-") if workdir is None else None
     work = Path(tmp.name if tmp else workdir)
     try:
@@ -576,17 +605,23 @@ def benchmark(data: Path, labels: str | None, ctx: Any, *, sample: int | None = 
                 rows, extra = run_eval_config(subset, labels_file and str(labels_file), work / "eval-run", ctx, gold, stores[name],
                                               progress)
                 extra["store"] = "cold (empty at the start)"
-            elif name == "text":
+            elif name in ("text", "text-kb"):
                 text_ids = [r["id"] for r in rows_of["eval"] if r["llm"] is False and not r["error"]]
                 extra = {"store": "cold (empty at the start)", "actors": text_actors,
                          "source": "a re-run through i2cr batch of the mentions eval decided without the LLM"}
                 if not text_ids:
-                    log("[bench_scale] text: eval decided no mention without the LLM; skipped")
+                    log(f"[bench_scale] {name}: eval decided no mention without the LLM; skipped")
                     result["configs"][name] = {"name": name, "n": 0, "skipped": "no text-decided mention", **extra}
                     continue
                 part = write_subset(records, text_ids, work / "text.json")
-                rows, more = run_batch_config(part, work / "out-text", ctx, gold, actors=text_actors, cpus=cpus,
-                                              batch_size=batch_size, store=stores[name], progress=progress)
+                run_ctx, vectors = ctx, "off"
+                if name == "text-kb":
+                    run_ctx, extra["ingest"] = ingest_kb(kb, work / "kb", ctx, log)
+                    extra["source"] += f"; listed candidates' vectors from a KB of {kb.name}"
+                    vectors = "on"
+                rows, more = run_batch_config(part, work / f"out-{name}", run_ctx, gold, actors=text_actors,
+                                              cpus=cpus, batch_size=batch_size, store=stores[name],
+                                              progress=progress, kb_vectors=vectors)
                 extra.update(more)
             else:
                 actors = 1 if name == "batch1" else 2
@@ -603,7 +638,8 @@ def benchmark(data: Path, labels: str | None, ctx: Any, *, sample: int | None = 
             ref = {r["id"]: r["entity"] for r in rows_of["eval"]}
             for name, rows in rows_of.items():
                 if name != "eval":
-                    part_ref = {i: e for i, e in ref.items() if name != "text" or i in {r["id"] for r in rows}}
+                    part_ref = {i: e for i, e in ref.items() if not name.startswith("text")
+                                or i in {r["id"] for r in rows}}
                     result["configs"][name]["same_as_eval"] = diff_predictions(part_ref, {r["id"]: r["entity"]
                                                                                          for r in rows})
             result["text_decided_ids"] = [r["id"] for r in rows_of["eval"] if r["llm"] is False and not r["error"]]
@@ -621,6 +657,7 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
     """The issue's targets against the measured figures (``None`` when a configuration was not run)."""
     cfg = result["configs"]
     text = (cfg.get("text") or {}).get("throughput", {}).get("rate")
+    text_kb = (cfg.get("text-kb") or {}).get("throughput", {}).get("rate")
     overall = max((c.get("throughput", {}).get("rate") or 0.0 for n, c in cfg.items()
                    if n in ("batch1", "batch2")), default=0.0) or None  # cold store: no help from an earlier run
     ev = cfg.get("eval") or {}
@@ -628,7 +665,9 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
     top1 = {n: c["top1"]["p"] for n, c in cfg.items() if "top1" in c and n != "text"}
     return {"text_decided_mps": {"target": TARGETS["text_decided_mps"], "measured": text,
                                  "today": (ev.get("text_decided") or {}).get("rate"),
-                                 "met": None if text is None else text >= TARGETS["text_decided_mps"]},
+                                 "met": None if text is None else text >= TARGETS["text_decided_mps"],
+                                 "measured_kb": text_kb,
+                                 "met_kb": None if text_kb is None else text_kb >= TARGETS["text_decided_mps"]},
             "overall_mps": {"target": TARGETS["overall_mps"], "measured": overall,
                             "today": (ev.get("throughput") or {}).get("rate"),
                             "met": None if overall is None else overall >= TARGETS["overall_mps"]},
@@ -676,8 +715,10 @@ def table(result: dict[str, Any]) -> str:
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     lines += ["", "Targets (issue #16):",
               f"- text-decided >= {tg['text_decided_mps']['target']:.0f} mentions/s: measured "
-              f"{fmt(tg['text_decided_mps']['measured'])} (config text), today {fmt(tg['text_decided_mps']['today'])} "
-              f"(eval, per process) -> {_met(tg['text_decided_mps']['met'])}",
+              f"{fmt(tg['text_decided_mps']['measured'])} (config text, every entity embedded) -> "
+              f"{_met(tg['text_decided_mps']['met'])}; {fmt(tg['text_decided_mps'].get('measured_kb'))} (config "
+              f"text-kb, entity vectors from the KB) -> {_met(tg['text_decided_mps'].get('met_kb'))}; today "
+              f"{fmt(tg['text_decided_mps']['today'])} (eval, per process)",
               f"- overall >= {tg['overall_mps']['target']:.0f} mentions/s: measured {fmt(tg['overall_mps']['measured'])} "
               f"(best cold batch), today {fmt(tg['overall_mps']['today'])} (eval) -> {_met(tg['overall_mps']['met'])}",
               f"- Top-1 unchanged: {tg['top1_unchanged']['top1']}; identical predictions "
@@ -710,6 +751,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray session (default 2)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--text-actors", type=int, default=2, help="actors of the text-decided run (default 2)")
+    p.add_argument("--kb", help="entities JSONL of the text-kb configuration (default: kb_entities.jsonl beside the data)")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--workdir", help="keep the run folders here (default: a temporary folder, removed)")
     p.add_argument("--progress", action="store_true", help="show the runs' progress bars")
@@ -718,7 +760,7 @@ def main(argv: list[str] | None = None) -> int:
     if (a.sample is not None and a.sample < 1) or a.cpus < 1 or a.batch_size < 1 or a.text_actors < 1:
         p.error("--sample, --cpus, --batch-size and --text-actors must be positive")
     configs = tuple(c.strip() for c in a.configs.split(",") if c.strip())
-    if any(c in ("batch2", "batch2-warm", "text") for c in configs) and a.cpus < 2:
+    if any(c in ("batch2", "batch2-warm", "text", "text-kb") for c in configs) and a.cpus < 2:
         p.error("--cpus must be at least 2 for the 2-actor configurations")
 
     def run() -> int:
@@ -734,7 +776,8 @@ def main(argv: list[str] | None = None) -> int:
         result = benchmark(data, labels, ctx, sample=a.sample, seed=a.seed, configs=configs, cpus=a.cpus,
                            batch_size=a.batch_size, text_actors=a.text_actors,
                            workdir=Path(a.workdir) if a.workdir else None, progress=a.progress,
-                           log=lambda m: print(m, file=sys.stderr, flush=True))
+                           log=lambda m: print(m, file=sys.stderr, flush=True),
+                           kb=Path(a.kb) if a.kb else data.parent / "kb_entities.jsonl")
         result["settings"] = a.settings
         print(table(result))
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,9 @@
 Validates the input, cuts a context longer than ``max_context_chars`` to the
 text around the mention (noted in the trace), then keeps the candidates it
 carries or retrieves the top-k from the knowledge base (``tools/kb.py``; an
-empty candidate list given in the input is noted in the trace).
+empty candidate list given in the input is noted in the trace). Carried
+candidates that name a KB entity by ``qid`` take its stored vector
+(``tools.kb.share_listed_vectors``): the linker does not embed them again.
 """
 
 from __future__ import annotations
@@ -29,7 +31,11 @@ def retrieve_candidates(state: State, runtime: Runtime[Context]) -> dict[str, An
     if cut:
         notes.append(cut)
     source = "input"
-    if not clean["candidates"]:
+    if clean["candidates"]:
+        from tools.kb import share_listed_vectors
+
+        share_listed_vectors(clean["candidates"], ctx)  # listed KB entities: their stored vectors, not re-embedded
+    else:
         from tools.kb import retrieve_candidates as kb_retrieve
 
         if isinstance(state.get("candidates"), (list, tuple)):  # given, but empty

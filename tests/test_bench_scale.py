@@ -208,8 +208,10 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys):
 
     with pytest.raises(InputError, match="--configs: unknown"):
         bs.benchmark(DATA / "wikimel_small.json", None, None, configs=("eval", "batch9"))
-    with pytest.raises(InputError, match="'text' needs 'eval'"):
+    with pytest.raises(InputError, match="'text' and 'text-kb' need 'eval'"):
         bs.benchmark(DATA / "wikimel_small.json", None, None, configs=("text",))
+    with pytest.raises(InputError, match="'text-kb' needs the knowledge base's entities"):
+        bs.benchmark(DATA / "wikimel_small.json", None, None, configs=("eval", "text-kb"), kb=tmp_path / "no.jsonl")
     assert bs.main([str(tmp_path / "nope.json"), "--out", str(tmp_path / "o.json")]) == 2
     assert "bench_scale: error: data: file not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):

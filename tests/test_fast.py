@@ -227,6 +227,42 @@ def test_warm_embeds_round_one_texts_once(fresh_embedders):
     assert query_text("a", "") == "a"
 
 
+def test_warm_also_embeds_the_clue_rounds_and_verifier_texts_of_image_descriptions(fresh_embedders, monkeypatch):
+    """With precomputed image descriptions most mentions run every clue round: after the batch's one
+    pass the whole graph (verifier and clue rounds included) embeds nothing, and answers as before."""
+    from test_fused import name_model
+
+    from evals.batch import visual_texts, warm_embeddings
+    from evals.datasets import load_dataset
+    from graph import Context, graph
+    from tools import embeddings
+
+    from fakes import BagOfWordsEmbeddings
+
+    data = Path(__file__).parent / "data"
+    examples = [ex for ex in load_dataset(str(data / "wikimel_small.json"), None).examples if ex.inputs]
+    ctx = Context(linker_model=name_model(Michael_Jordan=-0.5, Paris_Hilton=-0.2, Jordan=-3.0),
+                  embedding_model=BagOfWordsEmbeddings(), gate_threshold=0.97)  # the offline text verifier
+    reference = [graph.invoke(dict(ex.inputs), context=ctx) for ex in examples]
+    rounds = [max(t["round"] for t in out["trace"]) for out in reference]
+    assert max(rounds) > 1  # clue rounds ran
+    texts = {ex.id: visual_texts(ctx, ex.inputs) for ex in examples}
+    assert texts["101"] == ["a man holding a basketball. person. basketball, sport. BULLS 23",  # the verifier's
+                            "BULLS 23", "BULLS 23. person", "BULLS 23. person. basketball, sport",  # the rounds'
+                            "BULLS 23. person. basketball, sport. a man holding a basketball"]
+    assert texts["105"] == []  # an empty description
+    assert visual_texts(ctx, {**examples[0].inputs, "image": "a.jpg"}) == []  # image files: extracted per round
+
+    embeddings._cached.clear()
+    emb = embeddings.get_embedder(ctx.embedding_model)
+    warm_embeddings(ctx, [ex.inputs for ex in examples])
+    n = emb.computed
+    got = [graph.invoke(dict(ex.inputs), context=ctx) for ex in examples]
+    assert emb.computed == n  # nothing left to embed
+    assert [(o["entity"], o["status"], o.get("confidence")) for o in got] == \
+        [(o["entity"], o["status"], o.get("confidence")) for o in reference]
+
+
 def test_an_unwritable_cache_folder_degrades_to_memory(tmp_path, monkeypatch):
     from tools import embeddings
 

@@ -212,3 +212,75 @@ def test_the_graph_answers_the_same_with_and_without_the_kb_vectors(fake, tmp_pa
                                                     "Occupation: singer.", "Berg River"}
     assert not shared & set(embedded_on)  # never embedded with the KB's vectors shared
     assert shared & set(embedded_off)
+
+
+# ---- candidates given with the input: their KB vectors by qid (share_listed_vectors) -------------
+
+LISTED = [{"qid": "Q1", "name": "Anna Berg", "desc": RECORDS[0]["desc"]},
+          {"qid": "Q2", "name": "Carl Berg", "desc": "a painter"},  # another text than the KB's: embedded
+          {"qid": "Q3", "name": "Berg", "desc": RECORDS[2]["desc"]},
+          {"qid": "Q99", "name": "Berg Lake", "desc": "a lake"},  # not in the KB: embedded
+          {"name": "Berg Hall", "desc": "a hall"}]  # no qid: embedded
+
+
+def listed_run(fake: RecordingBag, ctx, mention="Berg", context="Berg said in 2011 that she would run again"):
+    """The graph's output on LISTED, and the texts the model embedded meanwhile."""
+    fake.documents.clear()
+    out = graph.invoke({"mention": mention, "context": context, "candidates": LISTED}, context=ctx)
+    return out, list(fake.documents)
+
+
+def test_listed_candidates_take_the_kb_vectors_of_their_qids(fake, tmp_path):
+    ctx = Context(embedding_model="huggingface:bag", kb_path=str(build(tmp_path)), fusion_weights=weights_file(tmp_path),
+                  linker_model=scripted(*["1"] * 20), verifier=TableScorer({}), llm_scoring="choice")
+    fresh_memory()
+    out, embedded = listed_run(fake, ctx)
+    assert next(t for t in out["trace"] if t["step"] == "retrieve")["source"] == "input"
+    # the query and the three candidates whose text the KB does not hold; never Q1 or Q3
+    assert entity_text(LISTED[0]) not in embedded and entity_text(LISTED[2]) not in embedded
+    assert sorted(embedded[1:]) == sorted(entity_text(c) for c in (LISTED[1], LISTED[3], LISTED[4]))
+    assert embedded[0].startswith("Berg. Berg said")
+
+
+def test_listed_vectors_give_the_same_answer_and_follow_the_switch(fake, tmp_path, monkeypatch):
+    path = build(tmp_path)
+    results = {}
+    for switch in ("on", "off"):
+        monkeypatch.setenv(kbmod.KB_VECTORS_ENV, switch)
+        fresh_memory()
+        fake.documents.clear()
+        ctx = Context(embedding_model="huggingface:bag", kb_path=str(path), fusion_weights=weights_file(tmp_path),
+                      linker_model=scripted(*["1"] * 20), verifier=TableScorer({}), llm_scoring="choice")
+        out, embedded = listed_run(fake, ctx, "Berg", "they climbed the Berg in the Alps")
+        links = [t for t in out["trace"] if t["step"] == "link"]
+        results[switch] = ((out["entity"], out["status"], json.dumps(links, sort_keys=True)), embedded)
+    assert results["on"][0] == results["off"][0]
+    assert results["on"][0][0]["qid"] == "Q3"
+    assert len(results["off"][1]) == 1 + len(LISTED) and len(results["on"][1]) == 1 + 3
+
+
+def test_no_kb_or_an_unreadable_kb_links_as_before(fake, tmp_path):
+    for kb_path in (tmp_path / "none", tmp_path / "a-file"):
+        if kb_path.name == "a-file":
+            kb_path.write_text("not a knowledge base")
+        fresh_memory()
+        fake.documents.clear()
+        ctx = Context(embedding_model="huggingface:bag", kb_path=str(kb_path), fusion_weights=weights_file(tmp_path),
+                      linker_model=scripted(*["1"] * 20), verifier=TableScorer({}), llm_scoring="choice")
+        assert kbmod.share_listed_vectors(LISTED, ctx) == 0
+        out, embedded = listed_run(fake, ctx)
+        assert out["entity"] is not None and len(embedded) == 1 + len(LISTED)
+    assert not (tmp_path / "none").exists()  # no empty store left behind
+
+
+def test_a_batch_takes_the_listed_vectors_in_one_lookup(fake, tmp_path, monkeypatch):
+    from evals.batch import warm_embeddings
+
+    ctx = Context(embedding_model="huggingface:bag", kb_path=str(build(tmp_path)))
+    fresh_memory()
+    calls = []
+    real = KnowledgeBase.stored_rows
+    monkeypatch.setattr(KnowledgeBase, "stored_rows", lambda self, qids: calls.append(list(qids)) or real(self, qids))
+    inputs = [{"mention": "Berg", "context": c, "candidates": LISTED} for c in ("one text", "another text")]
+    assert warm_embeddings(ctx, inputs) == 2 + 3  # two queries and the three texts the KB lacks
+    assert len(calls) == 1

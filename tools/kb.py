@@ -574,6 +574,19 @@ class KnowledgeBase:
             row["rank"] = rank
         return rows[:k]
 
+    def stored_rows(self, qids: list[str]) -> list[dict[str, Any]]:
+        """The stored entities of ``qids`` (those present), each ``{qid, name, desc, vector}``: ``vector`` is
+        the stored unit embedding of its :func:`entity_text`. Empty when the KB does not exist."""
+        if not qids or not self._collections(create=False):
+            return []
+        got = self._chroma(self._entities.get, ids=list(dict.fromkeys(qids)), include=["metadatas", "embeddings"])
+        emb = got.get("embeddings")
+        if emb is None or not len(got["ids"]):
+            return []
+        emb = np.asarray(emb, dtype=np.float32)
+        return [{"qid": qid, "name": (meta or {}).get("name", ""), "desc": (meta or {}).get("desc", ""),
+                 "vector": emb[i]} for i, (qid, meta) in enumerate(zip(got["ids"], got["metadatas"]))]
+
     def _chroma(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
         """Call a Chroma collection method; a failure becomes a ConfigError naming the store."""
         try:
@@ -676,6 +689,31 @@ def share_entity_vectors(kb: KnowledgeBase, rows: list[dict[str, Any]], ctx: Any
         return 0
     embedder = get_embedder(spec, base_url=base_url, api_key=getattr(ctx, "openai_api_key", None))
     return embedder.prime(texts, np.stack(rows_kept))
+
+
+def share_listed_vectors(candidates: list[dict[str, Any]], ctx: Any) -> int:
+    """Hand the linker's embedder the knowledge base's stored vectors of candidates given with the input.
+
+    A candidate with a ``qid`` that the KB of ``ctx`` holds, with the same text and a vector of the
+    linker's embedding model (the checks of :func:`share_entity_vectors`), is not embedded again:
+    a corpus whose candidate lists name KB entities costs one query embedding per mention. Silent
+    and free when there is no KB, when ``$I2CR_KB_VECTORS=off``, or for an embedder given as an
+    object (no model id); a KB that cannot be read leaves the texts to be embedded as usual.
+    Returns how many texts the embedder took.
+    """
+    from tools.embeddings import embedding_id
+
+    qids = [str(c["qid"]) for c in candidates if isinstance(c, dict) and c.get("qid")]
+    spec = getattr(ctx, "embedding_model", "embedded")
+    if not qids or not kb_vectors_on() or embedding_id(spec, getattr(ctx, "openai_base_url", None)) is None:
+        return 0
+    try:
+        kb = open_kb(ctx)
+        if kb.vectors_id is None:
+            return 0
+        return share_entity_vectors(kb, kb.stored_rows(qids), ctx)
+    except Exception:  # noqa: BLE001 - an optimisation only: the linker embeds the texts itself
+        return 0
 
 
 def retrieve_candidates(mention: str, context: str, ctx: Any) -> list[dict[str, Any]]:
