@@ -323,13 +323,14 @@ def bench_llm(a: argparse.Namespace, mentions: list[dict], work: Path, log: Call
 
         first = call(None, mentions[0])  # the probe (once per server) and the first prompt, outside the timings
         out["route"] = first.get("method")
-        out["route_kind"] = ("likelihood (names scored by echoed log-probabilities)" if out["route"] == "likelihood"
+        out["route_kind"] = ("likelihood (names scored by the server's log-probabilities)" if out["route"] == "likelihood"
                              else "lettered choices (the fallback)")
         try:
             from tools.choice import server_probe
 
             probe = server_probe(model)
-            out["probe"] = {"echo_ok": probe.echo_ok, "template": probe.template, "reason": probe.reason}
+            out["probe"] = {"echo_ok": probe.echo_ok, "offset": probe.offset, "template": probe.template,
+                            "reason": probe.reason}
         except Exception as exc:  # noqa: BLE001 - the route above is what counts
             out["probe"] = {"error": f"{type(exc).__name__}: {exc}"}
         log(f"[bench_servers] llm: route {out['route']}: {out['route_kind']}; probe {out['probe']}")

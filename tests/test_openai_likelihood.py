@@ -1,9 +1,11 @@
 """Likelihood scoring on a real OpenAI-compatible server: llama-cpp-python's, on tiny GGUFs built here.
 
-The server's echoed log-probabilities of each candidate name are compared with
-the in-process llama.cpp scorer's on the same file. A second GGUF has no BOS
-token: llama-cpp-python's server then shifts its echoed log-probabilities by
-one token, which the probe must catch (falling back to lettered choices).
+The server's scores of each candidate name are compared with the in-process
+llama.cpp scorer's on the same file. A second GGUF (Q8_0) has no BOS token:
+llama-cpp-python's server then shifts its echoed log-probabilities by one
+token, which the probe must detect (offset 1), the names then being scored
+by one-token generations forced with ``logit_bias``. A server whose echo
+matches neither offset (fake replies) is refused.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import httpx
 import pytest
 
 pytest.importorskip("llama_cpp")
@@ -34,6 +37,8 @@ CHATML = ("{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{
           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 MESSAGES = [SystemMessage("You link mentions to entities."),
             HumanMessage("Text: the Bulls won. Who is 'Jordan' in this text? Answer with the name.")]
+# Qwen's template: ChatML, no BOS token
+CHATML_NO_BOS = CHATML.removeprefix("{{ bos_token }}")
 NAMES = ["Michael Jordan", "Jordan", "the he the", "Jordan River"]
 
 
@@ -67,7 +72,8 @@ def serve(gguf: Path, log: Path):
 def servers(tmp_path_factory):
     folder = tmp_path_factory.mktemp("llm-server")
     with_bos = write_tiny_gguf(folder / "chatml-bos.gguf", chat_template=CHATML, add_bos=True)
-    no_bos = write_tiny_gguf(folder / "no-bos.gguf", add_bos=False)
+    no_bos = write_tiny_gguf(folder / "no-bos-q8.gguf", qtype="Q8_0", hidden=32, ff=64, chat_template=CHATML_NO_BOS,
+                             add_bos=False)
     procs = []
     try:
         p1, url1 = serve(with_bos, folder / "bos.log")
@@ -94,7 +100,7 @@ def test_server_likelihoods_equal_the_in_process_llama_cpp_scorer(servers):
     gguf, url = servers["bos"]
     remote = server_model(url)
     probe = choice.server_probe(remote)
-    assert probe.echo_ok and probe.template == "chatml", probe
+    assert probe.echo_ok and probe.offset == 0 and probe.template == "chatml", probe
     assert choice.server_probe(remote) is probe  # probed once per server and model
     assert choice.scoring_method(remote, "auto", "openai:tiny") == "likelihood"
 
@@ -106,14 +112,88 @@ def test_server_likelihoods_equal_the_in_process_llama_cpp_scorer(servers):
     assert len(set(round(x, 3) for x in got)) == len(NAMES)  # real, distinct scores
 
 
-def test_a_server_with_shifted_echo_logprobs_falls_back_to_letters(servers):
-    _, url = servers["nobos"]
+def test_a_server_without_bos_shifts_its_echo_by_one_and_is_scored_by_forced_tokens(servers):
+    from tools.llama_cpp_chat import load_llama_cpp_chat_model
+
+    gguf, url = servers["nobos"]
     remote = server_model(url)
     probe = choice.server_probe(remote)
-    assert not probe.echo_ok and "shifted by one token" in probe.reason
-    assert choice.scoring_method(remote, "auto", "openai:tiny") == "choice"
-    with pytest.raises(ConfigError, match="does not score a given answer"):
-        choice.scoring_method(remote, "likelihood", "openai:tiny")
+    assert probe.echo_ok and probe.offset == 1 and probe.template == "chatml", probe
+    assert choice.scoring_method(remote, "auto", "openai:tiny") == "likelihood"
+
+    local = load_llama_cpp_chat_model(gguf, model_name="embedded:tiny", temperature=0.0, max_tokens=4)
+    want, _ = choice.name_likelihoods(local, MESSAGES, NAMES, spec="embedded:tiny")
+    got, call = choice.name_likelihoods(remote, MESSAGES, NAMES, spec="openai:tiny")
+    assert call["method"] == "likelihood" and "forced tokens" in call["route"] and call["input_tokens"] > 0
+    assert got == pytest.approx(want, abs=2e-3)
+    assert len(set(round(x, 3) for x in got)) == len(NAMES)
+    # the echo itself is wrong here: its values for the names are not the scores
+    scorer = choice.ServerScorer.for_model(remote)
+    echo_probe = choice.Probe(True, "chatml", offset=0)
+    echoed, _ = choice.ServerScorer(remote, echo_probe).continuation_logprobs(MESSAGES, NAMES)
+    assert scorer.probe is probe and [sum(x) for x in echoed] != pytest.approx(want, abs=0.05)
+
+
+class FakeServer:
+    """Replies of an OpenAI-compatible server: a generated token " 8" (log-probability -0.5), an echo
+    (``echo``: token log-probabilities and top lists of the echoed prompt's last tokens, then one
+    generated token's) and what a token forced with ``logit_bias`` comes back as (``forced``)."""
+
+    def __init__(self, echo: list[tuple[float, dict]], forced: tuple[str, float, dict] | None = None):
+        self.echo, self.forced = echo, forced
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        import json
+
+        body = json.loads(request.content or b"{}")
+        path = request.url.path
+        if path.endswith("/extras/tokenize"):
+            return httpx.Response(200, json={"tokens": [11, 12]})
+        if path.endswith("/extras/detokenize"):
+            return httpx.Response(200, json={"text": {11: " Paris", 12: " 0"}[body["tokens"][0]]})
+        if not path.endswith("/v1/completions"):
+            return httpx.Response(404, json={})
+        usage = {"prompt_tokens": 9, "completion_tokens": 1}
+        if body.get("echo"):
+            lps = [None] + [lp for lp, _ in self.echo] + [-1.25]
+            tops = [None] + [top for _, top in self.echo] + [{" 9": -1.25}]
+            choice_ = {"text": body["prompt"] + " 8", "logprobs": {"token_logprobs": lps, "top_logprobs": tops}}
+        elif body.get("logit_bias") and self.forced:
+            text, lp, top = self.forced
+            choice_ = {"text": text, "logprobs": {"token_logprobs": [lp], "top_logprobs": [top]}}
+        else:
+            choice_ = {"text": " 8", "logprobs": {"token_logprobs": [-0.5], "top_logprobs": [{" 8": -0.5}]}}
+        return httpx.Response(200, json={"choices": [choice_], "usage": usage})
+
+
+FAKE_URL = "http://fake.test/v1"
+
+
+def fake_probe(server: FakeServer) -> choice.Probe:
+    model = load_chat_model("openai:fake", base_url=FAKE_URL, max_tokens=4)
+    scorer = choice.ServerScorer(model, probe=None)
+    scorer.http = httpx.Client(transport=httpx.MockTransport(server))
+    return scorer.run_probe()
+
+
+def test_a_server_whose_echo_matches_neither_offset_is_refused(monkeypatch):
+    # the generated token's -0.5 is neither in the last echoed entry nor in that entry's top list
+    probe = fake_probe(FakeServer(echo=[(-2.0, {",": -1.0}), (-3.0, {" 9": -1.5, " 7": -3.0})]))
+    assert not probe.echo_ok and probe.offset is None and probe.final
+    assert "neither in place nor shifted by one token" in probe.reason and "-0.5000" in probe.reason
+    model = load_chat_model("openai:fake", base_url=FAKE_URL, max_tokens=4)
+    monkeypatch.setitem(choice._probes, (FAKE_URL, "fake"), probe)
+    assert choice.scoring_method(model, "auto", "openai:fake") == "choice"
+    with pytest.raises(ConfigError, match="neither in place nor shifted"):
+        choice.scoring_method(model, "likelihood", "openai:fake")
+    # shifted by one (the previous entry's top list holds it), but logit_bias is ignored: refused too
+    shifted = [(-2.0, {",": -1.0}), (-3.0, {" 8": -0.5, " 7": -3.0})]
+    probe = fake_probe(FakeServer(echo=shifted, forced=(" 8", -0.5, {" 8": -0.5})))
+    assert not probe.echo_ok and probe.offset is None
+    assert "shifted by one token, but a token forced with logit_bias came back as ' 8'" in probe.reason
+    # ... and taken when the forced token comes back with its own, unbiased log-probability
+    probe = fake_probe(FakeServer(echo=shifted, forced=(" Paris", -4.0, {" 8": -0.5, " Paris": -4.0})))
+    assert probe.echo_ok and probe.offset == 1, probe
 
 
 def test_the_graph_asks_a_shared_server_by_likelihood(servers):

@@ -7,7 +7,9 @@ plus a few tokens per name. Models that expose this (``continuation_logprobs``):
 the llama.cpp chat model and local transformers models; and OpenAI-compatible
 servers that score a given text (vLLM, llama-cpp-python's server):
 ``/v1/completions`` with ``echo`` and ``logprobs`` on the chat prompt followed
-by the name (:class:`ServerScorer`, probed once per server and model).
+by the name, or, where the echo is shifted by one token (llama-cpp-python's
+server on a model without BOS), one-token generations forced with
+``logit_bias`` (:class:`ServerScorer`, probed once per server and model).
 
 Letters (``llm_scoring="choice"``), for a lettered candidate list:
 
@@ -88,10 +90,11 @@ def scoring_method(model: BaseChatModel, setting: str, spec: Any) -> str:
 
     An OpenAI-compatible model is probed once (per server and model): ``auto``
     takes the likelihood route when the server scores given text correctly
-    (echo logprobs) and its chat template is known (rendered by the server, or
-    ChatML checked against the server's own token count); ``likelihood`` takes it
-    whenever the echo logprobs are right, rendering the prompt as ChatML if the
-    server cannot.
+    (echo logprobs exact, or shifted by one token and forced tokens right:
+    :class:`Probe`) and its chat template is known (rendered by the server, or
+    ChatML checked against the server's own token count); ``likelihood`` takes
+    it whenever given text is scored right, rendering the prompt as ChatML if
+    the server cannot.
     """
     if setting == "choice":
         return "choice"
@@ -125,7 +128,8 @@ def name_likelihoods(model: BaseChatModel, messages: list, names: list[str], *,
     scorer = model
     if not can_score_names(model) and _is_openai(model):
         scorer = ServerScorer.for_model(model)
-        record["route"] = f"server echo logprobs ({scorer.probe.template})"
+        how = "echo logprobs" if scorer.probe.offset == 0 else "forced tokens (echo shifted by one token)"
+        record["route"] = f"server {how} ({scorer.probe.template})"
     try:
         per_token, n_tokens = scorer.continuation_logprobs(messages, [answer_text(n) for n in names])
     except ModelError:
@@ -176,6 +180,8 @@ PROBE_MESSAGES = [{"role": "system", "content": "You answer briefly."},
                   {"role": "user", "content": "Who wrote Hamlet?"}]
 PROBE_TOLERANCE = 0.05
 """Largest difference (nats) between a token's echoed log-probability and the one it was generated with."""
+FORCE = 100.0
+"""``logit_bias`` that makes the greedy sampler pick a given token (the shifted route)."""
 
 
 @dataclass(frozen=True)
@@ -183,12 +189,18 @@ class Probe:
     """What an OpenAI-compatible server can do for likelihood scoring (found once per server and model)."""
 
     echo_ok: bool
+    """Whether given text can be scored here (by either ``offset``)."""
     template: str
     """How chat prompts are rendered: ``apply-template`` (llama.cpp's llama-server), ``tokenize`` (vLLM),
     ``chatml`` (checked against the server's token count), ``chatml-unchecked``."""
     reason: str = ""
     final: bool = True
     """False when the server could not be reached (connection error, HTTP 5xx): not cached."""
+    offset: int | None = 0
+    """0: echoed log-probabilities are exact (one echo call per answer). 1: shifted by one token, as
+    llama-cpp-python's server does for a model without a BOS token (echoed entry ``i`` holds the
+    distribution of token ``i+1`` read at token ``i``): each answer token is then scored by a one-token
+    generation forced with ``logit_bias`` (exact too). ``None``: neither."""
 
     @property
     def template_known(self) -> bool:
@@ -228,14 +240,38 @@ def chatml(messages: list[dict]) -> str:
         "<|im_start|>assistant\n"
 
 
+def echo_offset(lps: list[float | None], tops: list[dict | None], text: str, lp: float) -> int | None:
+    """Where a generated token's log-probability ``lp`` sits in the echo of ``prompt + text``.
+
+    ``lps`` / ``tops``: the echoed token log-probabilities and top-logprob dicts, cut by as many
+    entries as tokens were generated. 0: the last entry is ``text``'s and holds ``lp`` (exact echo).
+    1: only the last entry's top list holds ``lp`` for ``text``: llama-cpp-python's server on a model
+    without BOS pairs the distribution of token ``i+1`` with token ``i`` (``echoed[i] = log p(x[i+1] =
+    x[i] | x[:i+1])``) and echoes no entry for the generated token, so the last entry left is the
+    token before ``text``, carrying ``text``'s distribution. ``None``: neither.
+    """
+    if lps and lps[-1] is not None and abs(lps[-1] - lp) <= PROBE_TOLERANCE:
+        return 0
+    top = tops[-1] if tops else None
+    if top and top.get(text) is not None and abs(top[text] - lp) <= PROBE_TOLERANCE:
+        return 1
+    return None
+
+
 class ServerScorer:
     """Log-probabilities of given answers from an OpenAI-compatible server's ``/v1/completions``.
 
     The chat prompt is rendered to text (by the server's template endpoint, or as
-    ChatML), then for each answer ``prompt + answer`` is sent with ``echo`` and
-    ``logprobs`` and ``max_tokens`` 1; the answer's tokens are the last ones of
-    the echoed prompt (their count: the prompt tokens of ``prompt + answer``
-    minus those of ``prompt`` alone, both from the server's ``usage``).
+    ChatML). Offset 0: for each answer ``prompt + answer`` is sent with ``echo``
+    and ``logprobs`` and ``max_tokens`` 1; the answer's tokens are the last ones
+    of the echoed prompt (their count: the prompt tokens of ``prompt + answer``
+    minus those of ``prompt`` alone, both from the server's ``usage``). Offset 1
+    (llama-cpp-python's server, model without BOS): the answer is tokenized by
+    the server (``/extras/tokenize``), and token ``j`` is generated after
+    ``prompt + tokens[:j]`` with ``logit_bias`` forcing it; the log-probability
+    reported for a generated token is the unbiased one (the bias acts in the
+    sampler only): the model's own, as the in-process scorer's (equal up to
+    llama.cpp's rounding for other batch shapes; docs/scale-out.md).
     """
 
     def __init__(self, model: Any, probe: Probe | None):
@@ -267,19 +303,29 @@ class ServerScorer:
         reply.raise_for_status()
         return reply.json()
 
-    def _complete(self, prompt: str, *, echo: bool) -> dict:
+    def _complete(self, prompt: str, *, echo: bool, force: int | None = None) -> dict:
         body = {"model": self.model_name, "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "logprobs": 1}
         if echo:
             body["echo"] = True
+        if force is not None:
+            body["logit_bias"] = {str(force): FORCE}
         return self._post(f"{self.base}/completions", body)
 
     @staticmethod
-    def _echoed(reply: dict) -> list[float | None]:
-        """The echoed prompt's token log-probabilities (the generated tokens cut off)."""
+    def _echoed(reply: dict) -> tuple[list[float | None], list[dict | None]]:
+        """The echoed prompt's token log-probabilities and top lists (the generated tokens cut off)."""
         choice = reply["choices"][0]
-        lps = list((choice.get("logprobs") or {}).get("token_logprobs") or [])
+        logprobs = choice.get("logprobs") or {}
+        lps = list(logprobs.get("token_logprobs") or [])
+        tops = list(logprobs.get("top_logprobs") or [None] * len(lps))
         gen = int((reply.get("usage") or {}).get("completion_tokens") or 0)
-        return lps[:len(lps) - gen] if gen else lps
+        return (lps[:len(lps) - gen], tops[:len(lps) - gen]) if gen else (lps, tops)
+
+    def _tokenize(self, text: str) -> list[int]:
+        return list(self._post(f"{self.root}/extras/tokenize", {"model": self.model_name, "input": text})["tokens"])
+
+    def _detokenize(self, tokens: list[int]) -> str:
+        return str(self._post(f"{self.root}/extras/detokenize", {"model": self.model_name, "tokens": tokens})["text"])
 
     # -- prompt rendering --
     def render(self, messages: list[dict], template: str) -> str:
@@ -312,10 +358,33 @@ class ServerScorer:
             pass
         return "chatml-unchecked"
 
+    def _forcing_problem(self, prompt: str, text: str, lp: float) -> str:
+        """Why forcing a token with ``logit_bias`` does not score it here ('' when it does).
+
+        After ``prompt`` the greedy token is ``text`` (log-probability ``lp``); another token is
+        forced: it must be the one generated, with a log-probability at most ``lp``, while the
+        greedy token keeps ``lp`` in the top list (the bias did not reach the reported scores).
+        """
+        for tok in self._tokenize(" Paris 0 Z"):
+            piece = self._detokenize([tok])
+            if piece and piece != text:
+                break
+        else:
+            return "no token to force"
+        got = self._complete(prompt, echo=False, force=tok)["choices"][0]
+        logprobs = got.get("logprobs") or {}
+        forced = (logprobs.get("token_logprobs") or [None])[0]
+        greedy = ((logprobs.get("top_logprobs") or [None])[0] or {}).get(text)
+        if got.get("text") != piece or forced is None or forced > lp + PROBE_TOLERANCE or greedy is None \
+                or abs(greedy - lp) > PROBE_TOLERANCE:
+            return (f"a token forced with logit_bias came back as {got.get('text')!r} (wanted {piece!r}) with "
+                    f"log-probability {forced}, the greedy one's {greedy} (generated with {lp:.4f})")
+        return ""
+
     def run_probe(self) -> Probe:
-        """Whether echoed log-probabilities are right here, and how chat prompts are rendered."""
+        """Whether given text can be scored here (``offset`` 0 or 1), and how chat prompts are rendered."""
         if "api.openai.com" in self.base:
-            return Probe(False, "none", "OpenAI's API scores no given text for chat models")
+            return Probe(False, "none", "OpenAI's API scores no given text for chat models", offset=None)
         reason = "the server returned no echoed log-probabilities"
         for prompt in PROBE_PROMPTS:
             try:
@@ -324,21 +393,24 @@ class ServerScorer:
                 lp = ((gen["choices"][0].get("logprobs") or {}).get("token_logprobs") or [None])[0]
                 if not text or lp is None:
                     continue  # a control token or no logprobs: try another prompt
-                echoed = self._echoed(self._complete(prompt + text, echo=True))
+                lps, tops = self._echoed(self._complete(prompt + text, echo=True))
+                offset = echo_offset(lps, tops, text, lp)
+                problem = self._forcing_problem(prompt, text, lp) if offset == 1 else ""
             except Exception as exc:
                 import httpx
 
                 status = getattr(getattr(exc, "response", None), "status_code", None)
                 final = not isinstance(exc, httpx.TransportError) and not (status and status >= 500)
                 return Probe(False, "none", f"/v1/completions with echo and logprobs failed "
-                                            f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})", final=final)
-            if echoed and echoed[-1] is not None and abs(echoed[-1] - lp) <= PROBE_TOLERANCE:
-                return Probe(True, self._find_template())
-            reason = (f"its echoed log-probabilities do not match generation ({echoed[-1] if echoed else None} vs "
-                      f"{lp:.4f} for the same token: shifted by one token, as llama-cpp-python's server does for "
-                      "models without a BOS token)")
+                                            f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})",
+                             final=final, offset=None)
+            if offset is not None and not problem:
+                return Probe(True, self._find_template(), offset=offset)
+            reason = (f"echoed log-probabilities shifted by one token, but {problem}" if problem else
+                      f"its echoed log-probabilities do not match generation ({lps[-1] if lps else None} vs "
+                      f"{lp:.4f} for the same token), neither in place nor shifted by one token")
             break
-        return Probe(False, "none", reason)
+        return Probe(False, "none", reason, offset=None)
 
     # -- scoring --
     def continuation_logprobs(self, messages: list, continuations: list[str]) -> tuple[list[list[float]], int]:
@@ -348,15 +420,47 @@ class ServerScorer:
         chat = [{"role": _role(m), "content": _text(m.content)} for m in messages]
         prompt = self.render(chat, self.probe.template if self.probe else "chatml")
         n_prompt = int(self._complete(prompt, echo=False)["usage"]["prompt_tokens"])
+        if self.probe and self.probe.offset == 1:
+            return self._forced_logprobs(prompt, n_prompt, continuations)
         out, sent = [], n_prompt
         for cont in continuations:
             reply = self._complete(prompt + cont, echo=True)
             n_full = int(reply["usage"]["prompt_tokens"])
             n_cont = max(1, n_full - n_prompt)
-            echoed = self._echoed(reply)
+            echoed = self._echoed(reply)[0]
             lps = echoed[-n_cont:]
             if len(lps) < n_cont or any(x is None for x in lps):
                 raise ModelError(f"the server echoed {len(echoed)} log-probabilities for {n_full} prompt tokens")
             out.append([float(x) for x in lps])
             sent += n_full
+        return out, sent
+
+    def _forced_logprobs(self, prompt: str, n_prompt: int,
+                         continuations: list[str]) -> tuple[list[list[float]], int]:
+        """The shifted route: token ``j`` of each continuation generated after ``prompt + tokens[:j]``, forced.
+
+        Token prefixes shared by several continuations are asked once.
+        """
+        seen: dict[tuple[int, ...], float] = {}
+        out, sent = [], n_prompt
+        for cont in continuations:
+            ids = self._tokenize(cont)
+            for j in range(len(ids)):
+                key = tuple(ids[:j + 1])
+                if key in seen:
+                    continue
+                try:
+                    head = self._detokenize(ids[:j]) if j else ""
+                except Exception as exc:
+                    raise ModelError(f"'{cont}': the server cannot turn its first {j} tokens back into text "
+                                     f"({type(exc).__name__}), so they cannot be sent before its next one") from exc
+                reply = self._complete(prompt + head, echo=False, force=ids[j])
+                n_sent = int(reply["usage"]["prompt_tokens"])
+                lp = ((reply["choices"][0].get("logprobs") or {}).get("token_logprobs") or [None])[0]
+                if n_sent != n_prompt + j or lp is None:
+                    raise ModelError(f"'{cont}': the server read {n_sent} prompt tokens for a prompt of {n_prompt} "
+                                     f"and {j} answer tokens (log-probability {lp})")
+                seen[key] = float(lp)
+                sent += n_sent
+            out.append([seen[tuple(ids[:j + 1])] for j in range(len(ids))])
         return out, sent
