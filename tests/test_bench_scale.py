@@ -171,7 +171,13 @@ def test_scale_inputs_read_the_per_core_rates(tmp_path):
     assert got["text_rate_per_core"] == pytest.approx(20.0)
     assert got["llm_share"] == pytest.approx(0.2) and got["llm_calls_per_mention"] == pytest.approx(0.2)
     assert got["llm_s_in_process"] == pytest.approx(3.0)
+    assert got["text_rate_source"] == "text"
     assert sv.scale_inputs(tmp_path / "missing.json") is None
+    res = json.loads((tmp_path / "s.json").read_text())
+    res["configs"]["text-kb"] = {"throughput": {"rate": 100.0}}  # the entity vectors from the KB: that rate
+    (tmp_path / "k.json").write_text(json.dumps(res))
+    got = sv.scale_inputs(tmp_path / "k.json")
+    assert got["text_rate_per_core"] == pytest.approx(50.0) and got["text_rate_source"] == "text-kb"
 
 
 def test_project_only_run_prints_measured_and_projected_apart(tmp_path, capsys):
