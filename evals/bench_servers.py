@@ -347,8 +347,8 @@ def bench_llm(a: argparse.Namespace, mentions: list[dict], work: Path, log: Call
 
 def scale_inputs(path: Path | None) -> dict[str, Any] | None:
     """The per-core figures of a ``bench_scale`` result: the best cold batch configuration's steady rate per CPU,
-    the text-decided rate per CPU (config ``text-kb`` when it ran: with shared services the entity vectors
-    come from the KB; else ``text``), the LLM calls per mention and the LLM-asked share
+    the text-decided rate per CPU (the faster of ``text-kb``/``text-kb-onnx`` when run: with shared services
+    the entity vectors come from the KB; else ``text``), the LLM calls per mention and the LLM-asked share
     (config ``eval``'s rows), the LLM call's mean seconds in-process."""
     if path is None or not path.is_file():
         return None
@@ -360,13 +360,15 @@ def scale_inputs(path: Path | None) -> dict[str, Any] | None:
     ok = [r for r in rows if not r.get("error")]
     llm_rows = [r for r in ok if r.get("llm")]
     # with shared services the KB is a Chroma server holding the entity vectors: its local work is text-kb's
-    text_kb = (cfg.get("text-kb") or {}).get("throughput") or {}
+    kb_runs = {n: (cfg.get(n) or {}).get("throughput") or {} for n in ("text-kb", "text-kb-onnx")}
+    kb_name = max((n for n in kb_runs if kb_runs[n].get("rate")), key=lambda n: kb_runs[n]["rate"], default=None)
+    text_kb = kb_runs[kb_name] if kb_name else {}
     text = text_kb if text_kb.get("rate") else (cfg.get("text") or {}).get("throughput") or {}
     llm_s = [float((r.get("parts") or {}).get("llm", 0.0)) for r in llm_rows]
     return {"source": str(path), "mentions": res.get("mentions"), "cpus": cpus, "best_batch": best,
             "per_core_rate": batches[best]["throughput"]["rate"] / cpus if best else None,
             "text_rate_per_core": text["rate"] / cpus if text.get("rate") else None,
-            "text_rate_source": "text-kb" if text_kb.get("rate") else "text" if text.get("rate") else None,
+            "text_rate_source": kb_name or ("text" if text.get("rate") else None),
             "llm_share": len(llm_rows) / len(ok) if ok else None,
             "llm_calls_per_mention": (sum(int(r.get("llm_calls") or 0) for r in ok) / len(ok)
                                       if ok and all("llm_calls" in r for r in ok) else None),

@@ -1,0 +1,181 @@
+"""A sentence-transformers model run by ONNX Runtime: the ``onnx:`` embedding provider.
+
+``embedding_model=onnx:embedded`` is the packaged MiniLM, ``onnx:<folder>`` any local
+sentence-transformers folder (``onnx:<hub id>`` downloads it first, where a hub is reachable).
+The model's transformer is exported to ONNX once (``torch.onnx.export``, needs the ``onnx``
+package) into ``<cache dir>/onnx/``, keyed by the folder and its weights file's size and time;
+later processes load the file. Tokenizer, truncation length and pooling are the folder's own
+(``sentence_bert_config.json``, ``1_Pooling/config.json``: mean or CLS pooling), so the vectors
+are the sentence-transformers ones up to float rounding (about 2e-7 for MiniLM, measured in
+``tests/test_onnx_embeddings.py``), and about twice as fast on a CPU (docs/batch-speed.md).
+
+Vectors of ``onnx:`` and of the torch providers are kept apart: the spec is the embedding id
+(``tools.embeddings.embedding_id``), so caches and knowledge bases of one are not used by the other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from langchain_core.embeddings import Embeddings
+
+from tools.errors import ConfigError, ModelError
+
+BATCH = 32
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def model_folder(name: str, embedded: Path | None = None) -> Path:
+    """The local folder of ``name``: ``embedded`` (the packaged MiniLM's folder, given by the caller as
+    ``embedded``), a folder, or a hub id (downloaded)."""
+    if name in ("", "embedded"):
+        if embedded is None:
+            raise ConfigError("embedding_model 'onnx:embedded': the packaged model's folder was not given")
+        return embedded
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or name.startswith((".", "/", "~")):
+        raise ConfigError(f"embedding_model 'onnx:{name}': not a sentence-transformers folder")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name))
+    except Exception as exc:
+        raise ModelError(f"embedding_model 'onnx:{name}': not a local folder, and the hub could not provide it: "
+                         f"{type(exc).__name__}: {exc}") from exc
+
+
+def _pooling(folder: Path) -> str:
+    cfg = folder / "1_Pooling" / "config.json"
+    if not cfg.is_file():
+        return "mean"
+    modes = json.loads(cfg.read_text(encoding="utf-8"))
+    chosen = [k for k, v in modes.items() if k.startswith("pooling_mode_") and v is True]
+    mode = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}.get(chosen[0] if len(chosen) == 1
+                                                                                     else "", None)
+    if mode is None:
+        raise ConfigError(f"embedding_model onnx: {folder} pools with {chosen}; onnx: supports mean or CLS pooling "
+                          "(use huggingface: for this model)")
+    return mode
+
+
+def _export_path(folder: Path) -> Path:
+    from tools.cache import cache_dir
+
+    weights = next((folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()), None)
+    if weights is None:
+        raise ConfigError(f"embedding_model onnx: no model.safetensors or pytorch_model.bin in {folder}")
+    st = weights.stat()
+    key = hashlib.sha1(f"{folder.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_dir().parent / "onnx" / f"{folder.name}-{key}.onnx"
+
+
+def export(folder: Path, path: Path) -> None:
+    """Export ``folder``'s transformer to ``path`` (written beside, then renamed: never a half file)."""
+    try:
+        import onnx  # noqa: F401 - torch's exporter needs it; say so here rather than deep inside
+    except ImportError as exc:
+        raise ModelError("embedding_model onnx: the onnx package is needed to export the model once "
+                         "(pip install onnx)") from exc
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(str(folder)).eval()
+    tok = AutoTokenizer.from_pretrained(str(folder))
+
+    class Body(torch.nn.Module):
+        def __init__(self, inner: Any):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+
+    sample = tok(["an example", "another, longer example text"], padding=True, return_tensors="pt")
+    if "token_type_ids" not in sample:
+        sample["token_type_ids"] = torch.zeros_like(sample["input_ids"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    axes = {k: {0: "batch", 1: "tokens"} for k in (*INPUTS, "hidden")}
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on shapes it fixes: dynamic axes keep them free
+        torch.onnx.export(Body(model), tuple(sample[k] for k in INPUTS), str(tmp), input_names=list(INPUTS),
+                          output_names=["hidden"], dynamic_axes=axes, opset_version=17, dynamo=False)
+    os.replace(tmp, path)
+
+
+class OnnxEmbeddings(Embeddings):
+    """LangChain ``Embeddings`` of a sentence-transformers folder, run by ONNX Runtime (unit vectors)."""
+
+    def __init__(self, name: str, embedded: Path | None = None):
+        """``name``: ``embedded`` (then ``embedded`` is the packaged model's folder), a folder or a hub id."""
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        self.name = name
+        folder = model_folder(name, embedded)
+        self.pooling = _pooling(folder)
+        cfg = folder / "sentence_bert_config.json"
+        self.max_length = int(json.loads(cfg.read_text(encoding="utf-8")).get("max_seq_length", 512)) \
+            if cfg.is_file() else 512
+        path = _export_path(folder)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        if not path.is_file():
+            export(folder, path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = _threads()
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.path = path
+        self._lock = threading.Lock()
+
+    def _batch(self, texts: list[str]) -> np.ndarray:
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
+        feed = {k: np.asarray(enc[k], dtype=np.int64) if k in enc else np.zeros_like(enc["input_ids"], np.int64)
+                for k in INPUTS}
+        with self._lock:  # one run at a time: the session already uses the actor's threads
+            hidden = self.session.run(None, feed)[0]
+        if self.pooling == "cls":
+            vecs = hidden[:, 0]
+        else:
+            mask = feed["attention_mask"][..., None].astype(np.float32)
+            vecs = (hidden * mask).sum(axis=1) / mask.sum(axis=1).clip(min=1e-9)
+        return vecs / np.linalg.norm(vecs, axis=1, keepdims=True).clip(min=1e-12)
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Unit vectors of ``texts``, longest first in batches of 32 (as sentence-transformers orders them)."""
+        if not texts:
+            return []
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = np.zeros((len(texts), 0), np.float32)
+        for s in range(0, len(order), BATCH):
+            idx = order[s:s + BATCH]
+            vecs = self._batch([texts[i] for i in idx])
+            if out.shape[1] == 0:
+                out = np.zeros((len(texts), vecs.shape[1]), np.float32)
+            out[idx] = vecs
+        return out.tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        """The unit vector of one text."""
+        return self.embed_documents([text])[0]
+
+
+def _threads() -> int:
+    """ONNX Runtime's threads: torch's setting (``OMP_NUM_THREADS``, which batch actors get), else the cores."""
+    try:
+        import torch
+
+        return max(1, torch.get_num_threads())
+    except Exception:
+        return max(1, os.cpu_count() or 1)
