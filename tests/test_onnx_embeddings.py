@@ -65,3 +65,11 @@ def test_bad_onnx_specs_are_clear_errors(cache, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)  # the export needs the onnx package: named, not a traceback
     with pytest.raises(ModelError, match="the onnx package is needed"):
         OnnxEmbeddings("embedded", embeddings.embedded_model_dir())
+
+
+def test_the_context_checks_onnx_specs_early():
+    from graph import Context
+
+    assert Context(embedding_model="onnx:embedded").embedding_model == "onnx:embedded"
+    with pytest.raises(ConfigError, match="embedding_model 'onnx:/no/such/dir': no such file or folder"):
+        Context(embedding_model="onnx:/no/such/dir")
