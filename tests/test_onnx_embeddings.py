@@ -73,3 +73,12 @@ def test_the_context_checks_onnx_specs_early():
     assert Context(embedding_model="onnx:embedded").embedding_model == "onnx:embedded"
     with pytest.raises(ConfigError, match="embedding_model 'onnx:/no/such/dir': no such file or folder"):
         Context(embedding_model="onnx:/no/such/dir")
+
+
+def test_a_damaged_export_in_the_cache_is_made_again(cache):
+    first = OnnxEmbeddings("embedded", embeddings.embedded_model_dir())
+    want = first.embed_query("Jordan scored for the Bulls")
+    first.path.write_bytes(b"not an onnx model")
+    again = OnnxEmbeddings("embedded", embeddings.embedded_model_dir())
+    assert again.path == first.path and first.path.stat().st_size > 1000
+    assert again.embed_query("Jordan scored for the Bulls") == pytest.approx(want, abs=1e-6)

@@ -135,7 +135,11 @@ class OnnxEmbeddings(Embeddings):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = _threads()
         opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception:  # a damaged file in the cache (a disk error, a hand edit): export it again, once
+            export(folder, path)
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.path = path
         self._lock = threading.Lock()
 
