@@ -284,3 +284,6 @@ def test_a_batch_takes_the_listed_vectors_in_one_lookup(fake, tmp_path, monkeypa
     inputs = [{"mention": "Berg", "context": c, "candidates": LISTED} for c in ("one text", "another text")]
     assert warm_embeddings(ctx, inputs) == 2 + 3  # two queries and the three texts the KB lacks
     assert len(calls) == 1
+    # linking a mention of the batch then finds every listed text in memory: no second lookup
+    assert kbmod.share_listed_vectors(LISTED, ctx) == 0
+    assert len(calls) == 1

@@ -256,6 +256,11 @@ class CachedEmbedder:
             self._remember(list(new), [rows[i].copy() for i in new.values()])
         return len(new)
 
+    def missing(self, texts: Sequence[str]) -> list[str]:
+        """Those of ``texts`` not in memory (a text the persistent store holds counts as missing)."""
+        with self._lock:
+            return [t for t in texts if t not in self._cache]
+
     def embed(self, texts: list[str], *, entities: Sequence[str] = ()) -> np.ndarray:
         """Unit-normalised embeddings of ``texts``, one row each, from ONE forward pass for the missing ones.
 

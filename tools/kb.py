@@ -699,15 +699,22 @@ def share_listed_vectors(candidates: list[dict[str, Any]], ctx: Any) -> int:
     a corpus whose candidate lists name KB entities costs one query embedding per mention. Silent
     and free when there is no KB, when ``$I2CR_KB_VECTORS=off``, or for an embedder given as an
     object (no model id); a KB that cannot be read leaves the texts to be embedded as usual.
-    Returns how many texts the embedder took.
+    Candidates whose text the embedder already holds (a batch's warm-up took them) are not looked
+    up again. Returns how many texts the embedder took.
     """
-    from tools.embeddings import embedding_id
+    from tools.embeddings import embedding_id, get_embedder
+    from tools.texts import entity_text as linker_text
 
-    qids = [str(c["qid"]) for c in candidates if isinstance(c, dict) and c.get("qid")]
-    spec = getattr(ctx, "embedding_model", "embedded")
-    if not qids or not kb_vectors_on() or embedding_id(spec, getattr(ctx, "openai_base_url", None)) is None:
+    listed = [c for c in candidates if isinstance(c, dict) and c.get("qid")]
+    spec, base_url = getattr(ctx, "embedding_model", "embedded"), getattr(ctx, "openai_base_url", None)
+    if not listed or not kb_vectors_on() or embedding_id(spec, base_url) is None:
         return 0
     try:
+        embedder = get_embedder(spec, base_url=base_url, api_key=getattr(ctx, "openai_api_key", None))
+        missing = set(embedder.missing([linker_text(c) for c in listed]))
+        qids = [str(c["qid"]) for c in listed if linker_text(c) in missing]
+        if not qids:
+            return 0
         kb = open_kb(ctx)
         if kb.vectors_id is None:
             return 0
