@@ -321,6 +321,14 @@ class ServerScorer:
         gen = int((reply.get("usage") or {}).get("completion_tokens") or 0)
         return (lps[:len(lps) - gen], tops[:len(lps) - gen]) if gen else (lps, tops)
 
+    @staticmethod
+    def _generated(reply: dict) -> tuple[str | None, float | None, dict]:
+        """The generated token of a ``max_tokens`` 1 reply: its text, log-probability and top list."""
+        choice = reply["choices"][0]
+        logprobs = choice.get("logprobs") or {}
+        top = (logprobs.get("top_logprobs") or [None])[0] or {}
+        return choice.get("text"), (logprobs.get("token_logprobs") or [None])[0], top
+
     def _tokenize(self, text: str) -> list[int]:
         return list(self._post(f"{self.root}/extras/tokenize", {"model": self.model_name, "input": text})["tokens"])
 
@@ -371,13 +379,11 @@ class ServerScorer:
                 break
         else:
             return "no token to force"
-        got = self._complete(prompt, echo=False, force=tok)["choices"][0]
-        logprobs = got.get("logprobs") or {}
-        forced = (logprobs.get("token_logprobs") or [None])[0]
-        greedy = ((logprobs.get("top_logprobs") or [None])[0] or {}).get(text)
-        if got.get("text") != piece or forced is None or forced > lp + PROBE_TOLERANCE or greedy is None \
+        got, forced, top = self._generated(self._complete(prompt, echo=False, force=tok))
+        greedy = top.get(text)
+        if got != piece or forced is None or forced > lp + PROBE_TOLERANCE or greedy is None \
                 or abs(greedy - lp) > PROBE_TOLERANCE:
-            return (f"a token forced with logit_bias came back as {got.get('text')!r} (wanted {piece!r}) with "
+            return (f"a token forced with logit_bias came back as {got!r} (wanted {piece!r}) with "
                     f"log-probability {forced}, the greedy one's {greedy} (generated with {lp:.4f})")
         return ""
 
@@ -388,9 +394,7 @@ class ServerScorer:
         reason = "the server returned no echoed log-probabilities"
         for prompt in PROBE_PROMPTS:
             try:
-                gen = self._complete(prompt, echo=False)
-                text = gen["choices"][0]["text"]
-                lp = ((gen["choices"][0].get("logprobs") or {}).get("token_logprobs") or [None])[0]
+                text, lp, _ = self._generated(self._complete(prompt, echo=False))
                 if not text or lp is None:
                     continue  # a control token or no logprobs: try another prompt
                 lps, tops = self._echoed(self._complete(prompt + text, echo=True))
@@ -456,7 +460,7 @@ class ServerScorer:
                                      f"({type(exc).__name__}), so they cannot be sent before its next one") from exc
                 reply = self._complete(prompt + head, echo=False, force=ids[j])
                 n_sent = int(reply["usage"]["prompt_tokens"])
-                lp = ((reply["choices"][0].get("logprobs") or {}).get("token_logprobs") or [None])[0]
+                lp = self._generated(reply)[1]
                 if n_sent != n_prompt + j or lp is None:
                     raise ModelError(f"'{cont}': the server read {n_sent} prompt tokens for a prompt of {n_prompt} "
                                      f"and {j} answer tokens (log-probability {lp})")
