@@ -86,6 +86,10 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_scale.json"
 CONFIGS = ("eval", "batch1", "batch2", "batch2-warm", "text", "text-kb", "text-kb-onnx")
+KB_CONFIGS = ("text-kb", "text-kb-onnx")
+"""The text-decided configurations whose entity vectors come from a knowledge base."""
+TEXT_CONFIGS = ("text", *KB_CONFIGS)
+"""The configurations that re-link the mentions ``eval`` decided without the LLM."""
 CATEGORIES = ("embeddings", "features", "llm", "clues")
 TARGETS = {"text_decided_mps": 50.0, "overall_mps": 3.0}
 STORE_ENV = "I2CR_BENCH_STORE"
@@ -585,12 +589,12 @@ def benchmark(data: Path, labels: str | None, ctx: Any, *, sample: int | None = 
         from tools.errors import InputError
 
         raise InputError(f"--configs: unknown {unknown}; expected some of {list(CONFIGS)}")
-    if {"text", "text-kb", "text-kb-onnx"} & set(configs) and "eval" not in configs:
+    if set(TEXT_CONFIGS) & set(configs) and "eval" not in configs:
         from tools.errors import InputError
 
         raise InputError("--configs: 'text' and 'text-kb' need 'eval' (they link the mentions eval decided "
                          "without the LLM)")
-    if {"text-kb", "text-kb-onnx"} & set(configs) and not (kb and Path(kb).is_file()):
+    if set(KB_CONFIGS) & set(configs) and not (kb and Path(kb).is_file()):
         from tools.errors import InputError
 
         raise InputError(f"--kb: 'text-kb' needs the knowledge base's entities (JSONL): {kb} is not a file")
@@ -619,7 +623,7 @@ def benchmark(data: Path, labels: str | None, ctx: Any, *, sample: int | None = 
                 rows, extra = run_eval_config(subset, labels_file and str(labels_file), work / "eval-run", ctx, gold, stores[name],
                                               progress)
                 extra["store"] = "cold (empty at the start)"
-            elif name in ("text", "text-kb", "text-kb-onnx"):
+            elif name in TEXT_CONFIGS:
                 text_ids = [r["id"] for r in rows_of["eval"] if r["llm"] is False and not r["error"]]
                 extra = {"store": "cold (empty at the start)", "actors": text_actors,
                          "source": "a re-run through i2cr batch of the mentions eval decided without the LLM"}
@@ -629,7 +633,7 @@ def benchmark(data: Path, labels: str | None, ctx: Any, *, sample: int | None = 
                     continue
                 part = write_subset(records, text_ids, work / "text.json")
                 run_ctx, vectors = ctx, "off"
-                if name.startswith("text-kb"):
+                if name in KB_CONFIGS:
                     if name.endswith("-onnx"):
                         spec = onnx_spec(ctx.embedding_model)
                         if spec is None:
@@ -660,7 +664,7 @@ def benchmark(data: Path, labels: str | None, ctx: Any, *, sample: int | None = 
             ref = {r["id"]: r["entity"] for r in rows_of["eval"]}
             for name, rows in rows_of.items():
                 if name != "eval":
-                    part_ref = {i: e for i, e in ref.items() if not name.startswith("text")
+                    part_ref = {i: e for i, e in ref.items() if name not in TEXT_CONFIGS
                                 or i in {r["id"] for r in rows}}
                     result["configs"][name]["same_as_eval"] = diff_predictions(part_ref, {r["id"]: r["entity"]
                                                                                          for r in rows})
@@ -675,13 +679,18 @@ def benchmark(data: Path, labels: str | None, ctx: Any, *, sample: int | None = 
             tmp.cleanup()
 
 
+def fastest_kb_config(configs: dict[str, Any]) -> str | None:
+    """The :data:`KB_CONFIGS` configuration of ``configs`` (a result's) with the highest measured rate, if any."""
+    rates = {n: ((configs.get(n) or {}).get("throughput") or {}).get("rate") for n in KB_CONFIGS}
+    return max((n for n in rates if rates[n]), key=lambda n: rates[n], default=None)
+
+
 def targets(result: dict[str, Any]) -> dict[str, Any]:
     """The issue's targets against the measured figures (``None`` when a configuration was not run)."""
     cfg = result["configs"]
     text = (cfg.get("text") or {}).get("throughput", {}).get("rate")
-    kb_rates = {n: (cfg.get(n) or {}).get("throughput", {}).get("rate") for n in ("text-kb", "text-kb-onnx")}
-    kb_best = max((n for n in kb_rates if kb_rates[n]), key=lambda n: kb_rates[n], default=None)
-    text_kb = kb_rates[kb_best] if kb_best else None
+    kb_best = fastest_kb_config(cfg)
+    text_kb = cfg[kb_best]["throughput"]["rate"] if kb_best else None
     overall = max((c.get("throughput", {}).get("rate") or 0.0 for n, c in cfg.items()
                    if n in ("batch1", "batch2")), default=0.0) or None  # cold store: no help from an earlier run
     ev = cfg.get("eval") or {}
@@ -784,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
     if (a.sample is not None and a.sample < 1) or a.cpus < 1 or a.batch_size < 1 or a.text_actors < 1:
         p.error("--sample, --cpus, --batch-size and --text-actors must be positive")
     configs = tuple(c.strip() for c in a.configs.split(",") if c.strip())
-    if any(c in ("batch2", "batch2-warm", "text", "text-kb", "text-kb-onnx") for c in configs) and a.cpus < 2:
+    if any(c in ("batch2", "batch2-warm", *TEXT_CONFIGS) for c in configs) and a.cpus < 2:
         p.error("--cpus must be at least 2 for the 2-actor configurations")
 
     def run() -> int:

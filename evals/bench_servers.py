@@ -360,10 +360,10 @@ def scale_inputs(path: Path | None) -> dict[str, Any] | None:
     ok = [r for r in rows if not r.get("error")]
     llm_rows = [r for r in ok if r.get("llm")]
     # with shared services the KB is a Chroma server holding the entity vectors: its local work is text-kb's
-    kb_runs = {n: (cfg.get(n) or {}).get("throughput") or {} for n in ("text-kb", "text-kb-onnx")}
-    kb_name = max((n for n in kb_runs if kb_runs[n].get("rate")), key=lambda n: kb_runs[n]["rate"], default=None)
-    text_kb = kb_runs[kb_name] if kb_name else {}
-    text = text_kb if text_kb.get("rate") else (cfg.get("text") or {}).get("throughput") or {}
+    from evals.bench_scale import fastest_kb_config
+
+    kb_name = fastest_kb_config(cfg)
+    text = (cfg.get(kb_name or "text") or {}).get("throughput") or {}
     llm_s = [float((r.get("parts") or {}).get("llm", 0.0)) for r in llm_rows]
     return {"source": str(path), "mentions": res.get("mentions"), "cpus": cpus, "best_batch": best,
             "per_core_rate": batches[best]["throughput"]["rate"] / cpus if best else None,
