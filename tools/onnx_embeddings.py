@@ -161,13 +161,10 @@ class OnnxEmbeddings(Embeddings):
         if not texts:
             return []
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        out = np.zeros((len(texts), 0), np.float32)
-        for s in range(0, len(order), BATCH):
-            idx = order[s:s + BATCH]
-            vecs = self._batch([texts[i] for i in idx])
-            if out.shape[1] == 0:
-                out = np.zeros((len(texts), vecs.shape[1]), np.float32)
-            out[idx] = vecs
+        vecs = np.concatenate([self._batch([texts[i] for i in order[s:s + BATCH]])
+                               for s in range(0, len(order), BATCH)])
+        out = np.empty_like(vecs)
+        out[order] = vecs
         return out.tolist()
 
     def embed_query(self, text: str) -> list[float]:
