@@ -189,9 +189,15 @@ def weights_file(tmp_path: Path) -> str:
     return str(path)
 
 
+def graph_ctx(kb_path, tmp_path: Path, **extra) -> Context:
+    """A graph context on ``huggingface:bag`` and the KB at ``kb_path``: fused weights on the dense
+    similarity, a scripted LLM, no image scorer."""
+    return Context(embedding_model="huggingface:bag", kb_path=str(kb_path), fusion_weights=weights_file(tmp_path),
+                   linker_model=scripted(*["1"] * 20), verifier=TableScorer({}), llm_scoring="choice", **extra)
+
+
 def test_the_graph_answers_the_same_with_and_without_the_kb_vectors(fake, tmp_path, monkeypatch):
     path = build(tmp_path)
-    weights = weights_file(tmp_path)
     results = {}
     for switch in ("on", "off"):
         monkeypatch.setenv(kbmod.KB_VECTORS_ENV, switch)
@@ -199,8 +205,7 @@ def test_the_graph_answers_the_same_with_and_without_the_kb_vectors(fake, tmp_pa
         fake.documents.clear()
         outs = []
         for mention, context in MENTIONS:
-            ctx = Context(embedding_model="huggingface:bag", kb_path=str(path), top_k=5, fusion_weights=weights,
-                          linker_model=scripted(*["1"] * 20), verifier=TableScorer({}), llm_scoring="choice")
+            ctx = graph_ctx(path, tmp_path, top_k=5)
             out = graph.invoke({"mention": mention, "context": context}, context=ctx)
             links = [t for t in out["trace"] if t["step"] == "link"]
             outs.append((out["entity"], out["status"], out.get("confidence"), json.dumps(links, sort_keys=True)))
@@ -231,8 +236,7 @@ def listed_run(fake: RecordingBag, ctx, mention="Berg", context="Berg said in 20
 
 
 def test_listed_candidates_take_the_kb_vectors_of_their_qids(fake, tmp_path):
-    ctx = Context(embedding_model="huggingface:bag", kb_path=str(build(tmp_path)), fusion_weights=weights_file(tmp_path),
-                  linker_model=scripted(*["1"] * 20), verifier=TableScorer({}), llm_scoring="choice")
+    ctx = graph_ctx(build(tmp_path), tmp_path)
     fresh_memory()
     out, embedded = listed_run(fake, ctx)
     assert next(t for t in out["trace"] if t["step"] == "retrieve")["source"] == "input"
@@ -249,8 +253,7 @@ def test_listed_vectors_give_the_same_answer_and_follow_the_switch(fake, tmp_pat
         monkeypatch.setenv(kbmod.KB_VECTORS_ENV, switch)
         fresh_memory()
         fake.documents.clear()
-        ctx = Context(embedding_model="huggingface:bag", kb_path=str(path), fusion_weights=weights_file(tmp_path),
-                      linker_model=scripted(*["1"] * 20), verifier=TableScorer({}), llm_scoring="choice")
+        ctx = graph_ctx(path, tmp_path)
         out, embedded = listed_run(fake, ctx, "Berg", "they climbed the Berg in the Alps")
         links = [t for t in out["trace"] if t["step"] == "link"]
         results[switch] = ((out["entity"], out["status"], json.dumps(links, sort_keys=True)), embedded)
@@ -265,8 +268,7 @@ def test_no_kb_or_an_unreadable_kb_links_as_before(fake, tmp_path):
             kb_path.write_text("not a knowledge base")
         fresh_memory()
         fake.documents.clear()
-        ctx = Context(embedding_model="huggingface:bag", kb_path=str(kb_path), fusion_weights=weights_file(tmp_path),
-                      linker_model=scripted(*["1"] * 20), verifier=TableScorer({}), llm_scoring="choice")
+        ctx = graph_ctx(kb_path, tmp_path)
         assert kbmod.share_listed_vectors(LISTED, ctx) == 0
         out, embedded = listed_run(fake, ctx)
         assert out["entity"] is not None and len(embedded) == 1 + len(LISTED)

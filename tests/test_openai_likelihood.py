@@ -94,39 +94,34 @@ def server_model(url: str):
     return load_chat_model("openai:tiny", base_url=url, max_tokens=4)
 
 
-def test_server_likelihoods_equal_the_in_process_llama_cpp_scorer(servers):
+def served_and_local(servers, kind: str, offset: int, route: str):
+    """The ``kind`` server's model, its probe and the in-process scorer's scores of NAMES on the same GGUF,
+    after checking the probe found ``offset``, ``auto`` takes likelihood and the server's scores (by
+    ``route``) equal the in-process ones: real, distinct values."""
     from tools.llama_cpp_chat import load_llama_cpp_chat_model
 
-    gguf, url = servers["bos"]
+    gguf, url = servers[kind]
     remote = server_model(url)
     probe = choice.server_probe(remote)
-    assert probe.echo_ok and probe.offset == 0 and probe.template == "chatml", probe
-    assert choice.server_probe(remote) is probe  # probed once per server and model
+    assert probe.echo_ok and probe.offset == offset and probe.template == "chatml", probe
     assert choice.scoring_method(remote, "auto", "openai:tiny") == "likelihood"
 
     local = load_llama_cpp_chat_model(gguf, model_name="embedded:tiny", temperature=0.0, max_tokens=4)
     want, _ = choice.name_likelihoods(local, MESSAGES, NAMES, spec="embedded:tiny")
     got, call = choice.name_likelihoods(remote, MESSAGES, NAMES, spec="openai:tiny")
-    assert call["method"] == "likelihood" and "server echo logprobs" in call["route"] and call["input_tokens"] > 0
+    assert call["method"] == "likelihood" and route in call["route"] and call["input_tokens"] > 0
     assert got == pytest.approx(want, abs=2e-3)
     assert len(set(round(x, 3) for x in got)) == len(NAMES)  # real, distinct scores
+    return remote, probe, want
+
+
+def test_server_likelihoods_equal_the_in_process_llama_cpp_scorer(servers):
+    remote, probe, _ = served_and_local(servers, "bos", 0, "server echo logprobs")
+    assert choice.server_probe(remote) is probe  # probed once per server and model
 
 
 def test_a_server_without_bos_shifts_its_echo_by_one_and_is_scored_by_forced_tokens(servers):
-    from tools.llama_cpp_chat import load_llama_cpp_chat_model
-
-    gguf, url = servers["nobos"]
-    remote = server_model(url)
-    probe = choice.server_probe(remote)
-    assert probe.echo_ok and probe.offset == 1 and probe.template == "chatml", probe
-    assert choice.scoring_method(remote, "auto", "openai:tiny") == "likelihood"
-
-    local = load_llama_cpp_chat_model(gguf, model_name="embedded:tiny", temperature=0.0, max_tokens=4)
-    want, _ = choice.name_likelihoods(local, MESSAGES, NAMES, spec="embedded:tiny")
-    got, call = choice.name_likelihoods(remote, MESSAGES, NAMES, spec="openai:tiny")
-    assert call["method"] == "likelihood" and "forced tokens" in call["route"] and call["input_tokens"] > 0
-    assert got == pytest.approx(want, abs=2e-3)
-    assert len(set(round(x, 3) for x in got)) == len(NAMES)
+    remote, probe, want = served_and_local(servers, "nobos", 1, "forced tokens")
     # the echo itself is wrong here: its values for the names are not the scores
     scorer = choice.ServerScorer.for_model(remote)
     echo_probe = choice.Probe(True, "chatml", offset=0)
