@@ -394,7 +394,8 @@ class ServerScorer:
         reason = "the server returned no echoed log-probabilities"
         for prompt in PROBE_PROMPTS:
             try:
-                text, lp, _ = self._generated(self._complete(prompt, echo=False))
+                gen = self._complete(prompt, echo=False)
+                text, lp = gen["choices"][0]["text"], self._generated(gen)[1]  # no text: a malformed reply, refused
                 if not text or lp is None:
                     continue  # a control token or no logprobs: try another prompt
                 lps, tops = self._echoed(self._complete(prompt + text, echo=True))
