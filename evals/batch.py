@@ -327,10 +327,11 @@ def visual_texts(ctx: Any, inp: dict) -> list[str]:
 
 
 def warm_embeddings(ctx: Any, inputs: list[dict]) -> int:
-    """Embed the texts of a batch of mentions at once: their query texts, their listed candidates'
-    entity texts (entity vectors through the persistent cache of ``tools/embeddings.py``, or the
-    knowledge base's stored ones) and the texts of their precomputed image descriptions
-    (:func:`visual_texts`: most mentions run every clue round).
+    """Embed the texts of a batch of mentions at once: their query texts and the mentions alone, their
+    listed candidates' entity texts and names alone (the last two for ``name_sim``; entity vectors
+    through the persistent cache of ``tools/embeddings.py``, or the knowledge base's stored ones) and
+    the texts of their precomputed image descriptions (:func:`visual_texts`: most mentions run every
+    clue round).
 
     The graph then finds those vectors in memory (same texts, same embedder); retrieval from a
     knowledge base and the clues of image files embed as before. Returns the number of texts the
@@ -342,7 +343,7 @@ def warm_embeddings(ctx: Any, inputs: list[dict]) -> int:
         from graph.inputs import clip_context, normalize_candidates
         from tools.embeddings import get_embedder
         from tools.kb import share_listed_vectors
-        from tools.texts import entity_text, query_text
+        from tools.texts import entity_text, mention_text, name_text, query_text
 
         queries, entities, listed = [], [], []
         for inp in inputs:  # the texts as the retrieve node cleans them (a bad record is skipped here)
@@ -352,8 +353,8 @@ def warm_embeddings(ctx: Any, inputs: list[dict]) -> int:
                 cands = normalize_candidates(inp.get("candidates"))
             except Exception:  # noqa: BLE001
                 continue
-            queries.append(query_text(mention, context))
-            entities += [entity_text(c) for c in cands]
+            queries += [query_text(mention, context), mention_text(mention)]
+            entities += [entity_text(c) for c in cands] + [name_text(c) for c in cands]
             listed += cands
             try:
                 queries += visual_texts(ctx, inp)

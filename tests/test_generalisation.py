@@ -69,6 +69,29 @@ def test_name_features_see_through_title_conventions():
     assert x[0, col["has_disamb"]] == 0.0
 
 
+
+class _SynonymEmbeddings(BagOfWordsEmbeddings):
+    """Bag of words, but "USA" is written "united states": a model that knows a synonym no rule sees."""
+
+    def _one(self, text: str) -> list[float]:
+        return super()._one(text.replace("USA", "united states"))
+
+
+def test_name_sim_compares_the_mention_alone_with_the_name_alone():
+    emb = get_embedder(_SynonymEmbeddings())
+    cands = [{"name": "United_States", "desc": "country in North America"},
+             {"name": "Usain Bolt", "desc": "Jamaican sprinter, fastest man in the USA and elsewhere"},
+             {"name": "USB", "desc": ""}]
+    col = ALL_FEATURES.index("name_sim")
+    x = candidate_features("USA's", "The famous Golden Gate Bridge in the USA.", cands, emb)
+    # the possessive is dropped and the description plays no part: only the name matches the mention
+    assert x[0, col] == pytest.approx(1.0)
+    assert x[1, col] == pytest.approx(0.0) and x[2, col] == pytest.approx(0.0)
+    # the word rules see nothing between "USA" and "United States"
+    assert x[0, ALL_FEATURES.index("acronym")] == 0.0 and x[0, ALL_FEATURES.index("mention_in_name")] == 0.0
+    assert "name_sim" in TEXT_FEATURES
+
+
 # ---- order ---------------------------------------------------------------------------------------------
 
 def _cands():

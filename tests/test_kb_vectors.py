@@ -21,7 +21,7 @@ from tools.candidates import normalize_candidates
 from tools.errors import ConfigError
 from tools.features import ALL_FEATURES, candidate_features
 from tools.kb import KnowledgeBase, retrieve_candidates
-from tools.texts import entity_text
+from tools.texts import entity_text, mention_text, name_text
 
 from fakes import BagOfWordsEmbeddings, TableScorer, scripted
 
@@ -85,13 +85,21 @@ def fresh_memory() -> None:
     kbmod._open.clear()
 
 
+def without_names(embedded: list[str], mention: str, cands: list[dict]) -> list[str]:
+    """The embedded texts but the mention alone and the names alone (``name_sim``'s texts, which a KB
+    does not store): the query and entity texts whose vectors the KB can give."""
+    names = {mention_text(mention)} | ({name_text(c) for c in cands} - {entity_text(c) for c in cands})
+    return [t for t in embedded if t not in names]
+
+
 def linker_embeds(fake: RecordingBag, mention: str, context: str, ctx) -> tuple[list[str], list[dict]]:
-    """Retrieve as the retrieve node does, compute the fused linker's features; the texts the model embedded."""
+    """Retrieve as the retrieve node does, compute the fused linker's features; the query and entity texts
+    the model embedded (:func:`without_names`)."""
     rows = retrieve_candidates(mention, context, ctx)
     cands = normalize_candidates(rows, max_name_chars=None)
     fake.documents.clear()
     candidate_features(mention, context, cands, embeddings.get_embedder(ctx.embedding_model))
-    return list(fake.documents), cands
+    return without_names(list(fake.documents), mention, cands), cands
 
 
 def test_linker_takes_the_kb_vectors_instead_of_embedding_the_candidates(fake, tmp_path):
@@ -104,9 +112,11 @@ def test_linker_takes_the_kb_vectors_instead_of_embedding_the_candidates(fake, t
     # the query is embedded; of the candidates only the two whose text the linker writes differently
     # from the KB: a name it cleans ("Ingrid Berg (singer). ...") and an empty description ("Berg River")
     assert embedded[0] == "Berg. " + MENTIONS[0][1]
+    # name_sim's texts (the mention alone, the names alone) are the model's to embed: a KB stores none
+    assert {"Berg", "Anna Berg", "Ingrid Berg (singer)"} <= set(fake.documents)
     assert sorted(embedded[1:]) == ["Berg River", "Ingrid Berg (singer). Name: Ingrid Berg. Sex: female. "
                                     "Occupation: singer."]
-    assert embeddings.get_embedder(ctx.embedding_model).computed == 3
+    assert embeddings.get_embedder(ctx.embedding_model).computed == 3 + 4  # + "Berg", "Anna Berg", "Carl Berg", "Ingrid Berg (singer)"
     assert sum(t not in embedded for t in texts) == 3
     # the shared vectors are those the model computes for those texts
     reused = [t for t in texts if t not in embedded]
@@ -229,10 +239,10 @@ LISTED = [{"qid": "Q1", "name": "Anna Berg", "desc": RECORDS[0]["desc"]},
 
 
 def listed_run(fake: RecordingBag, ctx, mention="Berg", context="Berg said in 2011 that she would run again"):
-    """The graph's output on LISTED, and the texts the model embedded meanwhile."""
+    """The graph's output on LISTED, and the query and entity texts the model embedded meanwhile."""
     fake.documents.clear()
     out = graph.invoke({"mention": mention, "context": context, "candidates": LISTED}, context=ctx)
-    return out, list(fake.documents)
+    return out, without_names(list(fake.documents), mention, LISTED)
 
 
 def test_listed_candidates_take_the_kb_vectors_of_their_qids(fake, tmp_path):
@@ -284,7 +294,9 @@ def test_a_batch_takes_the_listed_vectors_in_one_lookup(fake, tmp_path, monkeypa
     real = KnowledgeBase.stored_rows
     monkeypatch.setattr(KnowledgeBase, "stored_rows", lambda self, qids: calls.append(list(qids)) or real(self, qids))
     inputs = [{"mention": "Berg", "context": c, "candidates": LISTED} for c in ("one text", "another text")]
-    assert warm_embeddings(ctx, inputs) == 2 + 3  # two queries and the three texts the KB lacks
+    # two queries, the three entity texts the KB lacks, and name_sim's texts: "Berg" (the mention alone,
+    # also a listed name) and the four other names alone
+    assert warm_embeddings(ctx, inputs) == 2 + 3 + 1 + 4
     assert len(calls) == 1
     # linking a mention of the batch then finds every listed text in memory: no second lookup
     assert kbmod.share_listed_vectors(LISTED, ctx) == 0

@@ -14,7 +14,9 @@ For one mention, :func:`candidate_features` returns one row per candidate:
   entity name, name tokens found in the text, exact and surname matches, the
   mention as an acronym of the name, the mention as a derived form (shared
   prefix) of a name word, the share of the name the mention accounts for
-  (``name_covered``), character-level similarity (``spelling``); the
+  (``name_covered``), character-level similarity (``spelling``), and the embedder's
+  similarity of the mention alone with the name alone (``name_sim``: ``USA`` ~ ``United
+  States``, ``Dutch`` ~ ``Netherlands``, what no word rule sees); the
   disambiguator as type evidence (present; its words found in the text);
 * consistency of the entity's facts with the text: gender (pronouns and
   nouns vs ``Sex:``), life dates (years in the text vs ``Birth:``/``Death:``).
@@ -42,13 +44,13 @@ from typing import Any
 
 import numpy as np
 
-from tools.names import is_acronym_of, name_coverage, prefix_share, spelling_similarity, split_name, strip_possessive
-from tools.texts import entity_text, query_text
+from tools.names import is_acronym_of, name_coverage, prefix_share, spelling_similarity, split_name
+from tools.texts import entity_text, mention_text, name_text, query_text
 
 TEXT_FEATURES = (
     "dense", "dense_gap", "dense_top", "list_first", "list_rank_inv",
     "mention_in_name", "name_in_text", "name_exact", "surname_match", "acronym", "name_prefix",
-    "name_covered", "spelling",
+    "name_covered", "spelling", "name_sim",
     "has_disamb", "disamb_in_text",
     "gender_text", "years_fit", "died_before_1900", "desc_missing_rel", "has_desc", "qid_prior",
 )
@@ -173,7 +175,13 @@ def candidate_features(mention: str, context: str, candidates: list[dict], embed
     gap, top = _relative(dense)
     out[:, col["dense"]], out[:, col["dense_gap"]], out[:, col["dense_top"]] = dense, gap, top
 
-    said = strip_possessive(mention)  # "Sydney's" names Sydney
+    said = mention_text(mention)  # without its possessive: "Sydney's" names Sydney
+    names = [name_text(c) for c in candidates]  # the same texts as entity_text when there is no description
+    if hasattr(embedder, "embed_query_entities"):
+        nvecs = embedder.embed_query_entities(said, names)
+    else:
+        nvecs = embedder.embed([said, *names])
+    out[:, col["name_sim"]] = nvecs[1:] @ nvecs[0]
     m_tokens = tokens(said)
     text_tokens = set(tokens(f"{mention} {context}"))
     context_tokens = set(tokens(context))

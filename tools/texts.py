@@ -4,14 +4,15 @@
 fused features and the baselines compare; ``query_text`` ("mention. context")
 is the text side of those comparisons; ``entity_ref`` is the short
 ``{qid, name}`` form of an entity in traces and progress events, ``entity_public``
-the ``{qid, name, desc}`` form the graph returns.
+the ``{qid, name, desc}`` form the graph returns; ``name_text`` and ``mention_text`` are the
+name alone and the mention alone (compared by the fused linker's ``name_sim``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from tools.names import display_name
+from tools.names import display_name, strip_possessive
 
 
 def entity_text(entity: dict) -> str:
@@ -20,9 +21,21 @@ def entity_text(entity: dict) -> str:
     The name is normalised first (``tools.names.display_name``: underscores, %-encoding, a
     Wikipedia title's disambiguator kept in brackets), so every scorer sees the same clean text.
     """
-    name = display_name(str(entity.get("name") or "")).strip()
+    name = name_text(entity)
     desc = str(entity.get("desc") or "").strip()
     return f"{name}. {desc}" if desc else name
+
+
+def name_text(entity: dict) -> str:
+    """An entity's normalised name alone (``tools.names.display_name``): what ``entity_text`` gives
+    when there is no description."""
+    return display_name(str(entity.get("name") or "")).strip()
+
+
+def mention_text(mention: str) -> str:
+    """The mention alone, without an English possessive (``Sydney's`` -> ``Sydney``): compared with
+    :func:`name_text` by the fused linker's ``name_sim``."""
+    return strip_possessive(str(mention or "")).strip()
 
 
 def query_text(mention: str, context: str) -> str:
