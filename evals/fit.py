@@ -475,8 +475,8 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
         augments = (
             # shares its mention's weight (a share of its own cost 0.4 points of WikiMEL dev CV, 0.2 of WikiDiverse train CV)
             (a.augment_homonym, lambda: _homonym_copy(path, lab, copies, a.seed), "homonym copy", d),
-            # its own share of the weight: descriptions without attributes are a distribution of their own
-            (a.augment_noattr, lambda: _noattr_copy(path, lab, copies), "attribute-free copy", len(specs) + d),
+            # also within its mention's dataset: a copy of a benchmark does not make it weigh more than another
+            (a.augment_noattr, lambda: _noattr_copy(path, lab, copies), "attribute-free copy", d),
         )
         for wanted, make, label, src in augments:
             copy = make() if wanted else None

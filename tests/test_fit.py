@@ -231,3 +231,28 @@ def test_homonym_copy_renames_another_described_candidate_to_the_mention(tmp_pat
     assert renamed["desc"] in ("river in the Middle East", "film director")  # keeps its own description
     assert copy["b"] == data["b"] and copy["c"] == data["c"]
     assert fit._homonym_copy(str(d), str(lab), tmp_path / "cache", seed=0)[0] == path  # cached, same file
+
+
+def test_augmented_copies_weigh_inside_their_benchmarks_share(tmp_path, fakes, monkeypatch):
+    """Attribute-free and homonym copies share their benchmark's source: two benchmarks weigh the same in
+    the fit however many copies one of them has."""
+    data, labels = _slice(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    d2, l2 = _slice(other, n=16)
+    rows = json.loads(Path(data).read_text())
+    for rec in rows.values():  # attributes on the first benchmark only: it gets attribute-free copies
+        for c in rec["Candentity"]:
+            c["desc"] = "Sex: female. Birth: 1950."
+    Path(data).write_text(json.dumps(rows))
+    seen = []
+    real = fit.fit_models
+    monkeypatch.setattr(fit, "fit_models", lambda X, gold, C, **kw: seen.append((len(X), kw["source"]))
+                        or real(X, gold, C, **kw))
+    argv = ["fit", f"{data}:{labels}", f"{d2}:{l2}", "--folds", "2", "--no-llm", "--augment-noattr",
+            "--augment-homonym", "--cache", str(tmp_path / "c")]
+    assert cli_main(argv) == 0
+    n, source = seen[-1]  # the final fit, on every training mention
+    assert n > 24 + 16  # the copies are in it
+    assert sorted(set(source.tolist())) == [0, 1]  # but only two benchmarks: each weighs half
+    assert (source == 1).sum() == 16
