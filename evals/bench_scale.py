@@ -73,7 +73,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import math
 import os
 import platform
 import sys
@@ -83,6 +82,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from evals.metrics import wilson as wilson_interval
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_scale.json"
 CONFIGS = ("eval", "batch1", "batch2", "batch2-warm", "text", "text-kb", "text-kb-onnx")
@@ -101,14 +102,12 @@ TIMING_STEP = "bench_timing"
 # ---- statistics -----------------------------------------------------------------------------
 
 def wilson(k: int, n: int, z: float = 1.96) -> dict[str, Any]:
-    """Share ``k / n`` and its Wilson score interval (``None`` fields when ``n`` is 0)."""
+    """Share ``k / n`` and its Wilson score interval (``evals.metrics.wilson``) as a record (``None``
+    fields when ``n`` is 0)."""
     if n <= 0:
         return {"k": k, "n": n, "p": None, "lo": None, "hi": None}
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return {"k": k, "n": n, "p": p, "lo": max(0.0, c - h), "hi": min(1.0, c + h)}
+    lo, hi = wilson_interval(k, n, z)
+    return {"k": k, "n": n, "p": k / n, "lo": lo, "hi": hi}
 
 
 def _draw_sums(seconds: list[float], seed: int, draws: int) -> Any:
