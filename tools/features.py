@@ -177,6 +177,8 @@ def candidate_features(mention: str, context: str, candidates: list[dict], embed
 
     said = mention_text(mention)  # without its possessive: "Sydney's" names Sydney
     names = [name_text(c) for c in candidates]  # the same texts as entity_text when there is no description
+    # a pass of its own: short texts batched with the long query and descriptions are padded to their
+    # length (one merged pass measured 2.61 mentions/s against 3.28 for `bench_scale --configs eval`)
     if hasattr(embedder, "embed_query_entities"):
         nvecs = embedder.embed_query_entities(said, names)
     else:
