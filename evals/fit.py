@@ -472,17 +472,17 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
         m.update(role="train", source=d, ranked=order == "ranked", spec=(path, lab))
         sets.append(m)
         copies = cache or Path("runs/fit-cache")
+        # a copy weighs inside its benchmark's share (source d): copies do not make a benchmark weigh more than
+        # another (a homonym share of its own cost 0.4 points of WikiMEL dev CV, 0.2 of WikiDiverse train CV)
         augments = (
-            # shares its mention's weight (a share of its own cost 0.4 points of WikiMEL dev CV, 0.2 of WikiDiverse train CV)
-            (a.augment_homonym, lambda: _homonym_copy(path, lab, copies, a.seed), "homonym copy", d),
-            # also within its mention's dataset: a copy of a benchmark does not make it weigh more than another
-            (a.augment_noattr, lambda: _noattr_copy(path, lab, copies), "attribute-free copy", d),
+            (a.augment_homonym, lambda: _homonym_copy(path, lab, copies, a.seed), "homonym copy"),
+            (a.augment_noattr, lambda: _noattr_copy(path, lab, copies), "attribute-free copy"),
         )
-        for wanted, make, label, src in augments:
+        for wanted, make, label in augments:
             copy = make() if wanted else None
             if copy:
                 c = load_set(copy[0], copy[1], emb, cache, n, a.seed)
-                c.update(role="aug", source=src, ranked=order == "ranked", name=f"{m['name']} ({label})", spec=copy)
+                c.update(role="aug", source=d, ranked=order == "ranked", name=f"{m['name']} ({label})", spec=copy)
                 sets.append(c)
     for spec in a.eval:
         path, lab = parse_spec(spec)
