@@ -55,7 +55,7 @@ import numpy as np
 
 from evals.fit_fusion import DiskEmbedder, build_matrix, fit_models, predict, unordered
 from evals.metrics import wilson
-from tools.errors import ConfigError, I2CRError, InputError
+from tools.errors import ConfigError, I2CRError, InputError, ModelError
 from tools.features import ALL_FEATURES
 from tools.fusion import (
     distribution,
@@ -198,21 +198,31 @@ def llm_key(settings: dict[str, Any]) -> str:
     return f"{settings.get('linker_model')}|{settings.get('llm_scoring')}|{PROMPT_VERSION}"
 
 
+ABORT_AFTER = 5
+"""``llm_scores`` raises when the first this many asks of a run all fail."""
+
+
 def llm_scores(records: dict[str, dict], todo: list[str], settings: dict[str, Any], cache: Path,
-               *, log: Any = sys.stderr) -> dict[str, dict]:
+               *, log: Any = None) -> dict[str, dict]:
     """The linker model's opinion of each ``todo`` mention, from ``cache`` (JSONL) or asked now and appended.
 
     A row: ``{"id", "key", "logp": [per candidate], "nil_logp": x | None, "method", "tokens", "seconds"}``;
     ``key`` = model | scoring | prompt version (:func:`llm_key`): rows of another key are asked again.
     Likelihood scoring also scores ``prompts.linking.NIL_ANSWER`` in the same call (``nil_logp``).
+    A mention the model cannot be asked about (a :class:`~tools.errors.ModelError`: e.g. a server that
+    cannot score one of its names) is left out of the result, its text answer standing as in the graph,
+    and is not cached (a rerun asks it again); when the first :data:`ABORT_AFTER` asks of a run all
+    fail, the model itself is taken to be unusable (a server down) and the error is raised.
     """
     from graph.context import Context
     from tools.choice import scoring_method
     from tools.fused_linker import ask_llm
     from tools.linker import load_linker
 
+    log = log or sys.stderr
     key = llm_key(settings)
     got: dict[str, dict] = {}
+    failed: dict[str, str] = {}
     if cache.is_file():
         for line in cache.read_text().splitlines():
             try:
@@ -237,8 +247,15 @@ def llm_scores(records: dict[str, dict], todo: list[str], settings: dict[str, An
             inp = records[rid]
             t = time.perf_counter()
             # the graph's own prompt and scoring (likelihood: also NIL_ANSWER)
-            logp, call = ask_llm(model, inp["mention"], inp.get("context") or "", inp["candidates"], [],
-                                 llm_scoring=ctx.llm_scoring, spec=ctx.linker_model, max_desc_chars=ctx.max_desc_chars)
+            try:
+                logp, call = ask_llm(model, inp["mention"], inp.get("context") or "", inp["candidates"], [],
+                                     llm_scoring=ctx.llm_scoring, spec=ctx.linker_model,
+                                     max_desc_chars=ctx.max_desc_chars)
+            except ModelError as exc:
+                failed[rid] = str(exc)
+                if len(failed) == n == ABORT_AFTER:
+                    raise
+                continue
             nil_lp = call.get("nil_logp")
             row = {"id": rid, "key": key, "logp": [round(float(x), 4) for x in logp],
                    "nil_logp": None if nil_lp is None else round(float(nil_lp), 4), "method": call["method"],
@@ -248,7 +265,16 @@ def llm_scores(records: dict[str, dict], todo: list[str], settings: dict[str, An
             got[rid] = row
             if n % 25 == 0:
                 print(f"  {n}/{len(missing)}", file=log, flush=True)
+    _report_failed(failed, todo, log)
     return got
+
+
+def _report_failed(failed: dict[str, str], todo: list[str], log: Any) -> None:
+    """Say how many of ``todo`` the model could not be asked about, and the first reason."""
+    ids = [i for i in todo if i in failed]
+    if ids:
+        print(f"  {len(ids)} mention(s) could not be asked (their text answer stands, as in the graph); "
+              f"first, {ids[0]}: {failed[ids[0]]}", file=log, flush=True)
 
 
 def llm_terms(row: dict[str, Any], floor: float | None) -> tuple[np.ndarray, float]:

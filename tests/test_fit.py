@@ -256,3 +256,39 @@ def test_augmented_copies_weigh_inside_their_benchmarks_share(tmp_path, fakes, m
     assert n > 24 + 16  # the copies are in it
     assert sorted(set(source.tolist())) == [0, 1]  # but only two benchmarks: each weighs half
     assert (source == 1).sum() == 16
+
+
+def test_a_mention_the_llm_cannot_score_keeps_its_text_answer_and_the_fit_goes_on(tmp_path, fakes, monkeypatch, capsys):
+    """A ModelError on one mention (e.g. a server that cannot score one of its names) skips that mention,
+    uncached (a rerun asks it again); a model that fails on every first ask stops the fit with its reason."""
+    from tools.errors import ModelError
+
+    data, labels = _slice(tmp_path)
+    real = Continuations.continuation_logprobs
+
+    def flaky(self, messages, continuations):
+        if "day 5." in messages[-1].content:
+            self.seen.append(("failed", []))
+            raise ModelError("'Holm': the server cannot score this name")
+        return real(self, messages, continuations)
+
+    monkeypatch.setattr(Continuations, "continuation_logprobs", flaky)
+    cache, js = tmp_path / "llm", tmp_path / "fit.json"
+    argv = ["fit", f"{data}:{labels}", "--folds", "2", "--gate", "1.0", "--json", str(js),
+            "--llm-cache", str(cache), "--cache", ""]
+    assert cli_main(argv) == 0
+    err = capsys.readouterr().err
+    assert "1 mention(s) could not be asked" in err and "m5: " in err and "cannot score this name" in err
+    assert json.loads(js.read_text())["llm"]["asked_pool"] == 23
+    rows = [json.loads(x) for x in (cache / "slice.jsonl").read_text().splitlines()]
+    assert len(rows) == 23 and "m5" not in {r["id"] for r in rows}
+    n = len(fakes.seen)
+    assert cli_main(argv) == 0 and len(fakes.seen) == n + 1  # only the failed one is asked again
+
+    def down(self, messages, continuations):
+        raise ModelError("linker_model 'openai:x' failed: ConnectError: connection refused")
+
+    monkeypatch.setattr(Continuations, "continuation_logprobs", down)
+    argv[argv.index(str(cache))] = str(tmp_path / "llm2")
+    assert cli_main(argv) == 2
+    assert "connection refused" in capsys.readouterr().err

@@ -129,6 +129,39 @@ def test_a_server_without_bos_shifts_its_echo_by_one_and_is_scored_by_forced_tok
     assert scorer.probe is probe and [sum(x) for x in echoed] != pytest.approx(want, abs=0.05)
 
 
+def test_names_whose_characters_split_across_tokens_are_scored_by_forcing_the_character(servers):
+    """The byte-level vocab splits ``Ž`` and ``é`` into two tokens: the prefix ending between them is not
+    text, so it cannot be sent; both tokens are generated in one forced request, with the same scores."""
+    from tools.llama_cpp_chat import load_llama_cpp_chat_model
+
+    gguf, url = servers["nobos"]
+    names = ["Samuel Žbogar", "José Lutzenberger", "Jordan"]
+    remote = server_model(url)
+    scorer = choice.ServerScorer.for_model(remote)
+    ids = scorer._tokenize("Samuel Žbogar")
+    assert len(ids) == len("Samuel Žbogar") + 1  # one token a byte: "Ž" is two
+    with pytest.raises(httpx.HTTPStatusError):  # "Samuel " and Ž's first byte: no text for the server
+        scorer._detokenize(ids[:8])
+    local = load_llama_cpp_chat_model(gguf, model_name="embedded:tiny", temperature=0.0, max_tokens=4)
+    want, _ = choice.name_likelihoods(local, MESSAGES, names, spec="embedded:tiny")
+    got, call = choice.name_likelihoods(remote, MESSAGES, names, spec="openai:tiny")
+    assert "forced tokens" in call["route"]
+    assert got == pytest.approx(want, abs=2e-3)
+
+
+def test_a_forced_character_that_comes_back_otherwise_is_refused_with_the_name(monkeypatch):
+    scorer = choice.ServerScorer.__new__(choice.ServerScorer)
+    scorer.model_name, scorer.base = "m", "http://x/v1"
+    reply = {"choices": [{"text": "\u017d", "logprobs": {"token_logprobs": [-1.0, -0.5]}}],
+             "usage": {"prompt_tokens": 7, "completion_tokens": 2}}
+    monkeypatch.setattr(scorer, "_post", lambda url, body: reply)
+    assert scorer._forced_group("Žbogar", "p", [5, 6], 7, "\u017d") == ([-1.0, -0.5], 7)
+    with pytest.raises(choice.ModelError, match="Žbogar.*cannot be scored"):
+        scorer._forced_group("Žbogar", "p", [5, 6], 7, "Z")
+    with pytest.raises(choice.ModelError, match="read 7 prompt tokens for a prompt of 8"):
+        scorer._forced_group("Žbogar", "p", [5, 6], 8, "\u017d")
+
+
 class FakeServer:
     """Replies of an OpenAI-compatible server: a generated token " 8" (log-probability -0.5), an echo
     (``echo``: token log-probabilities and top lists of the echoed prompt's last tokens, then one

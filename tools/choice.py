@@ -444,28 +444,67 @@ class ServerScorer:
                          continuations: list[str]) -> tuple[list[list[float]], int]:
         """The shifted route: token ``j`` of each continuation generated after ``prompt + tokens[:j]``, forced.
 
-        Token prefixes shared by several continuations are asked once.
+        Token prefixes shared by several continuations are asked once. A prefix that ends inside a
+        character (a byte-level tokenizer splits ``Ž`` into two tokens) cannot be sent as text: the
+        tokens up to the next whole character are then generated in one request, each forced
+        (:meth:`_forced_group`).
         """
         seen: dict[tuple[int, ...], float] = {}
+        heads: dict[tuple[int, ...], str | None] = {(): ""}
         out, sent = [], n_prompt
         for cont in continuations:
             ids = self._tokenize(cont)
-            for j in range(len(ids)):
-                key = tuple(ids[:j + 1])
-                if key in seen:
+            j = 0
+            while j < len(ids):
+                if tuple(ids[:j + 1]) in seen:
+                    j += 1
                     continue
-                try:
-                    head = self._detokenize(ids[:j]) if j else ""
-                except Exception as exc:
-                    raise ModelError(f"'{cont}': the server cannot turn its first {j} tokens back into text "
-                                     f"({type(exc).__name__}), so they cannot be sent before its next one") from exc
-                reply = self._complete(prompt + head, echo=False, force=ids[j])
-                n_sent = int(reply["usage"]["prompt_tokens"])
-                lp = self._generated(reply)[1]
-                if n_sent != n_prompt + j or lp is None:
-                    raise ModelError(f"'{cont}': the server read {n_sent} prompt tokens for a prompt of {n_prompt} "
-                                     f"and {j} answer tokens (log-probability {lp})")
-                seen[key] = float(lp)
+                head = self._head(ids[:j], heads)
+                if head is None:
+                    raise ModelError(f"'{cont}': the server cannot turn its first {j} tokens back into text, "
+                                     "so they cannot be sent before its next one")
+                k = j + 1  # the group: up to the next prefix that is whole text
+                while k < len(ids) and self._head(ids[:k], heads) is None:
+                    k += 1
+                lps, n_sent = self._forced_group(cont, prompt + head, ids[j:k], n_prompt + j,
+                                                 None if k - j == 1 else self._head(ids[:k], heads)[len(head):])
+                for i, lp in enumerate(lps):
+                    seen[tuple(ids[:j + i + 1])] = lp
                 sent += n_sent
+                j = k
             out.append([seen[tuple(ids[:j + 1])] for j in range(len(ids))])
         return out, sent
+
+    def _head(self, ids: list[int], heads: dict[tuple[int, ...], str | None]) -> str | None:
+        """The text of ``ids`` by the server's detokenizer, ``None`` when it ends inside a character."""
+        key = tuple(ids)
+        if key not in heads:
+            try:
+                heads[key] = self._detokenize(ids)
+            except Exception:  # noqa: BLE001 - e.g. llama-cpp-python: 'utf-8' codec can't decode (HTTP 500)
+                heads[key] = None
+        return heads[key]
+
+    def _forced_group(self, cont: str, prompt: str, group: list[int], n_expected: int,
+                      text: str | None) -> tuple[list[float], int]:
+        """Log-probabilities of ``group``'s tokens generated after ``prompt``, each forced by ``logit_bias``.
+
+        One token: as the probe checked. Several (the bytes of one character): ``max_tokens`` their
+        number with every one of them biased; greedy decoding then picks, at each step, the biased
+        token the model prefers, so the reply is accepted only when it is ``text`` (the group's
+        characters) in exactly that many tokens.
+        """
+        body = {"model": self.model_name, "prompt": prompt, "max_tokens": len(group), "temperature": 0.0,
+                "logprobs": 1, "logit_bias": {str(t): FORCE for t in group}}
+        reply = self._post(f"{self.base}/completions", body)
+        usage = reply.get("usage") or {}
+        n_sent = int(usage.get("prompt_tokens") or 0)
+        lps = list(((reply["choices"][0].get("logprobs") or {}).get("token_logprobs")) or [])[:len(group)]
+        if n_sent != n_expected or len(lps) != len(group) or any(x is None for x in lps):
+            raise ModelError(f"'{cont}': the server read {n_sent} prompt tokens for a prompt of {n_expected} "
+                             f"and returned {len(lps)} log-probabilities for {len(group)} forced token(s)")
+        if len(group) > 1 and (reply["choices"][0].get("text") != text
+                               or int(usage.get("completion_tokens") or 0) != len(group)):
+            raise ModelError(f"'{cont}': forcing the {len(group)} tokens of {text!r} gave "
+                             f"{reply['choices'][0].get('text')!r}; the name cannot be scored on this server")
+        return [float(x) for x in lps], n_sent
