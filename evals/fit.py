@@ -533,10 +533,12 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
         s["z"] = [None] * len(s["X"])
         s["fold"] = np.array([fold_of_id(r, a.folds) if (s["role"] != "eval" or r in train_ids) else -1
                               for r in s["ids"]])
+    Th = np.concatenate([s["has_clues"] for s in train])
     fold_models = []
     for f in range(a.folds):
         tr = np.flatnonzero(Tf != f)
-        models = fit_models([TX[i] for i in tr], Tg[tr], a.C, ranked=Tr[tr], has_clues=np.zeros(len(tr), bool),
+        # the clue models too, as the packaged file has them: a whole-graph CV run's clue rounds use them
+        models = fit_models([TX[i] for i in tr], Tg[tr], a.C, ranked=Tr[tr], has_clues=Th[tr],
                             source=None if source is None else source[tr], exclude=drop, **arch)
         fold_models.append(models)
         for s in sets:
@@ -544,7 +546,7 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
             for i, z in zip(sel, _logits(models["text_unordered"], [s["X"][i] for i in sel])):
                 s["z"][i] = z
         print(f"  fold {f + 1}/{a.folds} fitted", file=sys.stderr, flush=True)
-    final = fit_models(TX, Tg, a.C, ranked=Tr, has_clues=np.concatenate([s["has_clues"] for s in train]),
+    final = fit_models(TX, Tg, a.C, ranked=Tr, has_clues=Th,
                        source=source, exclude=drop, **arch)
     for s in sets:
         sel = np.flatnonzero(s["fold"] < 0)

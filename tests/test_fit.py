@@ -292,3 +292,28 @@ def test_a_mention_the_llm_cannot_score_keeps_its_text_answer_and_the_fit_goes_o
     argv[argv.index(str(cache))] = str(tmp_path / "llm2")
     assert cli_main(argv) == 2
     assert "connection refused" in capsys.readouterr().err
+
+
+def test_fold_weights_carry_clue_models_fitted_on_the_image_descriptions(tmp_path, fakes):
+    """The fold files' clue models are fitted with the clue features, as the packaged file's are (a whole-graph
+    CV run's clue rounds use them); without image descriptions they are the text model."""
+    from tools.features import CLUE_FEATURES
+
+    data, labels = _slice(tmp_path, n=32)
+    raw = json.loads(Path(data).read_text())
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps(raw))
+    for rid, rec in raw.items():  # the image shows the gold's family, and a word of the gold's first name
+        gold = json.loads(Path(labels).read_text())[rid]
+        rec["mention_imgdesc_Azure"] = {"Caption": f"a photo of {gold.split()[0] if gold != 'nil' else 'someone'}"}
+    Path(data).write_text(json.dumps(raw))
+    clue_cols = [ALL_FEATURES.index(f) for f in CLUE_FEATURES]
+    for path, has in ((data, True), (str(plain), False)):
+        folds = tmp_path / f"folds-{has}"
+        argv = ["fit", f"{path}:{labels}", "--folds", "2", "--no-llm", "--cache", "", "--fold-weights", str(folds),
+                "--out", str(tmp_path / f"w-{has}.json")]
+        assert cli_main(argv) == 0
+        for k in (0, 1):
+            doc = json.loads((folds / f"fold{k}.json").read_text())
+            coef = np.asarray(doc["clue_unordered"]["coef"])
+            assert bool(np.any(coef[clue_cols] != 0)) == has
