@@ -192,10 +192,13 @@ def load_set(path: str, labels: str | None, emb: Any, cache: Path | None, sample
 # ---------------------------------------------------------------- LLM scores
 
 def llm_key(settings: dict[str, Any]) -> str:
-    """The cache key of an LLM score: model, scoring method and prompt version."""
+    """The cache key of an LLM score: model, scoring method and prompt version; for an ``openai:`` model
+    also its server (``openai_base_url``): two servers may serve different models under one name."""
     from prompts.linking import PROMPT_VERSION
 
-    return f"{settings.get('linker_model')}|{settings.get('llm_scoring')}|{PROMPT_VERSION}"
+    model = str(settings.get("linker_model"))
+    url = settings.get("openai_base_url") if model.startswith("openai:") else None
+    return f"{model}{'@' + str(url).rstrip('/') if url else ''}|{settings.get('llm_scoring')}|{PROMPT_VERSION}"
 
 
 ABORT_AFTER = 5
@@ -207,7 +210,8 @@ def llm_scores(records: dict[str, dict], todo: list[str], settings: dict[str, An
     """The linker model's opinion of each ``todo`` mention, from ``cache`` (JSONL) or asked now and appended.
 
     A row: ``{"id", "key", "logp": [per candidate], "nil_logp": x | None, "method", "tokens", "seconds"}``;
-    ``key`` = model | scoring | prompt version (:func:`llm_key`): rows of another key are asked again.
+    ``key`` = model (and server) | scoring | prompt version (:func:`llm_key`): rows of another key are
+    asked again.
     Likelihood scoring also scores ``prompts.linking.NIL_ANSWER`` in the same call (``nil_logp``).
     A mention the model cannot be asked about (a :class:`~tools.errors.ModelError`: e.g. a server that
     cannot score one of its names) is left out of the result, its text answer standing as in the graph,

@@ -317,3 +317,11 @@ def test_fold_weights_carry_clue_models_fitted_on_the_image_descriptions(tmp_pat
             doc = json.loads((folds / f"fold{k}.json").read_text())
             coef = np.asarray(doc["clue_unordered"]["coef"])
             assert bool(np.any(coef[clue_cols] != 0)) == has
+
+
+def test_llm_cache_key_names_the_server_of_an_openai_model():
+    a = {"linker_model": "openai:m", "llm_scoring": "likelihood", "openai_base_url": "http://a:1/v1"}
+    b = {**a, "openai_base_url": "http://b:1/v1/"}
+    assert fit.llm_key(a) != fit.llm_key(b) and "@http://b:1/v1|" in fit.llm_key(b)
+    local = {"linker_model": "embedded", "llm_scoring": "likelihood", "openai_base_url": "http://a:1/v1"}
+    assert fit.llm_key(local) == f"embedded|likelihood|{P.PROMPT_VERSION}"  # the URL is not the model's
