@@ -7,7 +7,7 @@
 * ``onnx:embedded`` / ``onnx:<folder>`` — a sentence-transformers model run by ONNX Runtime
   (``tools/onnx_embeddings.py``): the same vectors up to float rounding, about twice as fast on a CPU.
 * ``onnx-int8:embedded`` / ``onnx-int8:<folder>`` — the same with 8-bit weights (opt-in): close to the
-  float vectors (cosine about 0.99), not equal, about 1.8 times faster again on one thread.
+  float vectors (cosine about 0.99), not equal, about twice as fast again on one thread.
 
 Entity texts ("name. desc") repeat across mentions and runs: :class:`CachedEmbedder` keeps
 them in memory and, for a model named by a spec, in a persistent vector store on disk

@@ -14,8 +14,8 @@ quantized to 8-bit integers (``onnxruntime.quantization.quantize_dynamic``: QInt
 output channel, activations quantized on the fly). The quantized file is made once from the float
 export, beside it (``<name>-int8pc.onnx``), and made again when damaged. Its vectors are close to the
 float ones but not the same (cosine about 0.99 on average, 0.98 at worst on WikiMEL texts; one scale per
-tensor instead of per channel gave 0.95 / 0.91) and it embeds about 1.8 times as many texts per second
-on one CPU thread (docs/batch-speed.md). ONNX Runtime's transformer optimizer
+tensor instead of per channel gave 0.95 / 0.91) and it embeds about twice as many texts per second
+on one CPU thread; 1-2% of the answers change (docs/batch-speed.md). ONNX Runtime's transformer optimizer
 (``onnxruntime.transformers.optimizer``) was tried before quantizing: no attention fusion on this export,
 and no faster (ONNX Runtime's own graph optimizations already run at session start), so it is not used.
 
