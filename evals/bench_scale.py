@@ -25,7 +25,11 @@ Configurations, each on the same mentions, in this order (``--configs`` picks so
   ``$I2CR_KB_VECTORS=off``, so that no KB on the machine changes its figures;
 * ``text-kb-onnx``: ``text-kb`` with the embedding model run by ONNX Runtime
   (``embedding_model=onnx:<the model>``, ``tools/onnx_embeddings.py``; its own KB, ingested with it),
-  for a ``huggingface:``/``embedded`` embedding model.
+  for a ``huggingface:``/``embedded`` embedding model;
+* ``text-kb-onnx-int8``: the same with the model's 8-bit weights (``embedding_model=onnx-int8:<the
+  model>``; its own KB). Its vectors are close to the float ones, not equal: a few predictions may
+  differ from ``eval``'s (its "same as eval" count says how many; the targets' line names the KB
+  configuration whose rate it reports, with that count).
 
 Every configuration links with the same graph wrapped in :class:`TimedGraph` (passed to the
 runner and to the batch actors as ``evals.bench_scale:timed_graph``): it adds one trace entry per
@@ -86,8 +90,8 @@ from typing import Any
 from evals.metrics import wilson as wilson_interval
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_scale.json"
-CONFIGS = ("eval", "batch1", "batch2", "batch2-warm", "text", "text-kb", "text-kb-onnx")
-KB_CONFIGS = ("text-kb", "text-kb-onnx")
+CONFIGS = ("eval", "batch1", "batch2", "batch2-warm", "text", "text-kb", "text-kb-onnx", "text-kb-onnx-int8")
+KB_CONFIGS = ("text-kb", "text-kb-onnx", "text-kb-onnx-int8")
 """The text-decided configurations whose entity vectors come from a knowledge base."""
 TEXT_CONFIGS = ("text", *KB_CONFIGS)
 """The configurations that re-link the mentions ``eval`` decided without the LLM."""
@@ -492,15 +496,21 @@ def run_eval_config(data: Path, labels: str | None, run_dir: Path, ctx: Any, gol
                   "llama_threads_per_actor": os.environ.get(THREADS_ENV) or os.cpu_count()}
 
 
-def onnx_spec(spec: Any) -> str | None:
-    """The ``onnx:`` form of an embedding spec (``embedded`` -> ``onnx:embedded``); ``None`` when it has none."""
+ONNX_CONFIGS = {"text-kb-onnx": "onnx", "text-kb-onnx-int8": "onnx-int8"}
+"""The KB configurations that run the embedding model on ONNX Runtime, and their provider."""
+
+
+def onnx_spec(spec: Any, provider: str = "onnx") -> str | None:
+    """The ``onnx:`` (or ``onnx-int8:``, ``provider``) form of an embedding spec (``embedded`` ->
+    ``onnx:embedded``; ``onnx:X`` <-> ``onnx-int8:X``); ``None`` when it has none."""
     if not isinstance(spec, str):
         return None
     if spec == "embedded":
-        return "onnx:embedded"
-    if spec.startswith("huggingface:"):
-        return "onnx:" + spec.split(":", 1)[1]
-    return spec if spec.startswith("onnx:") else None
+        return f"{provider}:embedded"
+    head, sep, name = spec.partition(":")
+    if sep and head in ("huggingface", "onnx", "onnx-int8"):
+        return f"{provider}:{name}"
+    return None
 
 
 def ingest_kb(entities: Path, folder: Path, ctx: Any, log: Any) -> tuple[Any, dict[str, Any]]:
@@ -633,11 +643,11 @@ def benchmark(data: Path, labels: str | None, ctx: Any, *, sample: int | None = 
                 part = write_subset(records, text_ids, work / "text.json")
                 run_ctx, vectors = ctx, "off"
                 if name in KB_CONFIGS:
-                    if name.endswith("-onnx"):
-                        spec = onnx_spec(ctx.embedding_model)
+                    if name in ONNX_CONFIGS:
+                        spec = onnx_spec(ctx.embedding_model, ONNX_CONFIGS[name])
                         if spec is None:
-                            result["configs"][name] = {"name": name, "n": 0, **extra,
-                                                       "skipped": f"no onnx: form of {ctx.embedding_model!r}"}
+                            result["configs"][name] = {"name": name, "n": 0, **extra, "skipped":
+                                                       f"no {ONNX_CONFIGS[name]}: form of {ctx.embedding_model!r}"}
                             continue
                         run_ctx = ctx.model_copy(update={"embedding_model": spec})
                         extra["embedding_model"] = spec
@@ -699,6 +709,7 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
                                  "today": (ev.get("text_decided") or {}).get("rate"),
                                  "met": None if text is None else text >= TARGETS["text_decided_mps"],
                                  "measured_kb": text_kb, "kb_config": kb_best,
+                                 "kb_same_as_eval": _same(cfg[kb_best]) if kb_best else None,
                                  "met_kb": None if text_kb is None else text_kb >= TARGETS["text_decided_mps"]},
             "overall_mps": {"target": TARGETS["overall_mps"], "measured": overall,
                             "today": (ev.get("throughput") or {}).get("rate"),
@@ -749,7 +760,8 @@ def table(result: dict[str, Any]) -> str:
               f"- text-decided >= {tg['text_decided_mps']['target']:.0f} mentions/s: measured "
               f"{fmt(tg['text_decided_mps']['measured'])} (config text, every entity embedded) -> "
               f"{_met(tg['text_decided_mps']['met'])}; {fmt(tg['text_decided_mps'].get('measured_kb'))} (config "
-              f"{tg['text_decided_mps'].get('kb_config')}, entity vectors from the KB) -> {_met(tg['text_decided_mps'].get('met_kb'))}; today "
+              f"{tg['text_decided_mps'].get('kb_config')}, entity vectors from the KB; predictions as eval's: "
+              f"{tg['text_decided_mps'].get('kb_same_as_eval') or '-'}) -> {_met(tg['text_decided_mps'].get('met_kb'))}; today "
               f"{fmt(tg['text_decided_mps']['today'])} (eval, per process)",
               f"- overall >= {tg['overall_mps']['target']:.0f} mentions/s: measured {fmt(tg['overall_mps']['measured'])} "
               f"(best cold batch), today {fmt(tg['overall_mps']['today'])} (eval) -> {_met(tg['overall_mps']['met'])}",
@@ -759,6 +771,12 @@ def table(result: dict[str, Any]) -> str:
         for d in (c.get("same_as_eval") or {}).get("differs", []):
             lines.append(f"  - {name} differs on {d['id']}: eval {_ent(d['eval'])}, {name} {_ent(d['other'])}")
     return "\n".join(lines)
+
+
+def _same(c: dict[str, Any]) -> str | None:
+    """``identical/compared`` of a configuration's predictions against eval's (``None``: not compared)."""
+    same = c.get("same_as_eval")
+    return f"{same['identical']}/{same['compared']}" if same else None
 
 
 def _met(v: Any) -> str:

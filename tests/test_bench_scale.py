@@ -258,3 +258,21 @@ def test_smoke_run_on_fake_models(tmp_path):
     assert res["targets"]["top1_unchanged"]["met"] is True
     assert "| batch2 |" in bs.table(res)
     assert json.dumps(res, default=str)
+
+
+def test_the_int8_kb_configuration_its_spec_and_its_count_of_differing_predictions():
+    assert bs.CONFIGS[-2:] == ("text-kb-onnx", "text-kb-onnx-int8") and "text-kb-onnx-int8" in bs.KB_CONFIGS
+    assert bs.ONNX_CONFIGS == {"text-kb-onnx": "onnx", "text-kb-onnx-int8": "onnx-int8"}
+    assert bs.onnx_spec("embedded") == "onnx:embedded" and bs.onnx_spec("embedded", "onnx-int8") == "onnx-int8:embedded"
+    assert bs.onnx_spec("huggingface:/m", "onnx-int8") == "onnx-int8:/m"
+    assert bs.onnx_spec("onnx:/m", "onnx-int8") == "onnx-int8:/m" and bs.onnx_spec("onnx-int8:/m") == "onnx:/m"
+    assert bs.onnx_spec("openai:text-embedding-3-small", "onnx-int8") is None and bs.onnx_spec(object()) is None
+    # the fastest KB configuration gives the target's figure, with its count of predictions as eval's
+    res = {"configs": {"text-kb-onnx": {"throughput": {"rate": 30.0}, "same_as_eval": {"identical": 711, "compared": 711}},
+                       "text-kb-onnx-int8": {"throughput": {"rate": 55.0},
+                                             "same_as_eval": {"identical": 703, "compared": 711}}}}
+    tg = bs.targets(res)["text_decided_mps"]
+    assert tg["kb_config"] == "text-kb-onnx-int8" and tg["measured_kb"] == 55.0 and tg["met_kb"] is True
+    assert tg["kb_same_as_eval"] == "703/711"
+    res["configs"]["text-kb-onnx-int8"]["throughput"]["rate"] = 20.0
+    assert bs.targets(res)["text_decided_mps"]["kb_same_as_eval"] == "711/711"

@@ -86,8 +86,8 @@ def fresh_memory() -> None:
 
 
 def without_names(embedded: list[str], mention: str, cands: list[dict]) -> list[str]:
-    """The embedded texts but the mention alone and the names alone (``name_sim``'s texts, which a KB
-    does not store): the query and entity texts whose vectors the KB can give."""
+    """The embedded texts but the mention alone and the names alone (``name_sim``'s texts): the query
+    and entity texts."""
     names = {mention_text(mention)} | ({name_text(c) for c in cands} - {entity_text(c) for c in cands})
     return [t for t in embedded if t not in names]
 
@@ -112,14 +112,16 @@ def test_linker_takes_the_kb_vectors_instead_of_embedding_the_candidates(fake, t
     # the query is embedded; of the candidates only the two whose text the linker writes differently
     # from the KB: a name it cleans ("Ingrid Berg (singer). ...") and an empty description ("Berg River")
     assert embedded[0] == "Berg. " + MENTIONS[0][1]
-    # name_sim's texts (the mention alone, the names alone) are the model's to embed: a KB stores none
-    assert {"Berg", "Anna Berg", "Ingrid Berg (singer)"} <= set(fake.documents)
-    assert sorted(embedded[1:]) == ["Berg River", "Ingrid Berg (singer). Name: Ingrid Berg. Sex: female. "
-                                    "Occupation: singer."]
-    assert embeddings.get_embedder(ctx.embedding_model).computed == 3 + 4  # + "Berg", "Anna Berg", "Carl Berg", "Ingrid Berg (singer)"
-    assert sum(t not in embedded for t in texts) == 3
-    # the shared vectors are those the model computes for those texts
-    reused = [t for t in texts if t not in embedded]
+    # name_sim's texts come from the KB too: every name alone (stored where it is not the entity text:
+    # all five here, "Berg River" as the name without the KB's trailing ". "), and the mention alone
+    # "Berg" is Q3's name. "Berg River" is also that candidate's entity text: from its name vector
+    ingrid = "Ingrid Berg (singer). Name: Ingrid Berg. Sex: female. Occupation: singer."
+    assert sorted(fake.documents) == sorted(["Berg. " + MENTIONS[0][1], ingrid])
+    assert embedded[1:] == [ingrid]
+    assert embeddings.get_embedder(ctx.embedding_model).computed == 2
+    assert sum(t not in embedded for t in texts) == 4
+    # the shared vectors are those the model computes for those texts (entity texts and names alone)
+    reused = [t for t in texts if t not in embedded] + [name_text(c) for c in cands]
     mine = embeddings.get_embedder(ctx.embedding_model).embed(reused)
     own = np.asarray(BagOfWordsEmbeddings().embed_documents(reused), np.float32)
     assert np.allclose(mine, own / np.linalg.norm(own, axis=1, keepdims=True), atol=1e-7)
@@ -294,10 +296,78 @@ def test_a_batch_takes_the_listed_vectors_in_one_lookup(fake, tmp_path, monkeypa
     real = KnowledgeBase.stored_rows
     monkeypatch.setattr(KnowledgeBase, "stored_rows", lambda self, qids: calls.append(list(qids)) or real(self, qids))
     inputs = [{"mention": "Berg", "context": c, "candidates": LISTED} for c in ("one text", "another text")]
-    # two queries, the three entity texts the KB lacks, and name_sim's texts: "Berg" (the mention alone,
-    # also a listed name) and the four other names alone
-    assert warm_embeddings(ctx, inputs) == 2 + 3 + 1 + 4
+    # two queries, the three entity texts the KB lacks, and the names alone of the two entities not in the
+    # KB; the KB gives the other names (Q2's too: its name is the KB's, its description is not) and
+    # "Berg", the mention alone, which is Q3's name
+    assert warm_embeddings(ctx, inputs) == 2 + 3 + 2
     assert len(calls) == 1
     # linking a mention of the batch then finds every listed text in memory: no second lookup
     assert kbmod.share_listed_vectors(LISTED, ctx) == 0
     assert len(calls) == 1
+
+
+# ---- the names alone (name_sim's texts) stored by the KB ----------------------------------------
+
+def test_the_kb_stores_the_names_alone_where_they_are_another_text(fake, tmp_path):
+    path = build(tmp_path)
+    # ingest embedded the entity texts, then the names alone in a pass of their own
+    assert fake.documents[len(RECORDS):] == ["Anna Berg", "Carl Berg", "Berg", "Ingrid Berg (singer)", "Berg River"]
+    rows = {r["qid"]: r for r in KnowledgeBase(path=path, embeddings="huggingface:bag").stored_rows(
+        [r["qid"] for r in RECORDS])}
+    model = BagOfWordsEmbeddings()
+    for rec in RECORDS:
+        text, vec = rows[rec["qid"]]["name_vector"]
+        assert text == name_text(rec)
+        want = np.asarray(model.embed_documents([text])[0], np.float32)
+        assert np.allclose(vec, want / np.linalg.norm(want), atol=1e-7)
+    # without a description too: the KB's entity text is "Berg River." (the linker's is the name alone)
+    assert kbmod.entity_text(RECORDS[4]) == "Berg River." and kbmod.own_name_text(RECORDS[4]) == "Berg River"
+    assert kbmod.own_name_text({"name": "  ", "desc": "x"}) is None
+    assert kbmod.unpack_vector("not base64!") is None and kbmod.unpack_vector(kbmod.pack_vector(np.ones(4)), 3) is None
+
+
+KNOWN = [{"qid": r["qid"], "name": r["name"], "desc": r["desc"]} for r in RECORDS if r["qid"] in ("Q1", "Q2", "Q3")]
+
+
+def test_listed_kb_candidates_cost_only_the_mention_own_texts(fake, tmp_path):
+    ctx = graph_ctx(build(tmp_path), tmp_path)
+    fresh_memory()
+    fake.documents.clear()
+    out = graph.invoke({"mention": "A. Berg", "context": "A. Berg said she would run again",
+                        "candidates": KNOWN}, context=ctx)
+    assert out["entity"] is not None
+    # the query and the mention alone: the candidates' entity texts and names alone are the KB's
+    assert sorted(fake.documents) == sorted(["A. Berg. A. Berg said she would run again", "A. Berg"])
+
+
+def forget_name_vectors(path: Path) -> None:
+    """Make the KB at ``path`` one ingested before names were stored (no ``name_vec*`` keys)."""
+    kb = KnowledgeBase(path=path, embeddings="huggingface:bag")
+    kb.count()
+    ids = kb._entities.get(include=[])["ids"]
+    kb._entities.update(ids=ids, metadatas=[{"name_vec": None, "name_vec_text": None}] * len(ids))
+    assert all("name_vec" not in m for m in kb._entities.get(include=["metadatas"])["metadatas"])
+
+
+def test_an_older_kb_without_name_vectors_links_as_before(fake, tmp_path):
+    path = build(tmp_path)
+    results = {}
+    for kind in ("new", "old"):
+        if kind == "old":
+            forget_name_vectors(path)
+        fresh_memory()
+        fake.documents.clear()
+        ctx = graph_ctx(path, tmp_path)
+        out = graph.invoke({"mention": "A. Berg", "context": "A. Berg said she would run again",
+                            "candidates": KNOWN}, context=ctx)
+        links = [t for t in out["trace"] if t["step"] == "link"]
+        results[kind] = ((out["entity"], out["status"], json.dumps(links, sort_keys=True)), list(fake.documents))
+        stored = KnowledgeBase(path=path, embeddings="huggingface:bag").stored_rows(["Q1"])[0]["name_vector"]
+        assert (stored is None) == (kind == "old")
+    assert results["old"][0] == results["new"][0]
+    # the older KB still gives the entity texts; the names alone are embedded, as before
+    assert sorted(results["old"][1]) == sorted(["A. Berg. A. Berg said she would run again", "A. Berg",
+                                                "Anna Berg", "Carl Berg", "Berg"])
+    fresh_memory()
+    rows = KnowledgeBase(path=path, embeddings="huggingface:bag").search("Berg", "the Alps", k=5, with_vectors=True)
+    assert all(r["name_vector"] is None for r in rows)

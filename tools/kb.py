@@ -5,7 +5,13 @@ Storage — two Chroma collections, so the same code runs on an embedded store
 
 * ``<collection>``: one row per entity, id = qid, the dense embedding of
   ``"name. desc"`` (from ``embedding_model``) and metadata ``{name, desc,
-  aliases (JSON list or ""), image, hash}``. ``hash`` is a digest of the record: re-ingesting
+  aliases (JSON list or ""), image, hash}``, and for an entity whose name alone is another text
+  (:func:`tools.texts.name_text`: it has a description, or its name is cleaned) the name-alone vector
+  too, in ``name_vec`` (base64 of the float32 bytes, exact) with ``name_vec_text`` the text embedded:
+  the fused linker's ``name_sim`` compares each name alone with the mention, and those vectors are
+  shared like the entity vectors. A KB ingested before has no ``name_vec``: its names are embedded
+  by the linker, as before (re-ingest into a new collection to store them; an unchanged record is
+  not rewritten). ``hash`` is a digest of the record: re-ingesting
   an unchanged record is a no-op, a changed one is re-embedded and upserted. The collection's
   metadata records the model: ``i2cr_embedding_model`` (the spec, checked on open) and
   ``i2cr_embedding_id`` (the exact model, :func:`tools.embeddings.embedding_id`; ``unknown`` or
@@ -32,6 +38,7 @@ written, and a re-run redoes only what is missing or changed.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -139,6 +146,37 @@ def entity_text(rec: dict[str, Any]) -> str:
 def query_text(mention: str, context: str) -> str:
     """Text embedded for a query: ``"mention. context"``."""
     return f"{mention}. {context}".strip() if context else mention
+
+
+def own_name_text(rec: dict[str, Any]) -> str | None:
+    """The name-alone text the linker embeds for ``rec`` (:func:`tools.texts.name_text`, compared with the
+    mention by ``name_sim``) when it is not :func:`entity_text` (whose vector the row holds), else ``None``."""
+    from tools.texts import name_text
+
+    text = name_text(rec)
+    return text if text and text != entity_text(rec) else None
+
+
+def pack_vector(vec: np.ndarray) -> str:
+    """A float32 vector as a metadata string (base64 of its bytes: read back bitwise)."""
+    return base64.b64encode(np.asarray(vec, dtype=np.float32).tobytes()).decode("ascii")
+
+
+def unpack_vector(raw: Any, dim: int | None = None) -> np.ndarray | None:
+    """:func:`pack_vector`'s vector (``None`` when ``raw`` is not one, or not ``dim`` long)."""
+    if not isinstance(raw, str) or not raw:
+        return None
+    try:
+        vec = np.frombuffer(base64.b64decode(raw.encode("ascii"), validate=True), dtype=np.float32)
+    except (ValueError, TypeError):
+        return None
+    return vec if vec.size and (dim is None or vec.size == dim) else None
+
+
+def stored_name_vector(meta: dict[str, Any], dim: int | None = None) -> tuple[str, np.ndarray] | None:
+    """``(text, vector)`` of a row's stored name-alone vector (``None`` when it has none: an older KB)."""
+    text, vec = meta.get("name_vec_text"), unpack_vector(meta.get("name_vec"), dim)
+    return (text, vec) if isinstance(text, str) and text and vec is not None else None
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | ValueError]]:
@@ -476,6 +514,9 @@ class KnowledgeBase:
             self._reconcile_id()
             recs = [batch[q] for q in todo]
             vectors = self._embed([entity_text(r) for r in recs])
+            # the names alone, where another text (a pass of their own: short texts are not padded to long ones)
+            own = {r["qid"]: t for r in recs if (t := own_name_text(r))}
+            name_alone = dict(zip(own, self._embed(list(own.values())))) if own else {}
             changed = [q for q in todo if q in old_meta]
             stale = [f"{q}#{i}" for q in changed  # name rows of aliases the new record no longer has
                      for i in range(1 + len(batch[q]["aliases"]), 1 + len(json.loads(old_meta[q].get("aliases") or "[]")))]
@@ -489,7 +530,9 @@ class KnowledgeBase:
             self._chunked(self._names.upsert, ids=name_ids, embeddings=np.asarray(name_vecs, np.float32))
             # every key every time: Chroma's upsert merges metadata, a missing key would keep its old value
             metas = [{"name": r["name"], "desc": r["desc"], "hash": hashes[r["qid"]], "image": r["image"],
-                      "aliases": json.dumps(r["aliases"], ensure_ascii=False) if r["aliases"] else ""}
+                      "aliases": json.dumps(r["aliases"], ensure_ascii=False) if r["aliases"] else "",
+                      "name_vec_text": own.get(r["qid"], ""),
+                      "name_vec": pack_vector(name_alone[r["qid"]]) if r["qid"] in name_alone else ""}
                      for r in recs]
             self._chunked(self._entities.upsert, ids=todo, embeddings=vectors, metadatas=metas)
             stats.updated += len(changed)
@@ -525,7 +568,8 @@ class KnowledgeBase:
         score (``LEXICAL_WEIGHT``-weighted sum in ``hybrid`` mode, else the single signal).
         ``depth`` = candidates pulled from each index before fusion (default max(30, 3k)).
         ``with_vectors``: each result also has ``vector``, the stored unit embedding of its
-        :func:`entity_text` (a float32 array; not JSON).
+        :func:`entity_text` (a float32 array; not JSON), and ``name_vector``, ``(text, vector)`` of its
+        stored name-alone embedding, or ``None`` (:func:`stored_name_vector`).
         """
         if not isinstance(mention, str) or not mention.strip():
             raise InputError("mention: empty; give the entity mention to look up")
@@ -568,6 +612,7 @@ class KnowledgeBase:
                          "lexical": lex})
             if with_vectors:
                 rows[-1]["vector"] = emb[i]
+                rows[-1]["name_vector"] = stored_name_vector(meta, emb.shape[1])
         _fuse(rows, mode)
         rows.sort(key=lambda r: (-r["score"], -r["dense"], -r["lexical"], r["qid"]))
         for rank, row in enumerate(rows[:k], 1):
@@ -575,8 +620,9 @@ class KnowledgeBase:
         return rows[:k]
 
     def stored_rows(self, qids: list[str]) -> list[dict[str, Any]]:
-        """The stored entities of ``qids`` (those present), each ``{qid, name, desc, vector}``: ``vector`` is
-        the stored unit embedding of its :func:`entity_text`. Empty when the KB does not exist."""
+        """The stored entities of ``qids`` (those present), each ``{qid, name, desc, vector, name_vector}``:
+        ``vector`` is the stored unit embedding of its :func:`entity_text`, ``name_vector`` ``(text, vector)``
+        of its name alone or ``None`` (:func:`stored_name_vector`). Empty when the KB does not exist."""
         if not qids or not self._collections(create=False):
             return []
         got = self._chroma(self._entities.get, ids=list(dict.fromkeys(qids)), include=["metadatas", "embeddings"])
@@ -585,7 +631,8 @@ class KnowledgeBase:
             return []
         emb = np.asarray(emb, dtype=np.float32)
         return [{"qid": qid, "name": (meta or {}).get("name", ""), "desc": (meta or {}).get("desc", ""),
-                 "vector": emb[i]} for i, (qid, meta) in enumerate(zip(got["ids"], got["metadatas"]))]
+                 "vector": emb[i], "name_vector": stored_name_vector(meta or {}, emb.shape[1])}
+                for i, (qid, meta) in enumerate(zip(got["ids"], got["metadatas"]))]
 
     def _chroma(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
         """Call a Chroma collection method; a failure becomes a ConfigError naming the store."""
@@ -667,24 +714,31 @@ def share_entity_vectors(kb: KnowledgeBase, rows: list[dict[str, Any]], ctx: Any
     Only vectors that are what that embedder would compute: the KB's recorded model id
     (:attr:`KnowledgeBase.vectors_id`) equals the linker's (:func:`tools.embeddings.embedding_id`),
     and the text the KB embedded (:func:`entity_text`) equals the text the linker embeds
-    (:func:`tools.texts.entity_text`, which cleans the name). Removes ``vector`` from every row;
+    (:func:`tools.texts.entity_text`, which cleans the name). The stored name-alone vectors too
+    (``name_vector``), where their text is the linker's :func:`tools.texts.name_text` of the row: then
+    ``name_sim`` embeds only the mention alone. Removes ``vector`` and ``name_vector`` from every row;
     returns how many texts the embedder took (in memory only: :meth:`CachedEmbedder.prime`).
     """
     from tools.embeddings import embedding_id, get_embedder
     from tools.texts import entity_text as linker_text
+    from tools.texts import name_text
 
     vectors = [r.pop("vector", None) for r in rows]
+    names = [r.pop("name_vector", None) for r in rows]
     spec = getattr(ctx, "embedding_model", "embedded")
     base_url = getattr(ctx, "openai_base_url", None)
     linker_id = embedding_id(spec, base_url)
     if linker_id is None or kb.vectors_id != linker_id:
         return 0
     texts, rows_kept = [], []
-    for row, vec in zip(rows, vectors):
+    for row, vec, named in zip(rows, vectors, names):
         text = linker_text(row)
         if vec is not None and text == entity_text(row):
             texts.append(text)
             rows_kept.append(vec)
+        if named is not None and named[0] == name_text(row) and (vec is None or len(named[1]) == len(vec)):
+            texts.append(named[0])
+            rows_kept.append(named[1])
     if not texts:
         return 0
     embedder = get_embedder(spec, base_url=base_url, api_key=getattr(ctx, "openai_api_key", None))
@@ -696,14 +750,16 @@ def share_listed_vectors(candidates: list[dict[str, Any]], ctx: Any) -> int:
 
     A candidate with a ``qid`` that the KB of ``ctx`` holds, with the same text and a vector of the
     linker's embedding model (the checks of :func:`share_entity_vectors`), is not embedded again:
-    a corpus whose candidate lists name KB entities costs one query embedding per mention. Silent
+    a corpus whose candidate lists name KB entities costs one query embedding per mention (and the
+    mention alone, for ``name_sim``: the names alone come from the KB too when it stores them). Silent
     and free when there is no KB, when ``$I2CR_KB_VECTORS=off``, or for an embedder given as an
     object (no model id); a KB that cannot be read leaves the texts to be embedded as usual.
-    Candidates whose text the embedder already holds (a batch's warm-up took them) are not looked
+    Candidates whose texts the embedder already holds (a batch's warm-up took them) are not looked
     up again. Returns how many texts the embedder took.
     """
     from tools.embeddings import embedding_id, get_embedder
     from tools.texts import entity_text as linker_text
+    from tools.texts import name_text
 
     listed = [c for c in candidates if isinstance(c, dict) and c.get("qid")]
     spec, base_url = getattr(ctx, "embedding_model", "embedded"), getattr(ctx, "openai_base_url", None)
@@ -711,8 +767,8 @@ def share_listed_vectors(candidates: list[dict[str, Any]], ctx: Any) -> int:
         return 0
     try:
         embedder = get_embedder(spec, base_url=base_url, api_key=getattr(ctx, "openai_api_key", None))
-        missing = set(embedder.missing([linker_text(c) for c in listed]))
-        qids = [str(c["qid"]) for c in listed if linker_text(c) in missing]
+        missing = set(embedder.missing([t for c in listed for t in (linker_text(c), name_text(c))]))
+        qids = [str(c["qid"]) for c in listed if linker_text(c) in missing or name_text(c) in missing]
         if not qids:
             return 0
         kb = open_kb(ctx)

@@ -30,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--host", help="Chroma server host (use a server instead of --path)")
     g.add_argument("--port", type=int, help="Chroma server port (default: kb_port, 8000)")
     g.add_argument("--collection", help="collection name (default: kb_collection, 'entities')")
-    g.add_argument("--embedding-model", help="'embedded', 'huggingface:<id|path>', 'onnx:embedded|<path>' or 'openai:<model>' "
+    g.add_argument("--embedding-model", help="'embedded', 'huggingface:<id|path>', 'onnx:embedded|<path>', "
+                   "'onnx-int8:embedded|<path>' or 'openai:<model>' "
                    "(default: embedding_model); must match the one the KB was built with")
     p = argparse.ArgumentParser(prog="i2cr kb", description="Fill and query the entity knowledge base.")
     sub = p.add_subparsers(dest="command", required=True, metavar="{ingest,search,count}")

@@ -44,7 +44,7 @@ def parse_spec(spec: str, *, setting: str, providers: tuple[str, ...]) -> ModelS
 # tests/test_bad_input.py keeps them in step)
 PROVIDERS: dict[str, tuple[str, ...]] = {
     "linker_model": ("embedded", "openai", "huggingface"),
-    "embedding_model": ("embedded", "huggingface", "openai", "onnx"),
+    "embedding_model": ("embedded", "huggingface", "openai", "onnx", "onnx-int8"),
     "verifier": ("embedded", "clip", "judge"),
     "caption_model": ("embedded", "openai", "huggingface"),
     "object_model": ("embedded", "huggingface"),
@@ -65,7 +65,8 @@ def check_spec(spec: str, *, setting: str, providers: tuple[str, ...], base_url:
     """
     parsed = parse_spec(spec, setting=setting, providers=providers)
     where = f"{setting} '{spec.strip()}'"
-    if parsed.provider in ("huggingface", "clip") or (parsed.provider == "onnx" and parsed.name != "embedded"):
+    if parsed.provider in ("huggingface", "clip") or (parsed.provider in ("onnx", "onnx-int8")
+                                                         and parsed.name != "embedded"):
         _check_local_or_hub(parsed.name, where)
     elif parsed.provider == "openai":
         if not (api_key or os.environ.get("OPENAI_API_KEY")) and not (base_url or os.environ.get("OPENAI_BASE_URL")):
