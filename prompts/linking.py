@@ -77,6 +77,6 @@ NAME_USER = """Text: {context}
 
 NIL_ANSWER = "Unknown"
 
-PROMPT_VERSION = "name-v2"
+PROMPT_VERSION = "name-v3"
 """Changes whenever the likelihood or letters prompt changes: cached LLM scores are keyed by it
 (``evals/fit.py``), so a cache filled with another prompt is not reused."""

@@ -117,7 +117,7 @@ def test_i2cr_fit_bad_input_is_one_line(tmp_path, fakes, capsys):
     assert "--nil-threshold" in capsys.readouterr().err
 
 
-def test_likelihood_prompt_is_type_neutral_with_display_names(fakes):
+def test_likelihood_prompt_is_type_neutral_and_scores_names_without_disambiguators(fakes):
     state = {"mention": "Bratz", "context": "Bratz opened in cinemas.", "clues": [], "round": 1,
              "candidates": [{"qid": "Q1", "name": "Bratz_(film)", "desc": ""},
                             {"qid": "Q2", "name": "Bratz%27s_dolls", "desc": ""}]}
@@ -126,7 +126,8 @@ def test_likelihood_prompt_is_type_neutral_with_display_names(fakes):
     prompt, conts = fakes.seen[-1]
     assert 'What does "Bratz" refer to in this text? Answer with its name.' in prompt
     assert "Who is" not in prompt
-    assert conts == ["Bratz (film)", "Bratz's dolls", P.NIL_ANSWER]
+    # the name as it would be answered: "(film)" would only cost the candidate tokens
+    assert conts == ["Bratz", "Bratz's dolls", P.NIL_ANSWER]
     assert len(logp) == 2 and call["nil_logp"] == -6.0
 
 

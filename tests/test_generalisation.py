@@ -15,7 +15,7 @@ from tools.embeddings import get_embedder
 from tools.errors import ConfigError
 from tools.features import ALL_FEATURES, TEXT_FEATURES, candidate_features
 from tools.fusion import distribution, load_weights, nil_decision, order_is_ranked, weights_document, write_weights
-from tools.names import clean_name, display_name, is_acronym_of, name_key, prefix_share, split_name
+from tools.names import answer_name, clean_name, display_name, is_acronym_of, name_key, prefix_share, split_name
 
 from fakes import BagOfWordsEmbeddings, TableScorer
 
@@ -36,6 +36,7 @@ EMB = get_embedder(BagOfWordsEmbeddings())
 def test_names_are_split_into_base_and_disambiguator(raw, base, dis):
     assert split_name(raw) == (base, dis)
     assert display_name(raw) == (f"{base} ({dis})" if dis else base)
+    assert answer_name(raw) == base  # what the LLM is scored on: no disambiguator
 
 
 def test_near_duplicate_names_share_a_key():

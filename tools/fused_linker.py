@@ -31,7 +31,7 @@ from tools.features import candidate_features
 from tools.fusion import distribution, load_weights, nil_decision, order_is_ranked
 from tools.linker import count_call
 from tools.models import describe
-from tools.names import display_name
+from tools.names import answer_name, display_name
 from tools.prompt_text import candidate_desc, clue_block
 from tools.texts import entity_ref
 
@@ -59,7 +59,9 @@ def ask_llm(model: BaseChatModel, mention: str, context: str, candidates: list[d
     names = [display_name(c["name"]) for c in candidates]
     if scoring_method(model, llm_scoring, spec) == "likelihood":
         # "Unknown" is scored after the names too: the LLM's own nil evidence (used when the weights have a term for it)
-        logp, call = name_likelihoods(model, name_messages(mention, context, clues), names + [P.NIL_ANSWER], spec=spec)
+        # each name as an answer is spoken, without its disambiguator: "(diplomat)" would only cost tokens
+        spoken = [answer_name(c["name"]) for c in candidates]
+        logp, call = name_likelihoods(model, name_messages(mention, context, clues), spoken + [P.NIL_ANSWER], spec=spec)
         return np.asarray(logp[:-1], dtype=np.float64), {**call, "nil_logp": float(logp[-1])}
     labels = labels_for(len(candidates))
     messages = choice_messages(mention, context, candidates[:len(labels)], clues, labels,

@@ -70,6 +70,13 @@ def display_name(name: str) -> str:
     return f"{base} ({dis})" if dis else base
 
 
+def answer_name(name: str) -> str:
+    """The name as a model would answer it: the cleaned name without its disambiguator
+    (``Kevin_Rudd_(diplomat)`` -> ``Kevin Rudd``); the whole cleaned name if that would leave nothing."""
+    base, _ = split_name(name)
+    return base or clean_name(name)
+
+
 def name_key(name: str) -> str:
     """A key equal for names that differ only in case, accents, punctuation, spacing or encoding."""
     return " ".join(_WORD.findall(fold(clean_name(name))))
