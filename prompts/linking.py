@@ -67,7 +67,8 @@ Which candidate does the mention "{mention}" refer to? Answer with the letter on
 
 # Fused mode, llm_scoring="likelihood": the model is asked what the mention refers to (any kind of
 # entity: person, place, organisation, product, ...), and each candidate's normalised name
-# (tools.names.display_name) is scored as the start of its answer (no answer is sampled), as is
+# as it would be answered, without its disambiguator (tools.names.answer_name), is scored as the
+# start of its answer (no answer is sampled), as is
 # NIL_ANSWER (the model's "none" signal, read by fits that test it as nil evidence).
 # The text comes first and the clues after it, so clue rounds reuse the text's KV cache.
 NAME_SYSTEM = "You are an entity linking system."
