@@ -137,6 +137,25 @@ def test_undecided_text_evidence_asks_the_llm_once_and_fuses(tmp_path):
     assert run(letter_model(A=-3.0, B=-0.1, C=-3.0), weights, llm_weight=0.0)["entity"]["qid"] == "Q1"
 
 
+def test_a_model_whose_weight_is_zero_is_not_asked(tmp_path):
+    """A weights file giving the model's scoring route weight 0 (what `i2cr fit` writes for a model that adds
+    nothing) makes every call pointless: undecided mentions are linked on the text, the model never called."""
+    doc = json.loads(Path(weights_file(tmp_path, list_first=0.5)).read_text())
+    doc["llm_weight"] = {"likelihood": 0.0, "choice": 1.0}
+    zero = tmp_path / "zero.json"
+    zero.write_text(json.dumps(doc))
+    model = name_model(Anna_Berg=-6.0, Carl_Berg=-1.0, Berg=-6.0)
+    out = run(model, str(zero), gate_threshold=0.9)
+    assert model.calls == [] and out["usage"].get("llm_calls", 0) == 0 and out["entity"]["qid"] == "Q1"
+    assert "LLM weight 0" in links(out)[0]["note"] and links(out)[0]["gated"] is True
+    # the other route keeps its weight: the lettered model is asked
+    letters = letter_model(A=-3.0, B=-0.1, C=-3.0)
+    assert run(letters, str(zero), gate_threshold=0.9)["entity"]["qid"] == "Q2" and len(letters.calls) == 1
+    # llm_weight=0 set by hand: not asked either
+    letters = letter_model(A=-3.0, B=-0.1, C=-3.0)
+    assert run(letters, str(zero), gate_threshold=0.9, llm_weight=0.0)["entity"]["qid"] == "Q1" and letters.calls == []
+
+
 def test_names_are_scored_by_likelihood_when_the_model_can(tmp_path):
     weights = weights_file(tmp_path, list_first=0.5)
     model = name_model(Anna_Berg=-6.0, Carl_Berg=-1.0, Berg=-6.0)

@@ -102,6 +102,14 @@ def score_round(mention: str, context: str, candidates: list[dict], clues: list[
             from tools.linker import load_linker
 
             model = load_linker(settings)
+        method = "likelihood" if scoring_method(model, settings.llm_scoring, settings.linker_model) == "likelihood" \
+            else "choice"
+        w = weights.llm_weight_for(method) if settings.llm_weight is None else settings.llm_weight
+        if w == 0 and not (method == "likelihood" and weights.llm_nil):
+            # its answer would add nothing to any score (e.g. `i2cr fit` found this model no help): not asked
+            asked = False
+            out["llm_skipped"] = f"LLM weight 0 for {describe(settings.linker_model)} ({method}): not asked"
+    if asked:
         llm, call = ask_llm(model, mention, context, candidates, clues, llm_scoring=settings.llm_scoring,
                             spec=settings.linker_model, max_desc_chars=settings.max_desc_chars)
         count_call(usage, call.get("input_tokens", 0), call.get("output_tokens", 0))
@@ -147,7 +155,9 @@ def pick(dist: dict[str, Any], candidates: list[dict], excluded: set[str], setti
     if reused:
         info["note"] = "re-choice from this round's distribution: no model call"
     elif dist["gated"]:
-        if len(dist["keys"]) <= 1:
+        if dist.get("llm_skipped"):
+            info["note"] = dist["llm_skipped"]
+        elif len(dist["keys"]) <= 1:
             info["note"] = "one candidate: LLM not asked"
         elif max(dist["prior"]) >= settings.gate_threshold:
             info["note"] = (f"text evidence decisive (top p={max(dist['prior']):.3f} >= gate "
