@@ -42,6 +42,9 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failure-share", type=float, default=0.5, metavar="F",
                    help="stop when, after 20 mentions, more than this share failed with one error "
                         "(default 0.5; 1 = never)")
+    p.add_argument("--mention-timeout", type=float, default=600.0, metavar="S",
+                   help="kill and replace a worker that spends more than S seconds on one mention (a hang); "
+                        "the mention is tried once more, then recorded as failed (default 600; 0 = no limit)")
     p.add_argument("--in-process", action="store_true",
                    help="link in this process, not in worker processes (no crash isolation; for debugging)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -61,7 +64,7 @@ def eval_main(argv: list[str]) -> int:
                            sample=args.sample, seed=args.seed, concurrency=args.concurrency,
                            retry_errors=args.retry_errors, progress=not args.no_progress,
                            report=not args.no_report, isolation="inline" if args.in_process else "process",
-                           fail_fast=args.fail_fast,
+                           fail_fast=args.fail_fast, mention_timeout=args.mention_timeout or None,
                            max_failure_share=None if args.max_failure_share == 1 else args.max_failure_share)
     except I2CRError as exc:
         print(f"i2cr eval: error: {exc}", file=sys.stderr)

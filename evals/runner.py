@@ -30,6 +30,7 @@ from typing import Any
 from evals.datasets import Dataset, Example, load_dataset
 from evals.predict import Baselines, evaluate_one, failed_record
 from evals.store import PredictionWriter, RunLock, check_resume, read_config, read_predictions, write_config
+from evals.worker import MENTION_TIMEOUT
 from graph.context import Context
 from tools.errors import InputError
 
@@ -152,7 +153,8 @@ def run_eval(dataset: str | Path, labels: str | Path | dict | None = None, out: 
              sample: int | None = None, seed: int = 0, concurrency: int = 1, retry_errors: bool = False,
              progress: bool = True, report: bool = True, graph: Any = None,
              on_record: Callable[[dict], None] | None = None, isolation: str = "process",
-             fail_fast: int = FAIL_FAST, max_failure_share: float | None = MAX_FAILURE_SHARE) -> dict[str, Any]:
+             fail_fast: int = FAIL_FAST, max_failure_share: float | None = MAX_FAILURE_SHARE,
+             mention_timeout: float | None = MENTION_TIMEOUT) -> dict[str, Any]:
     """Run (or resume) the graph over a dataset, writing ``out/predictions.jsonl``; return a summary.
 
     ``isolation="process"`` links in ``concurrency`` worker processes that are
@@ -165,7 +167,9 @@ def run_eval(dataset: str | Path, labels: str | Path | dict | None = None, out: 
     then says why. ``summary["all_failed"]`` is true when every mention of the
     selection failed. ``on_record`` is called with each line after it is
     written (tests use it to simulate a crash). With ``report``, ``report.md``
-    and ``rounds.png`` are written at the end.
+    and ``rounds.png`` are written at the end. ``mention_timeout``: seconds a worker
+    process may spend on one mention before it is killed and replaced (the mention is
+    tried once more, then recorded as failed; ``None`` or 0: no limit).
     """
     # everything that can be checked is checked before the first mention: the settings (built here,
     # validated by Context), the options, the dataset, the run folder and its lock
@@ -183,7 +187,7 @@ def run_eval(dataset: str | Path, labels: str | Path | dict | None = None, out: 
         from evals.worker import WorkerPool
 
         # pickles the settings now (no process starts yet): what cannot reach a worker is a one-line error
-        pool = WorkerPool(concurrency, ctx, graph, failed_record=failed_record)
+        pool = WorkerPool(concurrency, ctx, graph, failed_record=failed_record, mention_timeout=mention_timeout)
     ds = load_dataset(dataset, labels, images)
     chosen = select(ds.examples, limit=limit, sample=sample, seed=seed)
     run_dir = Path(out)

@@ -15,6 +15,9 @@ the predictions itself, in the parent:
   the new worker (the one waiting goes back to the queue); a mention that
   kills two workers is recorded as failed (``worker died: SIGSEGV while
   linking``) and the batch goes on;
+* a worker that spends longer than ``mention_timeout`` (:data:`MENTION_TIMEOUT`,
+  10 minutes) on one mention is killed, and that counts as the mention killing it
+  (``worker died: timed out after 600 s while linking`` on the second time);
 * a worker that dies before it is ready twice in a row (the settings cannot be
   loaded, a model runtime crashes on import) stops the run with one line.
 
@@ -50,6 +53,9 @@ MAX_DEATHS = 2
 """Workers a mention may kill before it is recorded as failed."""
 DEPTH = 2
 """Mentions sent to a worker ahead: the one it links and the next."""
+MENTION_TIMEOUT = 600.0
+"""Seconds a worker may spend on one mention before it is killed (a hang: a stuck server call, a deadlock);
+the mention then counts as its death (tried once more, then recorded as failed). ``None``: no limit."""
 PREFETCH_MAX_BYTES = 32 * 1024
 """A next mention is sent ahead only when its message fits in a pipe's buffer (64 KiB on Linux)."""
 
@@ -155,6 +161,7 @@ class _Worker:
         self.send = Connection(to_child_w, readable=False)
         self.recv = Connection(from_child_r, writable=False)
         self.ready = False
+        self.timed_out: float | None = None  # the limit it was killed at, if it was
         self.assigned: deque = deque()  # examples sent, in order; the first is the one being linked
         self.started = 0.0  # when the first of them started
         try:
@@ -202,8 +209,9 @@ class WorkerPool:
     """
 
     def __init__(self, size: int, ctx: Any, graph: Any, *, failed_record: Callable[[Any, str, float], dict],
-                 notes: list[str] | None = None):
+                 notes: list[str] | None = None, mention_timeout: float | None = MENTION_TIMEOUT):
         self.size, self.failed_record = size, failed_record
+        self.mention_timeout = mention_timeout if mention_timeout and mention_timeout > 0 else None
         self.notes = [] if notes is None else notes
         self.blob = payload(ctx, graph)
         self.workers: list[_Worker] = []
@@ -221,7 +229,10 @@ class WorkerPool:
                 busy = [w for w in self.workers if w.assigned or not w.ready]
                 if not busy:
                     break
-                for conn in wait_for([w.recv for w in busy]):
+                ready = wait_for([w.recv for w in busy], timeout=self._until_timeout(busy))
+                if not ready:
+                    self._kill_overdue(busy)
+                for conn in ready:
                     w = next(w for w in busy if w.recv is conn)
                     try:
                         kind, value = w.recv.recv()
@@ -278,9 +289,26 @@ class WorkerPool:
                     break
                 queue.popleft()
 
+    def _until_timeout(self, busy: list[_Worker]) -> float | None:
+        """Seconds until the first linking worker passes :attr:`mention_timeout` (``None``: no limit)."""
+        linking = [w.started for w in busy if w.ready and w.assigned]
+        if self.mention_timeout is None or not linking:
+            return None
+        return max(0.0, min(linking) + self.mention_timeout - time.perf_counter())
+
+    def _kill_overdue(self, busy: list[_Worker]) -> None:
+        """Kill each worker linking one mention for longer than the limit; its pipe's end is read next."""
+        now = time.perf_counter()
+        for w in busy:
+            if w.ready and w.assigned and w.timed_out is None and now - w.started >= self.mention_timeout:
+                w.timed_out = self.mention_timeout
+                w.proc.kill()
+
     def _bury(self, w: _Worker) -> str:
         self.workers.remove(w)
         w.close(wait=10)
+        if w.timed_out is not None:
+            return f"timed out after {w.timed_out:g} s"
         return exit_cause(w.proc.returncode)
 
     def _died_linking(self, w: _Worker, cause: str, queue: deque, record_done: Callable[[dict], None]) -> None:

@@ -337,3 +337,32 @@ def test_cli_in_process_links_objects_that_cannot_reach_a_worker(tmp_path, capsy
     assert err.count("\n") == 1 and "setting linker_model: the Local object cannot be sent" in err
     assert eval_main([str(data), "--no-progress", "--no-report", "--out", str(tmp_path / "a"), "--in-process"]) == 0
     assert "3/3 mentions" in capsys.readouterr().out
+
+
+class Hangs(ScriptedChatModel):
+    """Answers "1"; never returns when a prompt holds ``word`` (a stuck server call)."""
+
+    word: str = "Mercury"
+    parent_pid: int = 0
+
+    def _call(self, messages, *args, **kwargs):
+        if any(self.word in str(m.content) for m in messages):
+            if os.getpid() == self.parent_pid:
+                raise RuntimeError("linking in the test process: the worker process was not used")
+            import time
+
+            time.sleep(3600)
+        return super()._call(messages, *args, **kwargs)
+
+
+def test_a_mention_that_hangs_is_timed_out_twice_then_recorded_and_the_batch_goes_on(tmp_path):
+    run = tmp_path / "run"
+    model = Hangs(responses=["1"], prompts=[], parent_pid=os.getpid())
+    summary = run_eval(WIKIMEL, WIKIMEL_LABELS, run, context=context(model), progress=False, report=False,
+                       mention_timeout=2.0)
+    by_id = {r["id"]: r for r in lines(run)}
+    assert sorted(by_id) == ["101", "102", "103", "104", "105", "106"]  # none lost, none twice
+    assert by_id["105"]["error"] == "worker died: timed out after 2 s while linking"
+    assert all(by_id[i]["prediction"] and not by_id[i].get("error") for i in ("101", "102", "103", "106"))
+    assert summary["worker_restarts"] == 2
+    assert any("'105' killed the eval worker 2 times (timed out after 2 s)" in n for n in summary["notes"])
