@@ -303,12 +303,16 @@ class ServerScorer:
         reply.raise_for_status()
         return reply.json()
 
-    def _complete(self, prompt: str, *, echo: bool, force: int | None = None) -> dict:
-        body = {"model": self.model_name, "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "logprobs": 1}
+    def _complete(self, prompt: str, *, echo: bool, force: int | list[int] | None = None,
+                  max_tokens: int = 1) -> dict:
+        """One greedy completion of ``prompt`` (``max_tokens`` tokens, their log-probabilities); ``force``:
+        the token(s) biased by :data:`FORCE` at every step."""
+        body = {"model": self.model_name, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
+                "logprobs": 1}
         if echo:
             body["echo"] = True
         if force is not None:
-            body["logit_bias"] = {str(force): FORCE}
+            body["logit_bias"] = {str(t): FORCE for t in ([force] if isinstance(force, int) else force)}
         return self._post(f"{self.base}/completions", body)
 
     @staticmethod
@@ -494,9 +498,7 @@ class ServerScorer:
         token the model prefers, so the reply is accepted only when it is ``text`` (the group's
         characters) in exactly that many tokens.
         """
-        body = {"model": self.model_name, "prompt": prompt, "max_tokens": len(group), "temperature": 0.0,
-                "logprobs": 1, "logit_bias": {str(t): FORCE for t in group}}
-        reply = self._post(f"{self.base}/completions", body)
+        reply = self._complete(prompt, echo=False, force=group, max_tokens=len(group))
         usage = reply.get("usage") or {}
         n_sent = int(usage.get("prompt_tokens") or 0)
         lps = list(((reply["choices"][0].get("logprobs") or {}).get("token_logprobs")) or [])[:len(group)]
