@@ -149,6 +149,29 @@ def test_names_whose_characters_split_across_tokens_are_scored_by_forcing_the_ch
     assert got == pytest.approx(want, abs=2e-3)
 
 
+def test_names_that_part_inside_a_character_are_each_scored_from_the_last_whole_character(monkeypatch):
+    """A byte-per-token server (fake): "Čech" and "Ďurica" share Č's and Ď's first byte, so the second name's
+    shared prefix ends inside a character; its character is forced whole from the last text boundary."""
+    scorer = choice.ServerScorer.__new__(choice.ServerScorer)
+    scorer.model_name, scorer.base = "m", "http://x/v1"
+    monkeypatch.setattr(scorer, "_tokenize", lambda text: list(text.encode()))
+    monkeypatch.setattr(scorer, "_detokenize", lambda ids: bytes(ids).decode())  # raises inside a character
+    asked = []
+
+    def post(url, body):
+        prompt = body["prompt"].encode()
+        forced = [int(t) for t in body["logit_bias"]]
+        asked.append((body["prompt"], forced))
+        n = body["max_tokens"]
+        return {"choices": [{"text": bytes(forced[:n]).decode(), "logprobs": {"token_logprobs": [-0.5] * n}}],
+                "usage": {"prompt_tokens": 3 + len(prompt) - len(b"abc"), "completion_tokens": n}}
+
+    monkeypatch.setattr(scorer, "_post", post)
+    out, _ = scorer._forced_logprobs("abc", 3, ["Čech", "Ďurica"])
+    assert [len(x) for x in out] == [len("Čech".encode()), len("Ďurica".encode())]
+    assert ("abc", list("Ď".encode())) in asked  # Ď's two bytes asked together from the boundary before it
+
+
 def test_a_forced_character_that_comes_back_otherwise_is_refused_with_the_name(monkeypatch):
     scorer = choice.ServerScorer.__new__(choice.ServerScorer)
     scorer.model_name, scorer.base = "m", "http://x/v1"

@@ -458,18 +458,15 @@ class ServerScorer:
         out, sent = [], n_prompt
         for cont in continuations:
             ids = self._tokenize(cont)
-            j = 0
+            j = 0  # always where the prefix is whole text
             while j < len(ids):
-                if tuple(ids[:j + 1]) in seen:
-                    j += 1
-                    continue
-                head = self._head(ids[:j], heads)
-                if head is None:
-                    raise ModelError(f"'{cont}': the server cannot turn its first {j} tokens back into text, "
-                                     "so they cannot be sent before its next one")
                 k = j + 1  # the group: up to the next prefix that is whole text
                 while k < len(ids) and self._head(ids[:k], heads) is None:
                     k += 1
+                if all(tuple(ids[:i + 1]) in seen for i in range(j, k)):  # asked for an earlier name
+                    j = k
+                    continue
+                head = self._head(ids[:j], heads)
                 lps, n_sent = self._forced_group(cont, prompt + head, ids[j:k], n_prompt + j,
                                                  None if k - j == 1 else self._head(ids[:k], heads)[len(head):])
                 for i, lp in enumerate(lps):
