@@ -72,6 +72,14 @@ def ask_llm(model: BaseChatModel, mention: str, context: str, candidates: list[d
     return llm, call
 
 
+def llm_weight(weights: Any, settings: Any, method: str) -> float:
+    """The weight of the LLM's scores read by ``method`` (``likelihood``; any other is the lettered route):
+    ``settings.llm_weight`` when set, else the weights file's for that route."""
+    if settings.llm_weight is not None:
+        return settings.llm_weight
+    return weights.llm_weight_for("likelihood" if method == "likelihood" else "choice")
+
+
 def score_round(mention: str, context: str, candidates: list[dict], clues: list[dict], settings: Any, *,
                 round_no: int, source: str | None, earlier: dict[str, Any] | None, usage: dict[str, Any],
                 model: Any = None) -> dict[str, Any]:
@@ -102,10 +110,8 @@ def score_round(mention: str, context: str, candidates: list[dict], clues: list[
             from tools.linker import load_linker
 
             model = load_linker(settings)
-        method = "likelihood" if scoring_method(model, settings.llm_scoring, settings.linker_model) == "likelihood" \
-            else "choice"
-        w = weights.llm_weight_for(method) if settings.llm_weight is None else settings.llm_weight
-        if w == 0 and not (method == "likelihood" and weights.llm_nil):
+        method = scoring_method(model, settings.llm_scoring, settings.linker_model)
+        if llm_weight(weights, settings, method) == 0 and not (method == "likelihood" and weights.llm_nil):
             # its answer would add nothing to any score (e.g. `i2cr fit` found this model no help): not asked
             asked = False
             out["llm_skipped"] = f"LLM weight 0 for {describe(settings.linker_model)} ({method}): not asked"
@@ -119,8 +125,7 @@ def score_round(mention: str, context: str, candidates: list[dict], clues: list[
     elif earlier.get("llm") and earlier.get("keys") == out["keys"]:
         out["llm"] = {**earlier["llm"], "raw": None}  # an earlier round's opinion of the text still counts, free
     if out["llm"]:
-        method = "likelihood" if out["llm"]["method"] == "likelihood" else "choice"
-        w = weights.llm_weight_for(method) if settings.llm_weight is None else settings.llm_weight
+        w = llm_weight(weights, settings, out["llm"]["method"])
         out["llm"]["weight"] = w
         scores = weights.with_llm(scores, w, out["llm"]["logprobs"], out["llm"].get("nil_logprob"))
     probs, p_nil = distribution(scores, weights.nil_row)
