@@ -290,8 +290,9 @@ class WorkerPool:
                 queue.popleft()
 
     def _until_timeout(self, busy: list[_Worker]) -> float | None:
-        """Seconds until the first linking worker passes :attr:`mention_timeout` (``None``: no limit)."""
-        linking = [w.started for w in busy if w.ready and w.assigned]
+        """Seconds until the first linking worker passes :attr:`mention_timeout` (``None``: no limit); a worker
+        killed already is left out (its pipe's end is waited for, not polled)."""
+        linking = [w.started for w in busy if w.ready and w.assigned and w.timed_out is None]
         if self.mention_timeout is None or not linking:
             return None
         return max(0.0, min(linking) + self.mention_timeout - time.perf_counter())
