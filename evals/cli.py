@@ -64,7 +64,7 @@ def eval_main(argv: list[str]) -> int:
                            sample=args.sample, seed=args.seed, concurrency=args.concurrency,
                            retry_errors=args.retry_errors, progress=not args.no_progress,
                            report=not args.no_report, isolation="inline" if args.in_process else "process",
-                           fail_fast=args.fail_fast, mention_timeout=args.mention_timeout or None,
+                           fail_fast=args.fail_fast, mention_timeout=args.mention_timeout,
                            max_failure_share=None if args.max_failure_share == 1 else args.max_failure_share)
     except I2CRError as exc:
         print(f"i2cr eval: error: {exc}", file=sys.stderr)

@@ -366,3 +366,11 @@ def test_a_mention_that_hangs_is_timed_out_twice_then_recorded_and_the_batch_goe
     assert all(by_id[i]["prediction"] and not by_id[i].get("error") for i in ("101", "102", "103", "106"))
     assert summary["worker_restarts"] == 2
     assert any("'105' killed the eval worker 2 times (timed out after 2 s)" in n for n in summary["notes"])
+
+
+@pytest.mark.parametrize("bad", ["-5", "nan"])
+def test_a_negative_or_nan_mention_timeout_is_refused_before_anything_runs(tmp_path, capsys, bad):
+    assert eval_main([str(WIKIMEL), "--labels", str(WIKIMEL_LABELS), "--out", str(tmp_path / "run"),
+                      "--mention-timeout", bad, "--no-progress"]) == 2
+    assert f"--mention-timeout: expected seconds >= 0 (0 = no limit), got {float(bad)}" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
