@@ -151,3 +151,35 @@ def test_int8_has_its_own_embedding_id_and_spec(cache, monkeypatch):
     emb = embeddings.get_embedder("onnx-int8:embedded")
     assert emb.embeddings.int8 and emb.embeddings is not embeddings.load_embeddings("onnx:embedded")
     assert emb.cosine("Jordan scored for the Bulls", ["Michael Jordan. basketball player", "Jordan River"])[0] > 0
+
+
+def test_a_texts_vector_does_not_depend_on_the_texts_beside_it(cache):
+    """Runs of texts of about the same token count: a text alone or among others (padding, other lengths)
+    gets its own vector: exactly with 8-bit weights (one text per run: the activation scale is per run),
+    up to float rounding with float weights; and the output keeps the input's order."""
+    folder = embeddings.embedded_model_dir()
+    texts = [t for t in TEXTS if t] + [t for triple in RELATED for t in triple] + ["Nero"] * 3
+    for model, tol in ((OnnxEmbeddings("embedded", folder), 1e-6), (OnnxEmbeddings("embedded", folder, int8=True), 0)):
+        together = np.asarray(model.embed_documents(texts))
+        alone = np.asarray([model.embed_documents([t])[0] for t in texts])
+        assert np.abs(together - alone).max() <= tol, model.int8
+        shuffled = np.asarray(model.embed_documents(texts[::-1]))
+        assert np.abs(shuffled[::-1] - together).max() <= tol
+        assert np.array_equal(together[-1], together[-2])  # duplicates alike
+
+
+def test_runs_are_sorted_by_token_count_and_sized_by_weights(cache, monkeypatch):
+    import tools.onnx_embeddings as oe
+
+    folder = embeddings.embedded_model_dir()
+    texts = ["a", "a b c d e f g h i j k l", "a b c", "a b c d e f", "a b"] * 4
+    for int8, size in ((False, oe.BATCH), (True, oe.INT8_BATCH)):
+        model = OnnxEmbeddings("embedded", folder, int8=int8)
+        runs = []
+        real = model._batch
+        monkeypatch.setattr(model, "_batch", lambda rows, real=real: (runs.append([len(r) for r in rows]), real(rows))[1])
+        model.embed_documents(texts)
+        assert all(len(r) <= size for r in runs) and sum(len(r) for r in runs) == len(texts)
+        flat = [n for r in runs for n in r]
+        assert flat == sorted(flat, reverse=True)  # longest first: little padding in each run
+    assert embeddings.embedding_id("onnx-int8:embedded").endswith(f"#{oe.INT8_ID}")

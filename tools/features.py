@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -154,49 +155,33 @@ def rank_features(n: int, ranked: bool) -> tuple[np.ndarray, np.ndarray]:
     return np.full(n, first.mean()), np.full(n, inv.mean())
 
 
-def candidate_features(mention: str, context: str, candidates: list[dict], embedder: Any,
-                       clue_text: str = "", ocr_text: str = "", *, ranked: bool = True) -> np.ndarray:
-    """A ``(len(candidates), len(ALL_FEATURES))`` matrix; clue columns are 0 without clues.
 
-    ``ranked=False``: the list's order carries no information and cannot change any row.
-    """
-    n = len(candidates)
-    out = np.zeros((n, len(ALL_FEATURES)), dtype=np.float64)
-    if n == 0:
-        return out
+def _candidate_key(candidates: list[dict]) -> tuple:
+    """What the lexical features read of each candidate: its name, description and id."""
+    return tuple((str(c.get("name") or ""), str(c.get("desc") or ""), str(c.get("qid") or "")) for c in candidates)
+
+
+@lru_cache(maxsize=512)
+def _lexical(said: str, mention: str, context: str, cands: tuple, ranked: bool) -> tuple[np.ndarray, tuple, tuple]:
+    """The candidate-list columns that do not depend on embeddings or clues (names, facts, list position,
+    id prior), the candidates' ``Sex:`` values and name tokens. A pure function of its strings, so kept
+    for the mention's later rounds (each round scores the same candidates again; measured: this loop was
+    most of the features' time). Read-only: callers copy from it."""
     col = _COL
-    query = query_text(mention, context)
-    ents = [entity_text(c) for c in candidates]
-    if hasattr(embedder, "embed_query_entities"):  # entity vectors through the embedder's persistent cache
-        vecs = embedder.embed_query_entities(query, ents)
-    else:
-        vecs = embedder.embed([query, *ents])
-    dense = vecs[1:] @ vecs[0]
-    gap, top = _relative(dense)
-    out[:, col["dense"]], out[:, col["dense_gap"]], out[:, col["dense_top"]] = dense, gap, top
-
-    said = mention_text(mention)  # without its possessive: "Sydney's" names Sydney
-    names = [name_text(c) for c in candidates]  # the same texts as entity_text when there is no description
-    # a pass of its own: short texts batched with the long query and descriptions are padded to their
-    # length (one merged pass measured 2.61 mentions/s against 3.28 for `bench_scale --configs eval`)
-    if hasattr(embedder, "embed_query_entities"):
-        nvecs = embedder.embed_query_entities(said, names)
-    else:
-        nvecs = embedder.embed([said, *names])
-    out[:, col["name_sim"]] = nvecs[1:] @ nvecs[0]
+    n = len(cands)
+    out = np.zeros((n, len(ALL_FEATURES)), dtype=np.float64)
     m_tokens = tokens(said)
     text_tokens = set(tokens(f"{mention} {context}"))
     context_tokens = set(tokens(context))
     text_gender = gender_cue(context)
     years = [int(y) for y in _YEAR.findall(context or "")]
-    clue_gender = gender_cue(clue_text) if clue_text else 0
-    ocr_tokens = set(tokens(ocr_text)) if ocr_text else set()
     out[:, col["list_first"]], out[:, col["list_rank_inv"]] = rank_features(n, ranked)
-    for i, cand in enumerate(candidates):
-        base, disamb = split_name(str(cand.get("name") or ""))
+    sexes, all_name_tokens = [], []
+    for i, (name, desc, _qid) in enumerate(cands):
+        base, disamb = split_name(name)
         name_tokens = tokens(base)
         dis_tokens = tokens(disamb)
-        facts = entity_facts(str(cand.get("desc") or ""))
+        facts = entity_facts(desc)
         row = out[i]
         row[col["acronym"]] = float(is_acronym_of(said, base))
         row[col["name_prefix"]] = prefix_share(said, base)
@@ -217,13 +202,51 @@ def candidate_features(mention: str, context: str, candidates: list[dict], embed
             row[col["years_dead"]] = float(y > end + 1)
             row[col["years_fit"]] = row[col["years_alive"]] - row[col["years_unborn"]] - row[col["years_dead"]]
         row[col["died_before_1900"]] = float(facts["death"] is not None and facts["death"] < 1900)
-        row[col["no_desc"]] = float(not str(cand.get("desc") or "").strip())
+        row[col["no_desc"]] = float(not desc.strip())
         row[col["has_desc"]] = 1.0 - row[col["no_desc"]]
-        row[col["gender_clue"]] = clue_gender * facts["sex"]
-        row[col["name_in_ocr"]] = _share(name_tokens, ocr_tokens) if ocr_tokens else 0.0
+        sexes.append(facts["sex"])
+        all_name_tokens.append(tuple(name_tokens))
     out[:, col["desc_missing_rel"]] = out[:, col["no_desc"]] - out[:, col["no_desc"]].mean()
-    out[:, col["qid_prior"]] = qid_prior([c.get("qid") for c in candidates])
+    out[:, col["qid_prior"]] = qid_prior([q for _, _, q in cands])
+    out.flags.writeable = False
+    return out, tuple(sexes), tuple(all_name_tokens)
+
+
+def candidate_features(mention: str, context: str, candidates: list[dict], embedder: Any,
+                       clue_text: str = "", ocr_text: str = "", *, ranked: bool = True) -> np.ndarray:
+    """A ``(len(candidates), len(ALL_FEATURES))`` matrix; clue columns are 0 without clues.
+
+    ``ranked=False``: the list's order carries no information and cannot change any row.
+    """
+    if not candidates:
+        return np.zeros((0, len(ALL_FEATURES)), dtype=np.float64)
+    col = _COL
+    said = mention_text(mention)  # without its possessive: "Sydney's" names Sydney
+    lexical, sexes, name_tokens = _lexical(said, mention, context, _candidate_key(candidates), ranked)
+    out = lexical.copy()
+    query = query_text(mention, context)
+    ents = [entity_text(c) for c in candidates]
+    if hasattr(embedder, "embed_query_entities"):  # entity vectors through the embedder's persistent cache
+        vecs = embedder.embed_query_entities(query, ents)
+    else:
+        vecs = embedder.embed([query, *ents])
+    dense = vecs[1:] @ vecs[0]
+    gap, top = _relative(dense)
+    out[:, col["dense"]], out[:, col["dense_gap"]], out[:, col["dense_top"]] = dense, gap, top
+
+    names = [name_text(c) for c in candidates]  # the same texts as entity_text when there is no description
+    # a pass of its own: short texts batched with the long query and descriptions are padded to their
+    # length (one merged pass measured 2.61 mentions/s against 3.28 for `bench_scale --configs eval`)
+    if hasattr(embedder, "embed_query_entities"):
+        nvecs = embedder.embed_query_entities(said, names)
+    else:
+        nvecs = embedder.embed([said, *names])
+    out[:, col["name_sim"]] = nvecs[1:] @ nvecs[0]
+    ocr_tokens = set(tokens(ocr_text)) if ocr_text else set()
+    if ocr_tokens:
+        out[:, col["name_in_ocr"]] = [_share(list(t), ocr_tokens) for t in name_tokens]
     if clue_text:
+        out[:, col["gender_clue"]] = gender_cue(clue_text) * np.asarray(sexes, dtype=float)
         cvec = embedder.embed([clue_text])[0]
         cdense = vecs[1:] @ cvec
         cgap, ctop = _relative(cdense)

@@ -39,10 +39,19 @@ from langchain_core.embeddings import Embeddings
 
 from tools.errors import ConfigError, ModelError
 
-BATCH = 32
+# texts per run, sorted by token count: on 2 cores of this machine 8 was the fastest of 1-64 (a third faster
+# than 32 sorted by characters, the same vectors: docs/batch-speed.md)
+BATCH = 8
+# one text per run with 8-bit weights: dynamic quantization takes one activation scale per tensor, i.e. per
+# run, so a text's vector would depend on the texts run beside it (up to 0.045 per coordinate, measured);
+# alone, it is its own, wherever it is embedded (and it was not slower)
+INT8_BATCH = 1
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # how onnx-int8: quantizes (in its file name and embedding id: another recipe is another file and other vectors)
 QUANT_RECIPE = "int8pc"
+# the embedding id's part for how onnx-int8: runs (one text per run, INT8_BATCH): the vectors of the earlier
+# batched runs were other vectors, so their caches and knowledge bases are not taken as this one's
+INT8_ID = f"{QUANT_RECIPE}-1"
 
 
 def model_folder(name: str, embedded: Path | None = None) -> Path:
@@ -201,28 +210,38 @@ class OnnxEmbeddings(Embeddings):
             make()
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.path = path
+        self.inputs = [i.name for i in self.session.get_inputs() if i.name in INPUTS] or list(INPUTS)
         self._lock = threading.Lock()
 
-    def _batch(self, texts: list[str]) -> np.ndarray:
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
-        feed = {k: np.asarray(enc[k], dtype=np.int64) if k in enc else np.zeros_like(enc["input_ids"], np.int64)
-                for k in INPUTS}
+    def _batch(self, rows: list[list[int]]) -> np.ndarray:
+        """Unit vectors of the token-id ``rows`` (longest first), padded to the first one's length."""
+        width = len(rows[0])
+        ids = np.zeros((len(rows), width), np.int64)
+        mask = np.zeros_like(ids)
+        for r, row in enumerate(rows):
+            ids[r, :len(row)] = row
+            mask[r, :len(row)] = 1
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        feed = {k: feed[k] for k in self.inputs}
         with self._lock:  # one run at a time: the session already uses the actor's threads
             hidden = self.session.run(None, feed)[0]
         if self.pooling == "cls":
             vecs = hidden[:, 0]
         else:
-            mask = feed["attention_mask"][..., None].astype(np.float32)
-            vecs = (hidden * mask).sum(axis=1) / mask.sum(axis=1).clip(min=1e-9)
+            weights = mask[..., None].astype(np.float32)
+            vecs = (hidden * weights).sum(axis=1) / weights.sum(axis=1).clip(min=1e-9)
         return vecs / np.linalg.norm(vecs, axis=1, keepdims=True).clip(min=1e-12)
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        """Unit vectors of ``texts``, longest first in batches of 32 (as sentence-transformers orders them)."""
+        """Unit vectors of ``texts``: tokenized once, run longest first in runs of texts of about the same
+        length (:data:`BATCH` per run; one per run for ``int8``: see :data:`INT8_BATCH`)."""
         if not texts:
             return []
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        vecs = np.concatenate([self._batch([texts[i] for i in order[s:s + BATCH]])
-                               for s in range(0, len(order), BATCH)])
+        rows = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: -len(rows[i]))
+        size = INT8_BATCH if self.int8 else BATCH
+        vecs = np.concatenate([self._batch([rows[i] for i in order[s:s + size]])
+                               for s in range(0, len(order), size)])
         out = np.empty_like(vecs)
         out[order] = vecs
         return out.tolist()
