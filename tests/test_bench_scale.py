@@ -276,3 +276,41 @@ def test_the_int8_kb_configuration_its_spec_and_its_count_of_differing_predictio
     assert tg["kb_same_as_eval"] == "703/711"
     res["configs"]["text-kb-onnx-int8"]["throughput"]["rate"] = 20.0
     assert bs.targets(res)["text_decided_mps"]["kb_same_as_eval"] == "711/711"
+
+
+def test_a_kb_config_whose_gate_moved_runs_its_own_text_decided_mentions_again(tmp_path, monkeypatch):
+    """When some of eval's text-decided mentions ask the LLM in a KB configuration (another embedding model
+    moves the gate), the mentions it decided alone are run again, alone, as ``<config>/own``; that re-run
+    competes for the target's figure and is compared with eval's predictions like the others."""
+    from graph import Context
+
+    def row(rid, llm, seconds=0.01):
+        return {"id": rid, "entity": {"qid": rid, "name": rid}, "error": None, "correct": True, "seconds": seconds,
+                "end": 1000.0 + seconds * int(rid[1:]), "llm": llm, "llm_calls": int(llm), "timing": {"parts": {}}}
+
+    extra = {"wall_s": 1.0, "memory": {"total_mb": 1.0, "linkers_mb": 1.0}}
+    monkeypatch.setattr(bs, "run_eval_config", lambda *a, **k: (
+        [row("m1", False), row("m2", False), row("m3", False), row("m4", True)], dict(extra)))
+    monkeypatch.setattr(bs, "ingest_kb", lambda entities, folder, ctx, log: (ctx, {"seconds": 0.0}))
+    calls = []
+
+    def batch(data, out_dir, ctx, gold, **kw):
+        ids = list(json.loads(Path(data).read_text(encoding="utf-8")))
+        calls.append(ids)
+        rows = [row(i, i == "m3" and len(calls) == 1, 0.001 if len(calls) > 1 else 0.01) for i in ids]
+        return rows, dict(extra)
+
+    monkeypatch.setattr(bs, "run_batch_config", batch)
+    monkeypatch.setattr(bs, "select_records", lambda *a: ({f"m{i}": {"mention": "x"} for i in range(1, 5)},
+                                                          {f"m{i}": None for i in range(1, 5)},
+                                                          [f"m{i}" for i in range(1, 5)]))
+    kb = tmp_path / "kb.jsonl"
+    kb.write_text("{}\n")
+    res = bs.benchmark(tmp_path / "d.json", None, Context(), configs=("eval", "text-kb"), workdir=tmp_path,
+                       log=lambda m: None, kb=kb)
+    assert calls == [["m1", "m2", "m3"], ["m1", "m2"]]  # eval's text-decided, then the config's own
+    own = res["configs"]["text-kb/own"]
+    assert own["n"] == 2 and own["same_as_eval"]["identical"] == 2 and "decided without the LLM" in own["source"]
+    assert res["configs"]["text-kb"]["llm_asked"]["n"] == 1
+    assert res["targets"]["text_decided_mps"]["kb_config"] == "text-kb/own"  # the faster of the two
+    assert "| text-kb/own |" in bs.table(res)

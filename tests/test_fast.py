@@ -227,12 +227,13 @@ def test_warm_embeds_round_one_texts_once(fresh_embedders):
     assert query_text("a", "") == "a"
 
 
-def test_warm_also_embeds_the_clue_rounds_and_verifier_texts_of_image_descriptions(fresh_embedders, monkeypatch):
-    """With precomputed image descriptions most mentions run every clue round: after the batch's one
-    pass the whole graph (verifier and clue rounds included) embeds nothing, and answers as before."""
+def test_warm_embeds_the_verifier_texts_and_defers_each_mentions_clue_texts(fresh_embedders, monkeypatch):
+    """With precomputed image descriptions: the batch's one pass embeds the verifier's texts; a mention's
+    clue-round texts are embedded together (one model call) when its first clue round asks, and never for
+    a mention that stops at round 1; the answers are those of the graph without the warm-up."""
     from test_fused import name_model
 
-    from evals.batch import visual_texts, warm_embeddings
+    from evals.batch import visual_parts, visual_texts, warm_embeddings
     from evals.datasets import load_dataset
     from graph import Context, graph
     from tools import embeddings
@@ -245,22 +246,60 @@ def test_warm_also_embeds_the_clue_rounds_and_verifier_texts_of_image_descriptio
                   embedding_model=BagOfWordsEmbeddings(), gate_threshold=0.97)  # the offline text verifier
     reference = [graph.invoke(dict(ex.inputs), context=ctx) for ex in examples]
     rounds = [max(t["round"] for t in out["trace"]) for out in reference]
-    assert max(rounds) > 1  # clue rounds ran
+    assert max(rounds) > 1 and min(rounds) == 1  # some mentions ran clue rounds, some did not
     texts = {ex.id: visual_texts(ctx, ex.inputs) for ex in examples}
     assert texts["101"] == ["a man holding a basketball. person. basketball, sport. BULLS 23",  # the verifier's
                             "BULLS 23", "BULLS 23. person", "BULLS 23. person. basketball, sport",  # the rounds'
                             "BULLS 23. person. basketball, sport. a man holding a basketball"]
+    assert visual_parts(ctx, examples[0].inputs) == (texts[examples[0].id][:1], texts[examples[0].id][1:])
     assert texts["105"] == []  # an empty description
     assert visual_texts(ctx, {**examples[0].inputs, "image": "a.jpg"}) == []  # image files: extracted per round
 
     embeddings._cached.clear()
     emb = embeddings.get_embedder(ctx.embedding_model)
     warm_embeddings(ctx, [ex.inputs for ex in examples])
-    n = emb.computed
-    got = [graph.invoke(dict(ex.inputs), context=ctx) for ex in examples]
-    assert emb.computed == n  # nothing left to embed
+    calls = []
+    real = emb._compute
+    monkeypatch.setattr(emb, "_compute", lambda missing: (calls.append(list(missing)), real(missing))[1])
+    deferred = {t for ex in examples for t in visual_parts(ctx, ex.inputs)[1]}
+    got = []
+    for ex, r in zip(examples, rounds):
+        calls.clear()
+        got.append(graph.invoke(dict(ex.inputs), context=ctx))
+        if r == 1:
+            assert calls == [], ex.id  # round 1 found everything in memory; no clue text was embedded
+        else:  # at most one call (none when another mention's group held its texts), of clue texts only
+            assert len(calls) <= 1 and all(set(c) <= deferred for c in calls), ex.id
+    needed = {t for ex, r in zip(examples, rounds) if r > 1 for t in visual_parts(ctx, ex.inputs)[1]}
+    assert not emb.missing(sorted(needed))
+    # a round-1 mention's group that shares no text with a needed one is never embedded
+    alone = {t for ex, r in zip(examples, rounds) if r == 1
+             for t in visual_parts(ctx, ex.inputs)[1] if not set(visual_parts(ctx, ex.inputs)[1]) & needed}
+    assert "BULLS 23" in alone and set(emb.missing(sorted(alone))) == alone
     assert [(o["entity"], o["status"], o.get("confidence")) for o in got] == \
         [(o["entity"], o["status"], o.get("confidence")) for o in reference]
+
+
+def test_deferred_texts_are_embedded_together_once(fresh_embedders):
+    from tools.embeddings import CachedEmbedder
+
+    from fakes import BagOfWordsEmbeddings
+
+    emb = CachedEmbedder(BagOfWordsEmbeddings(), maxsize=100)
+    emb.defer(["a b", "a b c", "", "a b c d"])
+    assert emb.computed == 0
+    one = emb.embed(["a b c"])[0]
+    assert emb.computed == 3 and not emb.missing(["a b", "a b c", "a b c d"])  # the group, in one call
+    emb.embed(["a b c d", "a b"])
+    assert emb.computed == 3  # nothing again
+    emb.defer(["x", "x y"])
+    emb.defer(["x", "x z"])  # "x" in two groups: both come with it
+    emb.embed(["x"])
+    assert emb.computed == 6 and not emb.missing(["x y", "x z"])
+    assert np.allclose(one, CachedEmbedder(BagOfWordsEmbeddings()).embed(["a b c"])[0])
+    for i in range(80):  # beyond the memory's size: forgotten, not kept forever
+        emb.defer([f"t{i}", f"t{i} u"])
+    assert 0 < len(emb._later) <= 100
 
 
 def test_an_unwritable_cache_folder_degrades_to_memory(tmp_path, monkeypatch):

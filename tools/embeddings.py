@@ -232,6 +232,7 @@ class CachedEmbedder:
         self.maxsize = maxsize
         self.store = store
         self._cache: dict[str, np.ndarray] = {}
+        self._later: dict[str, tuple[str, ...]] = {}  # text -> the texts embedded with it (:meth:`defer`)
         self._lock = threading.Lock()
         self.computed = 0  # texts embedded by the model (not found in a cache), for benchmarks
 
@@ -281,6 +282,12 @@ class CachedEmbedder:
         first, and written to it once computed.
         """
         missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        if missing and self._later:
+            with self._lock:
+                group = [c for t in missing for c in self._later.pop(t, ())]
+                for c in group:
+                    self._later.pop(c, None)
+            missing = [t for t in dict.fromkeys([*missing, *group]) if t not in self._cache]
         if missing and self.store is not None and entities:
             ents = set(entities)
             keyed = [t for t in missing if t in ents]
@@ -314,6 +321,18 @@ class CachedEmbedder:
     def embed_query_entities(self, query: str, entities: list[str]) -> np.ndarray:
         """``[query, *entities]`` embedded, the entity texts through the persistent store."""
         return self.embed([query, *entities], entities=entities)
+
+    def defer(self, texts: Sequence[str]) -> None:
+        """Embed ``texts`` together, later: when any of them is first asked for, all of them that are not
+        in memory yet are embedded in the same forward pass (a mention's clue-round texts: a batch's
+        warm-up hands them over, and only the mentions that reach a clue round pay for them). Not kept
+        beyond the memory's size."""
+        group = tuple(dict.fromkeys(t for t in texts if t))
+        with self._lock:
+            if len(self._later) + len(group) > self.maxsize:
+                self._later.clear()
+            for t in group:  # a text in several groups (two mentions, one image) brings them all
+                self._later[t] = tuple(dict.fromkeys((*self._later.get(t, ()), *group)))
 
     def warm(self, queries: list[str], entities: list[str]) -> int:
         """Embed the texts of a whole batch of mentions at once (one forward pass for all that are missing),
