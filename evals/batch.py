@@ -54,6 +54,7 @@ import json
 import os
 import pickle
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -61,6 +62,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from evals.worker import MENTION_TIMEOUT
 from tools.errors import ConfigError, I2CRError, InputError
 from tools.files import read_json_file
 
@@ -234,7 +236,7 @@ class Linker:
     """
 
     def __init__(self, context: bytes, graph: Any, kind: str, base: str, images: str | None, trace: bool,
-                 done: Any = None):
+                 done: Any = None, mention_timeout: float | None = None):
         from evals.worker import load_graph
 
         self.ctx = pickle.loads(context)
@@ -248,6 +250,7 @@ class Linker:
             done = ray.get(done)
         self.done = done if done is not None else frozenset()
         self._deaths = _DeathLog()
+        self.mention_timeout = mention_timeout if mention_timeout and mention_timeout > 0 else None
 
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
@@ -287,9 +290,19 @@ class Linker:
             return result_of(rid, None, None, error, trace=self.trace)
         deaths = self._deaths.deaths.get(rid, 0)
         if deaths >= MAX_DEATHS:
-            return result_of(rid, inputs, None, f"the actor died {deaths} times while linking this mention "
-                             "(a crash in a model runtime?); skipped", trace=self.trace)
+            if self._deaths.hangs.get(rid, 0) >= MAX_DEATHS:
+                why = (f"linking this mention took longer than --mention-timeout {self.mention_timeout:g} s "
+                       f"{deaths} times (a hang?); the actor was ended and restarted each time; skipped")
+            else:
+                why = (f"the actor died {deaths} times while linking this mention "
+                       "(a crash in a model runtime?); skipped")
+            return result_of(rid, inputs, None, why, trace=self.trace)
         self._deaths.start(rid)
+        watchdog = None
+        if self.mention_timeout is not None:  # a hang (a native call that never returns) ends the actor:
+            watchdog = threading.Timer(self.mention_timeout, self._hung, args=(rid,))  # Ray restarts it
+            watchdog.daemon = True
+            watchdog.start()
         try:
             out = self.graph.invoke(dict(inputs), context=self.ctx)
         except I2CRError as exc:
@@ -297,8 +310,19 @@ class Linker:
         except Exception as exc:  # a bug or an unexpected model failure: record it, keep going
             return result_of(rid, inputs, None, f"{type(exc).__name__}: {exc}", trace=self.trace)
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             self._deaths.end()
         return result_of(rid, inputs, out, None, trace=self.trace)
+
+    def _hung(self, rid: str) -> None:
+        """The watchdog: ``rid`` has run past the timeout. Its death is recorded as a hang, then the process
+        ends at once (a thread stuck in native code cannot be stopped otherwise); Ray restarts the actor and
+        redoes the batch, and the restarted actor skips ``rid`` after :data:`MAX_DEATHS` such deaths."""
+        try:
+            self._deaths.hung(rid)
+        finally:
+            os._exit(3)
 
 
 def visual_parts(ctx: Any, inp: dict) -> tuple[list[str], list[str]]:
@@ -410,14 +434,20 @@ class _DeathLog:
             except (OSError, json.JSONDecodeError):
                 state = {}
         self.deaths: dict[str, int] = dict(state.get("deaths") or {})
+        self.hangs: dict[str, int] = dict(state.get("hangs") or {})  # those of the deaths its watchdog caused
         if state.get("current") is not None:  # this actor died while linking it
             self.deaths[state["current"]] = self.deaths.get(state["current"], 0) + 1
         self._save(None)
 
     def _save(self, current: str | None) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"current": current, "deaths": self.deaths}), encoding="utf-8")
+        tmp = self.path.with_suffix(f".{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps({"current": current, "deaths": self.deaths, "hangs": self.hangs}), encoding="utf-8")
         os.replace(tmp, self.path)
+
+    def hung(self, rid: str) -> None:
+        """``rid`` ran past the timeout: its coming death is a hang (the restart counts the death itself)."""
+        self.hangs[rid] = self.hangs.get(rid, 0) + 1
+        self._save(rid)
 
     def start(self, rid: str) -> None:
         self._save(rid)
@@ -586,12 +616,15 @@ def link_batch(inp: str | Path, out: str | Path, *, settings: dict | None = None
                concurrency: int = 1, cpus_per_actor: float = 1.0, batch_size: int = 16,
                address: str | None = None, fmt: str | None = None, trace: bool = False,
                images: str | Path | None = None, graph: Any = None, progress: bool = True,
-               max_restarts: int = MAX_RESTARTS, max_task_retries: int = MAX_TASK_RETRIES) -> dict[str, Any]:
+               max_restarts: int = MAX_RESTARTS, max_task_retries: int = MAX_TASK_RETRIES,
+               mention_timeout: float | None = MENTION_TIMEOUT) -> dict[str, Any]:
     """Link every mention of ``inp`` into the folder ``out`` on Ray Data; resumable. Returns a summary.
 
     ``settings`` are :class:`graph.context.Context` fields (as ``--set`` gives them),
     or ``context`` a ready ``Context`` (its objects must be picklable and importable
     by the actors). ``fmt`` is the output format (``jsonl`` default, ``parquet``).
+    ``mention_timeout``: seconds one mention may take before its actor is ended and restarted
+    (a hang); twice, and the mention is recorded as failed (0 or ``None``: no limit).
     """
     from evals.runner import context_settings
     from graph.context import Context
@@ -603,6 +636,8 @@ def link_batch(inp: str | Path, out: str | Path, *, settings: dict | None = None
         raise InputError(f"--cpus-per-actor: expected a positive number, got {cpus_per_actor}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"--batch-size: expected a positive number, got {batch_size}")
+    if mention_timeout is not None and not (isinstance(mention_timeout, (int, float)) and mention_timeout >= 0):
+        raise InputError(f"--mention-timeout: expected seconds >= 0 (0 = no limit), got {mention_timeout}")
     inp, out = Path(inp), Path(out)
     if images is not None and not Path(images).is_dir():
         raise InputError(f"--images: not a folder: {images}")
@@ -632,12 +667,12 @@ def link_batch(inp: str | Path, out: str | Path, *, settings: dict | None = None
         return _run(ctx_blob=context_blob, graph=graph, inp=inp, out=out, kind=kind, fmt=fmt, trace=trace,
                     images=images, address=address, progress=progress, concurrency=concurrency,
                     cpus_per_actor=cpus_per_actor, batch_size=batch_size, max_restarts=max_restarts,
-                    max_task_retries=max_task_retries)
+                    max_task_retries=max_task_retries, mention_timeout=mention_timeout)
 
 
 def _run(*, ctx_blob: bytes, graph: Any, inp: Path, out: Path, kind: str, fmt: str, trace: bool, images: Any,
          address: str | None, progress: bool, concurrency: int, cpus_per_actor: float, batch_size: int,
-         max_restarts: int, max_task_retries: int) -> dict[str, Any]:
+         max_restarts: int, max_task_retries: int, mention_timeout: float | None = None) -> dict[str, Any]:
     """:func:`link_batch` once the output folder is locked and its settings checked."""
     for stale in out.glob(".tmp-*"):  # a part a killed run did not finish
         stale.unlink(missing_ok=True)
@@ -671,7 +706,7 @@ def _run(*, ctx_blob: bytes, graph: Any, inp: Path, out: Path, kind: str, fmt: s
                       max_restarts=max_restarts, max_task_retries=max_task_retries, ctor={
                           "context": ctx_blob, "graph": graph, "kind": "parquet" if kind == "parquet" else "lines",
                           "base": str(inp.parent.resolve()), "images": str(Path(images).resolve()) if images else None,
-                          "trace": trace, "done": done_ref})
+                          "trace": trace, "done": done_ref, "mention_timeout": mention_timeout})
         stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
         written = errors = 0
         seq = 0
@@ -714,6 +749,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, help="output format (default jsonl, or that of --out's parts)")
     p.add_argument("--trace", action="store_true", help="keep each mention's trace in the output")
     p.add_argument("--images", help="folder holding the images the records name")
+    p.add_argument("--mention-timeout", type=float, default=MENTION_TIMEOUT, metavar="S",
+                   help="end and restart an actor that spends more than S seconds on one mention (a hang); the "
+                        f"mention is tried once more, then recorded as failed (default {MENTION_TIMEOUT:g}; 0 = no limit)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -726,7 +764,8 @@ def main(argv: list[str] | None = None) -> int:
 
         summary = link_batch(args.input, args.out, settings=parse_settings(args.set), concurrency=args.concurrency,
                              cpus_per_actor=args.cpus_per_actor, batch_size=args.batch_size, address=args.address,
-                             fmt=args.format, trace=args.trace, images=args.images, progress=not args.no_progress)
+                             fmt=args.format, trace=args.trace, images=args.images, progress=not args.no_progress,
+                             mention_timeout=args.mention_timeout)
     except I2CRError as exc:
         print(f"i2cr: error: {exc}", file=sys.stderr)
         return 2

@@ -83,6 +83,21 @@ class DiesAlways(ScriptedChatModel):
         return super()._call(messages, *args, **kwargs)
 
 
+class Hangs(ScriptedChatModel):
+    """Never answers (sleeps ``seconds``) when a prompt holds ``word`` (never in the test process)."""
+
+    word: str = "Mercury"
+    seconds: float = 300.0
+    parent_pid: int = 0
+
+    def _call(self, messages, *args, **kwargs):
+        if any(self.word in str(m.content) for m in messages):
+            if os.getpid() == self.parent_pid:
+                raise RuntimeError("linking in the test process: no Ray actor was used")
+            time.sleep(self.seconds)
+        return super()._call(messages, *args, **kwargs)
+
+
 class Raises(ScriptedChatModel):
     """Raises when a prompt holds ``word``."""
 
@@ -187,6 +202,28 @@ def test_a_mention_that_kills_its_actor_twice_is_recorded_and_the_batch_goes_on(
     killer = [r for r in recs.values() if r["mention"] == "Mercury"]
     assert len(killer) == 1 and "the actor died 2 times while linking this mention" in killer[0]["error"]
     assert all(r["entity"] for r in recs.values() if r["mention"] != "Mercury" and r["id"] != "104")
+
+
+def test_a_mention_that_hangs_ends_its_actor_and_is_recorded_after_two_timeouts(tmp_path):
+    """--mention-timeout in i2cr batch: a mention that never returns ends its actor (Ray restarts it and
+    redoes the batch); after two such timeouts it is recorded with the reason and the batch goes on."""
+    model = Hangs(responses=["1"], prompts=[], parent_pid=os.getpid())
+    t = time.perf_counter()
+    summary = link_batch(WIKIMEL, tmp_path / "out", context=context(model), batch_size=3, progress=False,
+                         mention_timeout=2)
+    assert time.perf_counter() - t < 120  # not the 300 s of the hang
+    recs = {r["id"]: r for r in read_results(tmp_path / "out")}
+    assert sorted(recs) == ["101", "102", "103", "104", "105", "106"] and summary["written"] == 6
+    hung = [r for r in recs.values() if r["mention"] == "Mercury"]
+    assert len(hung) == 1 and "took longer than --mention-timeout 2 s 2 times (a hang?)" in hung[0]["error"]
+    assert all(r["entity"] for r in recs.values() if r["mention"] != "Mercury" and r["id"] != "104")
+
+
+def test_bad_mention_timeouts_are_refused_before_anything_runs(tmp_path, capsys):
+    for bad in ("-5", "nan"):
+        assert main([str(WIKIMEL), "--out", str(tmp_path / "o"), "--mention-timeout", bad]) == 2
+        assert "--mention-timeout: expected seconds >= 0 (0 = no limit)" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_rerun_skips_what_is_written_and_a_changed_setting_is_refused(tmp_path, capsys):
