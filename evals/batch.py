@@ -62,7 +62,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from evals.worker import MENTION_TIMEOUT
+from evals.worker import MENTION_TIMEOUT, mention_limit
 from tools.errors import ConfigError, I2CRError, InputError
 from tools.files import read_json_file
 
@@ -250,7 +250,7 @@ class Linker:
             done = ray.get(done)
         self.done = done if done is not None else frozenset()
         self._deaths = _DeathLog()
-        self.mention_timeout = mention_timeout if mention_timeout and mention_timeout > 0 else None
+        self.mention_timeout = mention_timeout  # seconds > 0 or None, as link_batch checked it
 
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
@@ -636,8 +636,7 @@ def link_batch(inp: str | Path, out: str | Path, *, settings: dict | None = None
         raise InputError(f"--cpus-per-actor: expected a positive number, got {cpus_per_actor}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"--batch-size: expected a positive number, got {batch_size}")
-    if mention_timeout is not None and not (isinstance(mention_timeout, (int, float)) and mention_timeout >= 0):
-        raise InputError(f"--mention-timeout: expected seconds >= 0 (0 = no limit), got {mention_timeout}")
+    mention_timeout = mention_limit(mention_timeout)
     inp, out = Path(inp), Path(out)
     if images is not None and not Path(images).is_dir():
         raise InputError(f"--images: not a folder: {images}")

@@ -30,7 +30,7 @@ from typing import Any
 from evals.datasets import Dataset, Example, load_dataset
 from evals.predict import Baselines, evaluate_one, failed_record
 from evals.store import PredictionWriter, RunLock, check_resume, read_config, read_predictions, write_config
-from evals.worker import MENTION_TIMEOUT
+from evals.worker import MENTION_TIMEOUT, mention_limit
 from graph.context import Context
 from tools.errors import InputError
 
@@ -176,8 +176,7 @@ def run_eval(dataset: str | Path, labels: str | Path | dict | None = None, out: 
     ctx = context if isinstance(context, Context) else Context(**(context or {}))
     if not isinstance(concurrency, int) or concurrency < 1:
         raise InputError(f"--concurrency: expected a positive number, got {concurrency}")
-    if mention_timeout is not None and not (isinstance(mention_timeout, (int, float)) and mention_timeout >= 0):
-        raise InputError(f"--mention-timeout: expected seconds >= 0 (0 = no limit), got {mention_timeout}")
+    mention_timeout = mention_limit(mention_timeout)
     if isolation not in ISOLATION:
         raise InputError(f"isolation: expected one of {list(ISOLATION)}, got {isolation!r}")
     if not isinstance(fail_fast, int) or fail_fast < 0:

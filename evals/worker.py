@@ -47,7 +47,7 @@ from multiprocessing.connection import wait as wait_for
 from pathlib import Path
 from typing import Any
 
-from tools.errors import ConfigError, I2CRError
+from tools.errors import ConfigError, I2CRError, InputError
 
 MAX_DEATHS = 2
 """Workers a mention may kill before it is recorded as failed."""
@@ -58,6 +58,14 @@ MENTION_TIMEOUT = 600.0
 the mention then counts as its death (tried once more, then recorded as failed). ``None``: no limit."""
 PREFETCH_MAX_BYTES = 32 * 1024
 """A next mention is sent ahead only when its message fits in a pipe's buffer (64 KiB on Linux)."""
+
+
+def mention_limit(seconds: float | None) -> float | None:
+    """``--mention-timeout`` as a limit (``i2cr eval`` and ``i2cr batch``): ``seconds`` > 0, or ``None`` for
+    no limit (0 or ``None``). A negative, NaN or non-number value is refused (:class:`InputError`)."""
+    if seconds is not None and not (isinstance(seconds, (int, float)) and seconds >= 0):
+        raise InputError(f"--mention-timeout: expected seconds >= 0 (0 = no limit), got {seconds}")
+    return seconds if seconds else None
 
 
 class WorkerError(I2CRError):
