@@ -298,11 +298,7 @@ class Linker:
                        "(a crash in a model runtime?); skipped")
             return result_of(rid, inputs, None, why, trace=self.trace)
         self._deaths.start(rid)
-        watchdog = None
-        if self.mention_timeout is not None:  # a hang (a native call that never returns) ends the actor:
-            watchdog = threading.Timer(self.mention_timeout, self._hung, args=(rid,))  # Ray restarts it
-            watchdog.daemon = True
-            watchdog.start()
+        watchdog = self._watchdog(rid)
         try:
             out = self.graph.invoke(dict(inputs), context=self.ctx)
         except I2CRError as exc:
@@ -314,6 +310,17 @@ class Linker:
                 watchdog.cancel()
             self._deaths.end()
         return result_of(rid, inputs, out, None, trace=self.trace)
+
+    def _watchdog(self, rid: str) -> threading.Timer | None:
+        """A started timer that ends the actor when ``rid`` runs past :attr:`mention_timeout` (a hang: a native
+        call that never returns; Ray restarts the actor). ``None`` without a limit, or with one too long for a
+        timer (``inf``): no limit either, as ``i2cr eval`` reads it."""
+        if self.mention_timeout is None or self.mention_timeout >= threading.TIMEOUT_MAX:
+            return None
+        watchdog = threading.Timer(self.mention_timeout, self._hung, args=(rid,))
+        watchdog.daemon = True
+        watchdog.start()
+        return watchdog
 
     def _hung(self, rid: str) -> None:
         """The watchdog: ``rid`` has run past the timeout. Its death is recorded as a hang, then the process

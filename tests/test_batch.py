@@ -226,6 +226,22 @@ def test_bad_mention_timeouts_are_refused_before_anything_runs(tmp_path, capsys)
     assert not (tmp_path / "o").exists()
 
 
+def test_a_timeout_too_long_for_a_timer_means_no_limit():
+    """--mention-timeout inf (or 1e300) starts no watchdog: a timer that long fails in its thread."""
+    from evals.batch import Linker
+
+    linker = Linker.__new__(Linker)
+    for endless in (None, float("inf"), 1e300):
+        linker.mention_timeout = endless
+        assert linker._watchdog("1") is None
+    linker.mention_timeout = 3600.0
+    watchdog = linker._watchdog("1")
+    try:
+        assert watchdog is not None and watchdog.is_alive() and watchdog.daemon
+    finally:
+        watchdog.cancel()
+
+
 def test_rerun_skips_what_is_written_and_a_changed_setting_is_refused(tmp_path, capsys):
     src = corpus(tmp_path / "in.jsonl", 5)
     out = tmp_path / "out"
