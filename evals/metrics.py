@@ -285,6 +285,33 @@ def llm_effect(records: list[dict]) -> dict[str, Any]:
     return out
 
 
+def fallback_effect(records: list[dict]) -> dict[str, Any]:
+    """When no round verified, two round-1 answers may give way to a clue round's: one the image refuted
+    (``refute_contradictions``) and a nil (``nil_fallback``). Per kind, mentions whose final answer
+    replaced the round-1 one and mentions that kept it, each split by whether that fixed a wrong round-1
+    answer or broke a right one (a nil answer is right on a nil gold)."""
+    out: dict[str, Any] = {"refuted": {"replaced": Counter(), "kept": Counter()},
+                           "nil": {"replaced": Counter(), "kept": Counter()}, "fixed": [], "broken": []}
+    for r in records:
+        if not is_scored(r) or r.get("error"):
+            continue
+        first = next((t for t in r.get("trace") or [] if t.get("step") == "verify" and t.get("round") == 1), None)
+        if first and first.get("refuted"):
+            kind = "refuted"
+        elif r.get("round1") is None and (r.get("stop_round") or 1) > 1 and r.get("status") in ("fallback", "nil"):
+            kind = "nil"
+        else:
+            continue
+        r1_ok, ok = bool(match(r.get("round1"), r["gold"])), bool(rec_correct(r))
+        group = "kept" if same_entity(r.get("round1"), r.get("prediction")) else "replaced"
+        label = {(False, True): "fixed", (True, False): "broken", (True, True): "both right",
+                 (False, False): "both wrong"}[(r1_ok, ok)]
+        out[kind][group][label] += 1
+        if label in ("fixed", "broken"):
+            out[label].append(r["id"])
+    return out
+
+
 def resolved_scoring(records: list[dict]) -> dict[str, Counter]:
     """The LLM scoring methods and weights the fused linker actually used, from the traces."""
     methods: Counter = Counter()

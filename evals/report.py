@@ -84,6 +84,7 @@ def summarize(records: list[dict], config: dict[str, Any]) -> dict[str, Any]:
         "ceiling": M.accuracy(M.gold_reachable(r) for r in scored),
         "nil": M.nil_scores(records),
         "llm_effect": M.llm_effect(records),
+        "fallback_effect": M.fallback_effect(records),
         "resolved": M.resolved_scoring(records),
         "reliability": M.reliability(records),
         "wrong": [r for r in scored if not M.rec_correct(r)],
@@ -178,6 +179,7 @@ def render(s: dict[str, Any], config: dict[str, Any], notes: list[str], records:
     _rounds(L, s, st)
     _exits(L, s)
     render_llm_effect(L, s["llm_effect"])
+    render_fallback_effect(L, s.get("fallback_effect"))
     render_reliability(L, s["reliability"])
     _cost(L, s, config)
     render_wrong(L, s["wrong"])
@@ -354,6 +356,30 @@ def render_llm_effect(L: list[str], eff: dict[str, Any]) -> None:
         if eff[label]:
             ids = ", ".join(f"`{i}`" for i in eff[label][:20]) + (" ..." if len(eff[label]) > 20 else "")
             L.append(f"\n{label.capitalize()} by the final answer: {ids}")
+
+
+def render_fallback_effect(L: list[str], eff: dict[str, Any] | None) -> None:
+    """Round-1 answers that may give way when no round verified: refuted by the image, or nil."""
+    if not eff:
+        return
+    rows = [(kind, group, eff[kind][group]) for kind in ("refuted", "nil") for group in ("replaced", "kept")]
+    if not any(sum(c.values()) for _, _, c in rows):
+        return
+    L.append("\n## When no round verified: round-1 answers replaced\n")
+    L.append("Two round-1 answers may give way to a clue round's when no round verified: one the image *refuted* "
+             "(its person words against the entity's recorded sex; `refute_contradictions`), replaced by the "
+             "unrefuted clue-round answer the image agreed with most; and a *nil*, which the image cannot verify, "
+             "replaced by the last clue round's answer (`nil_fallback`). *Kept*: the final answer is still the "
+             "round-1 one. Fixed / broken: against the round-1 answer.\n")
+    L.append("| Round-1 answer | final | mentions | fixed | broken | both right | both wrong | net |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    for kind, group, c in rows:
+        L.append(f"| {kind} | {group} | {sum(c.values())} | {c['fixed']} | {c['broken']} | {c['both right']} | "
+                 f"{c['both wrong']} | {c['fixed'] - c['broken']:+d} |")
+    for label in ("fixed", "broken"):
+        if eff[label]:
+            ids = ", ".join(f"`{i}`" for i in eff[label][:20]) + (" ..." if len(eff[label]) > 20 else "")
+            L.append(f"\n{label.capitalize()}: {ids}")
 
 
 def render_reliability(L: list[str], rel: dict[str, Any]) -> None:

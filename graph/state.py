@@ -83,7 +83,7 @@ class State(InputState, OutputState, total=False):
     answer_note: Annotated[str, doc("How reflection settled the current round's answer.")]
     settled: Annotated[bool, doc("Whether reflection has fixed the current round's answer.")]
     round_answers: Annotated[list[dict[str, Any]], doc(
-        "Per round: {round, clue, entity, verification_score, verified}.")]
+        "Per round: {round, clue, entity, verification_score, verified, refuted (why the image rules the entity out, or null)}.")]
     has_visual: Annotated[bool, doc("Whether there is an image or an image description to verify against.")]
     verdict: Annotated[Literal["verified", "failed", "no_visual", "unverifiable"], doc(
         "Outcome of the latest verification (unverifiable: the verifier could not use the image, "

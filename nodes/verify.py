@@ -19,6 +19,7 @@ from graph.progress import record
 from graph.state import State
 from tools.candidates import candidate_key
 from tools.errors import InputError
+from tools.refute import contradiction
 from tools.texts import entity_ref
 from tools.verify import get_scorer, text_scorer
 
@@ -52,12 +53,16 @@ def verify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             warnings = [*(state.get("warnings") or []), note]
             verdict, entry["note"] = ("no_visual" if state["round"] == 1 else "unverifiable"), note
         else:
-            verdict = "verified" if score >= tau else "failed"
+            refuted = _refuted(answer, scorer, state, ctx)
+            verdict = "verified" if score >= tau and not refuted else "failed"
             entry.update(verification_score=round(score, 4), verification_passed=verdict == "verified",
                          verification_threshold=tau, scorer=scorer.name)
+            if refuted:
+                entry.update(refuted=refuted, note=f"refuted: {refuted}")
     round_answers = [*(state.get("round_answers") or []),
                      {"round": state["round"], "clue": state.get("current_clue"), "entity": answer,
-                      "verification_score": score, "verified": verdict == "verified"}]
+                      "verification_score": score, "verified": verdict == "verified",
+                      "refuted": entry.get("refuted")}]
     next_step = next_after_verify({**state, "verdict": verdict}, ctx)
     next_clue = ctx.clue_order[state.get("clue_index", 0)] if next_step == "clue_round" else None
     return {"verdict": verdict, "round_answers": round_answers, "verification_cache": cache,
@@ -65,3 +70,12 @@ def verify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             "trace": record(entry, "verification", round=state["round"], pick=entry["pick"], score=score,
                             verdict=verdict, threshold=entry.get("verification_threshold"),
                             passed=verdict == "verified", next=next_step, next_clue=next_clue)}
+
+
+def _refuted(answer: dict, scorer: Any, state: State, ctx: Context) -> str | None:
+    """What in the image rules the answer out (``refute_contradictions``), from the image text of a
+    scorer that reads one (the offline scorer); ``None`` otherwise."""
+    image_text = getattr(scorer, "image_text", None)
+    if not ctx.refute_contradictions or image_text is None:
+        return None
+    return contradiction(answer, image_text(state.get("image"), state.get("image_desc"), ctx))

@@ -15,7 +15,16 @@ from tools.embeddings import get_embedder
 from tools.errors import ConfigError
 from tools.features import ALL_FEATURES, TEXT_FEATURES, candidate_features
 from tools.fusion import distribution, load_weights, nil_decision, order_is_ranked, weights_document, write_weights
-from tools.names import answer_name, clean_name, display_name, is_acronym_of, name_key, prefix_share, split_name
+from tools.names import (
+    answer_name,
+    clean_name,
+    display_name,
+    feature_name,
+    is_acronym_of,
+    name_key,
+    prefix_share,
+    split_name,
+)
 
 from fakes import BagOfWordsEmbeddings, TableScorer
 
@@ -37,6 +46,38 @@ def test_names_are_split_into_base_and_disambiguator(raw, base, dis):
     assert split_name(raw) == (base, dis)
     assert display_name(raw) == (f"{base} ({dis})" if dis else base)
     assert answer_name(raw) == base  # what the LLM is scored on: no disambiguator
+
+
+@pytest.mark.parametrize("raw, base, qualifier", [
+    ("Forrestdale,_Western_Australia", "Forrestdale", "Western Australia"),
+    ("Camp Casey, Crawford, Texas", "Camp Casey", "Crawford, Texas"),
+    ("Andrew Adonis, Baron Adonis", "Andrew Adonis", "Baron Adonis"),
+    ("William Herbert, 1st Earl of Pembroke (died 1469)", "William Herbert, 1st Earl of Pembroke", "died 1469"),
+    ("Arthur Wellesley, 1st Duke of Wellington", "Arthur Wellesley, 1st Duke of Wellington", ""),
+    ("Catherine, Princess of Wales", "Catherine, Princess of Wales", ""),
+    ("Mary, Queen of Scots", "Mary, Queen of Scots", ""),
+    ("Chris Holmes, Baron Holmes of Richmond", "Chris Holmes", "Baron Holmes of Richmond"),
+    ("Bratz_(film)", "Bratz", "film"),
+    ("Washington, D.C.", "Washington, D.C.", ""),
+    ("Discovery, Inc.", "Discovery, Inc.", ""),
+    ("Martin Luther King, Jr.", "Martin Luther King, Jr.", ""),
+    ("July 12, 2007, Baghdad airstrike", "July 12, 2007, Baghdad airstrike", ""),
+    ("Committee on Banking, Housing, and Urban Affairs", "Committee on Banking, Housing, and Urban Affairs", ""),
+])
+def test_features_compare_a_mention_with_the_name_without_its_comma_qualifier(raw, base, qualifier):
+    assert feature_name(raw) == (base, qualifier)
+    assert display_name(raw) == split_name(raw)[0] + (f" ({split_name(raw)[1]})" if split_name(raw)[1] else "")
+
+
+def test_a_region_is_not_a_city_in_that_region():
+    """ "Pennsylvania" names the state, not "Harrisburg, Pennsylvania": the qualifier is evidence, not the name."""
+    cands = [{"name": "Harrisburg, Pennsylvania", "desc": ""}, {"name": "Forrestdale, Western Australia", "desc": ""}]
+    col = {f: i for i, f in enumerate(ALL_FEATURES)}
+    x = candidate_features("Pennsylvania", "Floods in Pennsylvania", cands, EMB)
+    assert x[0, col["mention_in_name"]] == 0.0 and x[0, col["surname_match"]] == 0.0
+    assert x[0, col["has_disamb"]] == 1.0 and x[0, col["disamb_in_text"]] == 1.0
+    y = candidate_features("Forrestdale", "Bushland at Forrestdale", cands, EMB)
+    assert y[1, col["name_exact"]] == 1.0 and y[1, col["name_covered"]] == 1.0
 
 
 def test_near_duplicate_names_share_a_key():

@@ -412,3 +412,50 @@ def test_llm_pick_offers_the_candidates_not_ruled_out_and_maps_the_answer():
     assert '"maybe?" could not be used' in prompt
     unusable = llm_pick(scripted("the tall one"), "Jordan", "", CANDS, [], [], allow_nil=False)
     assert unusable.outcome == "unparseable" and unusable.pick is None and "failed attempt" in unusable.note
+
+
+PEOPLE = [
+    {"qid": "Q1", "name": "Fred Thompson", "desc": "Name: Fred Thompson. Sex: male. Birth: 1942. Occupation: actor."},
+    {"qid": "Q2", "name": "Emma Thompson", "desc": "Name: Emma Thompson. Sex: female. Birth: 1959. Occupation: actress."},
+]
+
+
+@pytest.mark.parametrize("caption, refute, expected", [
+    ("a woman smiling at the camera", True, "Emma Thompson"),    # round 1's man is ruled out: round 2's answer
+    ("a woman smiling at the camera", False, "Fred Thompson"),   # the reference fallback
+    ("a man and a woman at a premiere", True, "Fred Thompson"),  # both: nothing ruled out
+    ("a red carpet at a premiere", True, "Fred Thompson"),       # no person words
+])
+def test_an_answer_the_image_rules_out_gives_way_to_a_clue_rounds_answer(caption, refute, expected):
+    """The offline verifier's image text names a woman; round 1 picked a man (``Sex: male``), the caption
+    round a woman. Neither is verified (τ 0.99), so the fallback decides: the refuted round-1 answer
+    gives way unless ``refute_contradictions`` is off or the image does not rule it out."""
+    model = scripted("1", "2", "2")
+    ctx = Context(linker_mode="llm", linker_model=model, embedding_model=BagOfWordsEmbeddings(), verifier="embedded",
+                  verification_threshold=0.99, reflection_threshold=0.0, refute_contradictions=refute)
+    out = graph.invoke({"mention": "Thompson", "context": "Thompson at the premiere", "candidates": PEOPLE,
+                        "image_desc": {"Caption": caption}}, context=ctx)
+    assert out["status"] == "fallback" and out["round1_entity"]["name"] == "Fred Thompson"
+    assert out["entity"]["name"] == expected
+    first = [t for t in out["trace"] if t["step"] == "verify"][0]
+    assert bool(first.get("refuted")) == (refute and caption.startswith("a woman smiling"))
+    final = out["trace"][-1]
+    assert ("refuted" in final.get("note", "")) == (expected == "Emma Thompson")
+
+
+@pytest.mark.parametrize("script, nil_fallback, expected", [
+    (("nil", "2", "1"), "last_clue", "Michael Jordan"),  # the last clue round's answer, with both clues
+    (("nil", "2", "1"), "text", None),                   # the reference: the round-1 nil stands
+    (("nil", "1", "nil"), "last_clue", None),            # the last clue round says nil too
+])
+def test_a_round1_nil_gives_way_to_the_last_clue_rounds_answer(image, script, nil_fallback, expected):
+    """A nil answer is never verified against the image; when no round verifies, the last clue round
+    (every clue gathered) decides instead of the round-1 nil, unless ``nil_fallback="text"``."""
+    model = scripted(*script)
+    out = run(model, TableScorer({}, default=0.0), {"image": image, "image_desc": DESC}, max_rounds=2,
+              nil_fallback=nil_fallback)
+    assert out["round1_entity"] is None and out["stop_round"] == 3
+    assert [t["outcome"] for t in links(out)][0] == "nil"
+    assert (out["entity"] or {}).get("name") == expected
+    assert out["status"] == ("fallback" if expected else "nil")
+    assert ("round-1 nil" in out["trace"][-1].get("note", "")) == bool(expected)

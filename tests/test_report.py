@@ -180,6 +180,34 @@ def test_llm_effect_counts_a_nil_text_prior_as_a_nil_answer():
     assert eff["final"]["both right"] == 1 and eff["final"]["broken"] == 1 and eff["broken"] == ["n2"]
 
 
+def test_report_counts_round1_answers_replaced_when_no_round_verified(tmp_path):
+    """Refuted round-1 answers and round-1 nils: replaced by a clue round's answer (fixed or broken) or kept."""
+    def refuted(pick: str) -> dict:
+        return verify(1, pick, 0.1) | {"refuted": f"the image shows a woman or girl; {pick} is recorded as male"}
+
+    nil_round = [link(1, None, 0.3, [("Kappa", 0.3)]), link(2, "Kappa", 0.8, [("Kappa", 0.8)], clue="ocr")]
+    records = [
+        record("r1", "Emma", "Emma", "fallback", [refuted("Fred"), verify(2, "Emma", 0.2, "scene")], stop=3,
+               round1="Fred"),  # refuted, replaced: fixed
+        record("r2", "Fred", "Emma", "fallback", [refuted("Fred"), verify(2, "Emma", 0.2, "scene")], stop=3,
+               round1="Fred"),  # refuted, replaced: broken (the cue was wrong)
+        record("r3", "Emma", "Fred", "fallback", [refuted("Fred")], stop=5, round1="Fred"),  # refuted, kept
+        record("n1", "Kappa", "Kappa", "fallback", nil_round, stop=2, round1=None),  # nil replaced: fixed
+        record("n2", "nil", "Kappa", "fallback", nil_round, stop=2, round1=None),  # nil replaced: broken
+        record("n3", "nil", None, "nil", nil_round[:1], stop=2, round1=None),  # nil kept: both right
+        record("t1", "nil", None, "nil", nil_round[:1], stop=1, round1=None),  # no clue round: not counted
+        record("v1", "Emma", "Emma", "text_verified", [verify(1, "Emma", 0.9)]),  # nothing replaced
+    ]
+    md = write_report(write_run(tmp_path / "run", records)).read_text()
+    rows = {(r[0], r[1]): r[2:] for r in table_rows(md, "When no round verified: round-1 answers replaced")}
+    assert rows[("refuted", "replaced")] == ["2", "1", "1", "0", "0", "+0"]
+    assert rows[("refuted", "kept")] == ["1", "0", "0", "0", "1", "+0"]
+    assert rows[("nil", "replaced")] == ["2", "1", "1", "0", "0", "+0"]
+    assert rows[("nil", "kept")] == ["1", "0", "0", "1", "0", "+0"]
+    assert "Fixed: `r1`, `n1`" in md and "Broken: `r2`, `n2`" in md
+    assert "round-1 answers replaced" not in write_report(write_run(tmp_path / "plain", records[-2:])).read_text()
+
+
 def test_report_calibration_and_figures(tmp_path):
     run = write_run(tmp_path / "run", fixture_records())
     md = write_report(run).read_text()

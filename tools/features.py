@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from tools.names import is_acronym_of, name_coverage, prefix_share, spelling_similarity, split_name
+from tools.names import feature_name, is_acronym_of, name_coverage, prefix_share, spelling_similarity
 from tools.texts import entity_text, mention_text, name_text, query_text
 
 TEXT_FEATURES = (
@@ -178,7 +178,7 @@ def _lexical(said: str, mention: str, context: str, cands: tuple, ranked: bool) 
     out[:, col["list_first"]], out[:, col["list_rank_inv"]] = rank_features(n, ranked)
     sexes, all_name_tokens = [], []
     for i, (name, desc, _qid) in enumerate(cands):
-        base, disamb = split_name(name)
+        base, disamb = feature_name(name)
         name_tokens = tokens(base)
         dis_tokens = tokens(disamb)
         facts = entity_facts(desc)

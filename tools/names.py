@@ -64,6 +64,32 @@ def split_name(name: str) -> tuple[str, str]:
     return m.group("base").strip(), " ".join(m.group("dis").split())
 
 
+_COMMA = re.compile(r"^(?P<head>[^,]*[^\W\d_][^,]*?),\s+(?P<qual>[A-Z\d][^()]*)$")
+_NOT_QUALIFIER = re.compile(r"^(?:jr|sr|inc|ltd|llc|plc|co|corp|d\.?\s?c|[ivx]+|\d+(?:st|nd|rd|th))\b\.?", re.IGNORECASE)
+_SERIAL = re.compile(r",\s+(?:and|or|&)\s", re.IGNORECASE)
+
+
+def feature_name(name: str) -> tuple[str, str]:
+    """``(name, qualifier)`` as the features compare it with a mention: :func:`split_name`'s base and
+    disambiguator, and a Wikipedia comma qualifier split off the base too (``Forrestdale, Western
+    Australia`` -> ``Forrestdale`` + ``Western Australia``; ``Andrew Adonis, Baron Adonis`` -> ``Andrew
+    Adonis`` + ``Baron Adonis``): the place or title that tells homonyms apart, evidence about the entity
+    (its words found in the text), not part of what a mention says. Not split: suffixes that belong to
+    the name (``Washington, D.C.``, ``Discovery, Inc.``, ``Jr.``, regnal numbers), a numbered peerage,
+    which is a name the person goes by (``Arthur Wellesley, 1st Duke of Wellington``: "the Duke of
+    Wellington"), a royal style, a one-word head with a title "of" somewhere (``Catherine, Princess of
+    Wales``, ``Mary, Queen of Scots``: the whole is how the person is named), dates (``July 12, 2007``) and
+    serial commas (``Banking, Housing, and Urban Affairs``)."""
+    base, dis = split_name(name)
+    m = _COMMA.match(base)
+    if not m or _SERIAL.search(base) or _NOT_QUALIFIER.match(m.group("qual")) or m.group("head").rstrip()[-1:].isdigit():
+        return base, dis
+    if len(m.group("head").split()) == 1 and re.search(r"\sof\s", m.group("qual")):
+        return base, dis
+    qual = " ".join(m.group("qual").split())
+    return m.group("head").strip(), f"{qual}; {dis}" if dis else qual
+
+
 def display_name(name: str) -> str:
     """What the LLM and the embedder see: the cleaned name, disambiguator kept in brackets."""
     base, dis = split_name(name)
