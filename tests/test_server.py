@@ -164,13 +164,16 @@ def readme_sdk_example() -> str:
     return found.group(1)
 
 
-def test_readme_sdk_example_runs_against_the_server(server, capsys):
+def test_readme_sdk_example_runs_against_the_server(server, models, capsys):
     code = readme_sdk_example()
     assert 'url="http://127.0.0.1:2024"' in code
     namespace: dict = {}
     exec(compile(code.replace("http://127.0.0.1:2024", server.url), "docs/studio.md sdk-example", "exec"), namespace)
     out, printed = namespace["out"], capsys.readouterr().out
-    assert out["entity"]["qid"] == "Q810" and out["status"] == "text_only"  # no image: the text answer stands
+    # the server's answer is the graph's, in process, with the server's models and the run's settings
+    local = graph.invoke(namespace["mention"], context=Context(**models, max_rounds=2, reflection_threshold=0.5))
+    assert out["entity"]["qid"] == local["entity"]["qid"] and out["status"] == "text_only"  # no image: text stands
+    assert [t["step"] for t in out["trace"]] == [t["step"] for t in local["trace"]]
     assert "node retrieve_candidates" in printed and "'event': 'final'" in printed
     assert namespace["state"]["values"]["status"] == "text_only"
     assert len(namespace["history"]) == 2 * 7  # per run: its input, START, then one per node (5 nodes)
