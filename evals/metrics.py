@@ -253,6 +253,12 @@ def nil_scores(records: list[dict]) -> dict[str, Any] | None:
             "top1_non_nil": accuracy(rec_correct(r) for r in scored if not r["gold"].get("nil"))}
 
 
+def change(before_ok: bool, after_ok: bool) -> str:
+    """An answer against the one it replaced: ``fixed``, ``broken``, ``both right`` or ``both wrong``."""
+    return {(False, True): "fixed", (True, False): "broken", (True, True): "both right",
+            (False, False): "both wrong"}[(before_ok, after_ok)]
+
+
 def llm_effect(records: list[dict]) -> dict[str, Any]:
     """Among the mentions whose linker model was asked: did the answer fix a wrong text prior or break a right one?
 
@@ -277,8 +283,7 @@ def llm_effect(records: list[dict]) -> dict[str, Any]:
         p_ok = bool(match(None if prior.get("nil") else {"qid": prior.get("qid"), "name": prior.get("name")},
                           r["gold"]))  # the prior's answer: its top candidate, or nil when its nil decision holds
         for key, ok in (("pick", match(asked.get("pick"), r["gold"])), ("final", rec_correct(r))):
-            label = {(False, True): "fixed", (True, False): "broken", (True, True): "both right",
-                     (False, False): "both wrong"}[(p_ok, bool(ok))]
+            label = change(p_ok, bool(ok))
             out[key][label] += 1
             if key == "final" and label in ("fixed", "broken"):
                 out[label].append(r["id"])
@@ -304,8 +309,7 @@ def fallback_effect(records: list[dict]) -> dict[str, Any]:
             continue
         r1_ok, ok = bool(match(r.get("round1"), r["gold"])), bool(rec_correct(r))
         group = "kept" if same_entity(r.get("round1"), r.get("prediction")) else "replaced"
-        label = {(False, True): "fixed", (True, False): "broken", (True, True): "both right",
-                 (False, False): "both wrong"}[(r1_ok, ok)]
+        label = change(r1_ok, ok)
         out[kind][group][label] += 1
         if label in ("fixed", "broken"):
             out[label].append(r["id"])

@@ -352,10 +352,7 @@ def render_llm_effect(L: list[str], eff: dict[str, Any]) -> None:
         c = eff[key]
         L.append(f"| {label} | {c['fixed']} | {c['broken']} | {c['both right']} | {c['both wrong']} | "
                  f"{c['fixed'] - c['broken']:+d} |")
-    for label in ("fixed", "broken"):
-        if eff[label]:
-            ids = ", ".join(f"`{i}`" for i in eff[label][:20]) + (" ..." if len(eff[label]) > 20 else "")
-            L.append(f"\n{label.capitalize()} by the final answer: {ids}")
+    _changed_ids(L, eff, " by the final answer")
 
 
 def render_fallback_effect(L: list[str], eff: dict[str, Any] | None) -> None:
@@ -376,10 +373,15 @@ def render_fallback_effect(L: list[str], eff: dict[str, Any] | None) -> None:
     for kind, group, c in rows:
         L.append(f"| {kind} | {group} | {sum(c.values())} | {c['fixed']} | {c['broken']} | {c['both right']} | "
                  f"{c['both wrong']} | {c['fixed'] - c['broken']:+d} |")
+    _changed_ids(L, eff)
+
+
+def _changed_ids(L: list[str], eff: dict[str, Any], by: str = "") -> None:
+    """The ids of the mentions an effect fixed and broke (the first 20 of each)."""
     for label in ("fixed", "broken"):
         if eff[label]:
             ids = ", ".join(f"`{i}`" for i in eff[label][:20]) + (" ..." if len(eff[label]) > 20 else "")
-            L.append(f"\n{label.capitalize()}: {ids}")
+            L.append(f"\n{label.capitalize()}{by}: {ids}")
 
 
 def render_reliability(L: list[str], rel: dict[str, Any]) -> None:

@@ -205,8 +205,8 @@ class Context(BaseSettings):
     refute_contradictions: bool = Field(
         default=True,
         description="Verification also checks what the image rules out: the image description's person "
-                  "words against the entity's 'Sex:' attribute. A contradiction fails the pick (status "
-                  "'refuted' in the trace), and when no round verifies a refuted round-1 answer gives way "
+                  "words against the entity's 'Sex:' attribute. A contradiction fails the pick (its verify step "
+                  "in the trace carries 'refuted' and the reason), and when no round verifies a refuted round-1 answer gives way "
                   "to the best unrefuted answer of a clue round. No attribute or no person words: no effect.",
     )
     nil_fallback: Literal["text", "last_clue"] = Field(

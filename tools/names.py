@@ -67,6 +67,7 @@ def split_name(name: str) -> tuple[str, str]:
 _COMMA = re.compile(r"^(?P<head>[^,]*[^\W\d_][^,]*?),\s+(?P<qual>[A-Z\d][^()]*)$")
 _NOT_QUALIFIER = re.compile(r"^(?:jr|sr|inc|ltd|llc|plc|co|corp|d\.?\s?c|[ivx]+|\d+(?:st|nd|rd|th))\b\.?", re.IGNORECASE)
 _SERIAL = re.compile(r",\s+(?:and|or|&)\s", re.IGNORECASE)
+_OF = re.compile(r"\sof\s")  # a title "X of Y": with a one-word head, a royal style
 
 
 def feature_name(name: str) -> tuple[str, str]:
@@ -84,7 +85,7 @@ def feature_name(name: str) -> tuple[str, str]:
     m = _COMMA.match(base)
     if not m or _SERIAL.search(base) or _NOT_QUALIFIER.match(m.group("qual")) or m.group("head").rstrip()[-1:].isdigit():
         return base, dis
-    if len(m.group("head").split()) == 1 and re.search(r"\sof\s", m.group("qual")):
+    if len(m.group("head").split()) == 1 and _OF.search(m.group("qual")):
         return base, dis
     qual = " ".join(m.group("qual").split())
     return m.group("head").strip(), f"{qual}; {dis}" if dis else qual
