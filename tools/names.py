@@ -64,7 +64,8 @@ def split_name(name: str) -> tuple[str, str]:
     return m.group("base").strip(), " ".join(m.group("dis").split())
 
 
-_COMMA = re.compile(r"^(?P<head>[^,]*[^\W\d_][^,]*?),\s+(?P<qual>[A-Z\d][^()]*)$")
+_COMMA = re.compile(r"^(?P<head>[^,]*),\s+(?P<qual>[A-Z\d][^()]*)$")  # linear: no nested free runs
+_LETTER = re.compile(r"[^\W\d_]")
 _NOT_QUALIFIER = re.compile(r"^(?:jr|sr|inc|ltd|llc|plc|co|corp|d\.?\s?c|[ivx]+|\d+(?:st|nd|rd|th))\b\.?", re.IGNORECASE)
 _SERIAL = re.compile(r",\s+(?:and|or|&)\s", re.IGNORECASE)
 _OF = re.compile(r"\sof\s")  # a title "X of Y": with a one-word head, a royal style
@@ -83,7 +84,8 @@ def feature_name(name: str) -> tuple[str, str]:
     serial commas (``Banking, Housing, and Urban Affairs``)."""
     base, dis = split_name(name)
     m = _COMMA.match(base)
-    if not m or _SERIAL.search(base) or _NOT_QUALIFIER.match(m.group("qual")) or m.group("head").rstrip()[-1:].isdigit():
+    if (not m or not _LETTER.search(m.group("head")) or _SERIAL.search(base) or _NOT_QUALIFIER.match(m.group("qual"))
+            or m.group("head").rstrip()[-1:].isdigit()):
         return base, dis
     if len(m.group("head").split()) == 1 and _OF.search(m.group("qual")):
         return base, dis
