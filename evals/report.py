@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from evals import metrics as M
+from evals.html_report import write_html
 from evals.plot import exit_kind, plot_reliability, plot_rounds, round_labels
 from evals.store import PREDICTIONS, read_config, read_predictions
 from tools.errors import InputError
@@ -162,8 +163,6 @@ def write_report(run_dir: str | Path) -> Path:
         (run / "reliability.png").unlink()  # a stale figure of an earlier report
     path = run / "report.md"
     path.write_text(render(s, config, notes, records), encoding="utf-8")
-    from evals.html_report import write_html
-
     write_html(run, s, config, records, notes)
     return path
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from evals.datasets import Dataset, Example, load_dataset
 from evals.predict import Baselines, evaluate_one, failed_record
+from evals.report import write_report  # at start: a run's report uses the code the run started with
 from evals.store import PredictionWriter, RunLock, check_resume, read_config, read_predictions, write_config
 from evals.worker import MENTION_TIMEOUT, mention_limit
 from graph.context import Context
@@ -280,8 +281,6 @@ def _run_locked(ds: Dataset, chosen: list[Example], run_dir: Path, ctx: Context,
                "common_error": tally.common_error(),
                "worker_restarts": pool.restarts if pool is not None else 0}
     if report:
-        from evals.report import write_report
-
         summary["report"] = str(write_report(run_dir))
     return summary
 

@@ -539,3 +539,14 @@ def screenshot(run: Path, mention: str, out: Path, width: int = 1400, height: in
 
 if __name__ == "__main__":  # python tests/test_report.py RUN MENTION_ID OUT.png
     print(screenshot(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])))
+
+
+def test_a_run_loads_its_report_code_when_it_starts():
+    """The report is written at the end of a run with the code loaded at its start: a checkout changed during
+    a long run (evals/metrics.py and evals/report.py edited together) cannot break the run's report."""
+    code = ("import sys, evals.runner; "
+            "print(all(m in sys.modules for m in ('evals.report', 'evals.html_report', 'evals.metrics')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent.parent, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
