@@ -236,6 +236,19 @@ def test_a_model_without_scores_is_sampled(tmp_path):
     assert "Answer with the letter only" in model.prompts[0]
 
 
+@pytest.mark.parametrize("reply, parsed", [("C", "C"), ("3", "C"), ("**2**", "B"), ("1.", "A"), ("(d)", "D"),
+                                           ("Tony Parker", "B"), ("5", None), ("0", None), ("22", None)])
+def test_a_sampled_answer_is_read_as_a_letter_a_number_or_a_name(reply, parsed):
+    model = scripted(reply)
+    logp, call = label_distribution(model, [HumanMessage("pick")], ["A", "B", "C", "D"],
+                                    ["Michael Jordan", "Tony Parker", "Jordan River", "Jordan (country)"], spec="fake")
+    assert call["method"] == "sampled" and call["parsed"] == parsed
+    if parsed is None:  # nothing read: the call counts for nothing (a uniform distribution)
+        assert len(set(logp)) == 1
+    else:
+        assert max(range(4), key=lambda i: logp[i]) == "ABCD".index(parsed)
+
+
 def test_gate_and_mode_settings_are_checked():
     with pytest.raises(ConfigError, match="gate_threshold: expected a number between 0 and 1"):
         Context(gate_threshold=1.5)

@@ -45,10 +45,13 @@ def labels_for(n: int) -> list[str]:
 
 
 def _from_text(raw: str, labels: list[str], names: list[str]) -> int | None:
-    """Index of the candidate a free-text answer names (a letter first, else a name)."""
+    """Index of the candidate a free-text answer names: a letter first, else a bare number counted from 1
+    (small models often number the lettered list: "2" is B), else a name."""
     text = raw.strip().strip("*().:'\"` ").upper()
     if text[:1] in labels and (len(text) == 1 or not text[1].isalpha()):
         return labels.index(text[0])
+    if text.isdigit() and 1 <= int(text) <= len(labels):
+        return int(text) - 1
     low = raw.lower()
     hits = [i for i, n in enumerate(names) if n and n.lower() in low]
     return hits[0] if len(hits) == 1 else None
