@@ -194,6 +194,11 @@ def summary_html(s: dict[str, Any], config: dict[str, Any], notes: list[str]) ->
         out.append(f"<p>Nil: precision {_pct(nil['precision'])} ({nil['tp']} / {nil['predicted']}), recall "
                    f"{_pct(nil['recall'])} ({nil['tp']} / {nil['gold']}), F1 {_pct(nil['f1'])}; Top-1 on nil golds "
                    f"{_pct(nil['top1_nil']['acc'])}, on non-nil golds {_pct(nil['top1_non_nil']['acc'])}.</p>")
+    noe = s.get("nil_on_entities")
+    if noe and noe["answers"]:
+        out.append(f"<p>Nil answers on entity golds: {noe['answers']}"
+                   + ("" if noe["set_has_nil_gold"] else " (the set has no nil gold: all of them wrong)")
+                   + f"; {len(noe['passed_over'])} of them passed over the gold (it was the best candidate).</p>")
     eff = s["llm_effect"]
     if eff["asked"]:
         c = eff["final"]

@@ -253,6 +253,28 @@ def nil_scores(records: list[dict]) -> dict[str, Any] | None:
             "top1_non_nil": accuracy(rec_correct(r) for r in scored if not r["gold"].get("nil"))}
 
 
+def nil_on_entities(records: list[dict]) -> dict[str, Any]:
+    """Nil answers on entity (non-nil) golds, and which of them passed over the gold.
+
+    A nil answer passed over the gold when the gold (by name) was the best candidate of the link step that
+    answered nil: answering that candidate instead would have been right. ``set_has_nil_gold``: whether any
+    scored gold of the run is nil (without one, every nil answer is wrong).
+    """
+    scored = [r for r in records if is_scored(r)]
+    out: dict[str, Any] = {"answers": 0, "passed_over": [],
+                           "set_has_nil_gold": any(r["gold"].get("nil") for r in scored)}
+    for r in scored:
+        if r.get("error") or r.get("prediction") is not None or r["gold"].get("nil"):
+            continue
+        out["answers"] += 1
+        step = next((t for t in link_entries(r) if t.get("outcome") == "nil"), None)
+        top = (step or {}).get("top") or []
+        gold = r["gold"].get("name")
+        if gold and top and normalize_name(top[0].get("name")) == normalize_name(gold):
+            out["passed_over"].append(r["id"])
+    return out
+
+
 def change(before_ok: bool, after_ok: bool) -> str:
     """An answer against the one it replaced: ``fixed``, ``broken``, ``both right`` or ``both wrong``."""
     return {(False, True): "fixed", (True, False): "broken", (True, True): "both right",

@@ -84,6 +84,7 @@ def summarize(records: list[dict], config: dict[str, Any]) -> dict[str, Any]:
         "top1_gic": M.top1_given_gold_in_candidates(records),
         "ceiling": M.accuracy(M.gold_reachable(r) for r in scored),
         "nil": M.nil_scores(records),
+        "nil_on_entities": M.nil_on_entities(records),
         "llm_effect": M.llm_effect(records),
         "fallback_effect": M.fallback_effect(records),
         "resolved": M.resolved_scoring(records),
@@ -175,6 +176,7 @@ def render(s: dict[str, Any], config: dict[str, Any], notes: list[str], records:
     _accuracy(L, s, st, str(config.get("dataset", "?")))
     if s["nil"]:
         render_nil(L, s["nil"])
+    render_nil_on_entities(L, s.get("nil_on_entities"))
     _rounds(L, s, st)
     _exits(L, s)
     render_llm_effect(L, s["llm_effect"])
@@ -328,6 +330,26 @@ def render_nil(L: list[str], nil: dict[str, Any]) -> None:
     for name, key in (("Top-1 on nil golds", "top1_nil"), ("Top-1 on non-nil golds", "top1_non_nil")):
         a = nil[key]
         L.append(f"| {name} | {_pct(a['acc'])} | {_ci(a)} | {a['correct']} / {a['n']} |")
+
+
+def render_nil_on_entities(L: list[str], noe: dict[str, Any] | None) -> None:
+    """Nil answers on entity golds: what the nil decision cost, and the ids where it passed over the gold.
+    Under the nil section when the set has nil golds; a section of its own when it has none."""
+    if not noe or not noe["answers"]:
+        return
+    n, k = noe["answers"], len(noe["passed_over"])
+    over = (f"{k} of them passed over the gold: it was the best candidate of the step that answered nil, so "
+            f"answering that candidate would have been right")
+    if noe["set_has_nil_gold"]:
+        L.append(f"\n{n} nil answer(s) fell on entity golds; {over}.")
+    else:
+        L.append("\n## Nil answers\n")
+        L.append(f"This set has no nil gold, so each of the {n} nil answer(s) is wrong. {over}; for the other "
+                 f"{n - k}, the best candidate was not the gold either. A set whose golds are all entities can be "
+                 f"run as one with `--set nil_threshold=off` (the fused and the llm linker then never answer nil).")
+    if k:
+        ids = ", ".join(f"`{i}`" for i in noe["passed_over"][:20]) + (" ..." if k > 20 else "")
+        L.append(f"\nPassed over the gold: {ids}")
 
 
 def render_llm_effect(L: list[str], eff: dict[str, Any]) -> None:

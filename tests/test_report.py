@@ -169,6 +169,31 @@ def test_report_top1_given_gold_in_candidates_nil_scores_and_llm_effect(tmp_path
            "text-first gate 0.9" in md
 
 
+def test_report_says_which_nil_answers_passed_over_the_gold(tmp_path):
+    """Nil answers on entity golds: those whose best candidate was the gold are named; a set without nil golds
+    gets a section of its own saying every nil answer is wrong there and how to run it without nil."""
+    md = write_report(write_run(tmp_path / "with-nil", fixture_records())).read_text()
+    nil_section = md.split("## Nil answers", 1)[1].split("\n## ", 1)[0]
+    assert "1 nil answer(s) fell on entity golds; 1 of them passed over the gold" in nil_section
+    assert "Passed over the gold: `m8`" in nil_section  # Epsilon was m8's best candidate; m4's gold is nil
+    records = [
+        record("w1", "Levy", None, "nil", [link(1, None, None, [("Levy", 0.4), ("Lev", 0.1)])]),  # passed over
+        record("w2", "Day", None, "nil", [link(1, None, None, [("Stockwell Day", 0.2), ("Day", 0.1)])]),  # not best
+        record("w3", "Early", None, "nil", [link(1, None, None, [("Other", 0.3)])], gic=False),  # not listed
+        record("w4", "Weiller", "Weiller", "text_verified", [link(1, "Weiller", 0.9, [("Weiller", 0.9)])]),
+    ]
+    md = write_report(write_run(tmp_path / "no-nil", records)).read_text()
+    section = md.split("## Nil answers", 1)[1].split("\n## ", 1)[0]
+    assert "This set has no nil gold, so each of the 3 nil answer(s) is wrong. 1 of them passed over the gold" in section
+    assert "for the other 2, the best candidate was not the gold either" in section
+    assert "`--set nil_threshold=off`" in section and "Passed over the gold: `w1`" in section
+    assert "nil precision" not in md  # no nil gold: no precision/recall table
+    assert "Nil answers on entity golds: 3 (the set has no nil gold: all of them wrong); 1 of them passed over" in \
+        (tmp_path / "no-nil" / "report.html").read_text()
+    clean = write_report(write_run(tmp_path / "no-nil-answer", records[3:])).read_text()
+    assert "## Nil answers" not in clean
+
+
 def test_llm_effect_counts_a_nil_text_prior_as_a_nil_answer():
     nil_prior = link(1, None, 0.3, [("Kappa", 0.3)], llm=True, prior=("Kappa", 0.25))
     nil_prior["prior_top"]["nil"] = True  # the prior alone answered nil (its nil decision held)
