@@ -203,9 +203,11 @@ def weights_file(tmp_path: Path) -> str:
 
 def graph_ctx(kb_path, tmp_path: Path, **extra) -> Context:
     """A graph context on ``huggingface:bag`` and the KB at ``kb_path``: fused weights on the dense
-    similarity, a scripted LLM, no image scorer."""
+    similarity, a scripted LLM without an opinion (its answer names no candidate: it counts for nothing), no image
+    scorer."""
     return Context(embedding_model="huggingface:bag", kb_path=str(kb_path), fusion_weights=weights_file(tmp_path),
-                   linker_model=scripted(*["1"] * 20), verifier=TableScorer({}), llm_scoring="choice", **extra)
+                   linker_model=scripted(*["no idea"] * 20), verifier=TableScorer({}), llm_scoring="choice",
+                   **extra)
 
 
 def test_the_graph_answers_the_same_with_and_without_the_kb_vectors(fake, tmp_path, monkeypatch):
