@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -333,3 +334,19 @@ def test_embedded_embeddings_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     related, unrelated = CachedEmbedder(emb).cosine(
         "Paris, the capital of France", ["French capital city on the Seine", "a recipe for banana bread"])
     assert related > unrelated + 0.2
+
+
+def test_loading_the_embedded_embedder_prints_no_progress_bar_and_keeps_the_callers_setting():
+    """``link()``'s first call loads MiniLM: no "Loading weights" bar on stderr, and transformers' own progress-bar
+    setting is as the caller left it (on stays on, off stays off)."""
+    code = ("import sys; from transformers.utils import logging as l\n"
+            "if sys.argv[1] == 'off': l.disable_progress_bar()\n"
+            "from tools.embeddings import load_embeddings\n"
+            "assert len(load_embeddings('embedded').embed_query('x')) == 384\n"
+            "print(l.is_progress_bar_enabled())")
+    for setting, expected in (("on", "True"), ("off", "False")):
+        out = subprocess.run([sys.executable, "-c", code, setting], capture_output=True, text=True, timeout=300,
+                             cwd=Path(__file__).resolve().parent.parent)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == expected
+        assert "Loading weights" not in out.stderr

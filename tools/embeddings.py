@@ -25,6 +25,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,21 @@ def load_embeddings(spec: str | Embeddings, *, base_url: str | None = None,
         return _load(parsed.provider, parsed.name, base_url, api_key, setting)
 
 
+@contextmanager
+def _no_loading_bar() -> Iterator[None]:
+    """transformers' "Loading weights" progress bar off while the embedder loads (a local model loads in well
+    under a second; the bar only cluttered ``link()``'s output), the caller's setting restored after."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 @lru_cache(maxsize=8)
 def _load(provider: str, name: str, base_url: str | None, api_key: str | None, setting: str) -> Embeddings:
     if provider == "openai":
@@ -89,8 +105,9 @@ def _load(provider: str, name: str, base_url: str | None, api_key: str | None, s
 
     model_name = str(embedded_model_dir()) if provider == "embedded" else name
     try:
-        return HuggingFaceEmbeddings(model_name=model_name, model_kwargs={"device": "cpu"},
-                                     encode_kwargs={"normalize_embeddings": True})
+        with _no_loading_bar():
+            return HuggingFaceEmbeddings(model_name=model_name, model_kwargs={"device": "cpu"},
+                                         encode_kwargs={"normalize_embeddings": True})
     except Exception as exc:
         raise ModelError(f"{setting} '{provider}:{name}' could not be loaded: {type(exc).__name__}: {exc}") from exc
 
