@@ -237,7 +237,8 @@ def test_a_model_without_scores_is_sampled(tmp_path):
 
 
 @pytest.mark.parametrize("reply, parsed", [("C", "C"), ("3", "C"), ("**2**", "B"), ("1.", "A"), ("(d)", "D"),
-                                           ("Tony Parker", "B"), ("5", None), ("0", None), ("22", None)])
+                                           ("Tony Parker", "B"), ("5", None), ("0", None), ("22", None),
+                                           ("²", None), ("1" * 5000, None), ("٣", "C")])
 def test_a_sampled_answer_is_read_as_a_letter_a_number_or_a_name(reply, parsed):
     model = scripted(reply)
     logp, call = label_distribution(model, [HumanMessage("pick")], ["A", "B", "C", "D"],

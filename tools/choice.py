@@ -50,7 +50,7 @@ def _from_text(raw: str, labels: list[str], names: list[str]) -> int | None:
     text = raw.strip().strip("*().:'\"` ").upper()
     if text[:1] in labels and (len(text) == 1 or not text[1].isalpha()):
         return labels.index(text[0])
-    if text.isdigit() and 1 <= int(text) <= len(labels):
+    if text.isdecimal() and len(text) <= 3 and 1 <= int(text) <= len(labels):  # not "²" nor a 5000-digit run
         return int(text) - 1
     low = raw.lower()
     hits = [i for i, n in enumerate(names) if n and n.lower() in low]
