@@ -348,8 +348,7 @@ def render_nil_on_entities(L: list[str], noe: dict[str, Any] | None) -> None:
                  f"{n - k}, the best candidate was not the gold either. A set whose golds are all entities can be "
                  f"run as one with `--set nil_threshold=off` (the fused and the llm linker then never answer nil).")
     if k:
-        ids = ", ".join(f"`{i}`" for i in noe["passed_over"][:20]) + (" ..." if k > 20 else "")
-        L.append(f"\nPassed over the gold: {ids}")
+        L.append(f"\nPassed over the gold: {_id_list(noe['passed_over'])}")
 
 
 def render_llm_effect(L: list[str], eff: dict[str, Any]) -> None:
@@ -401,8 +400,12 @@ def _changed_ids(L: list[str], eff: dict[str, Any], by: str = "") -> None:
     """The ids of the mentions an effect fixed and broke (the first 20 of each)."""
     for label in ("fixed", "broken"):
         if eff[label]:
-            ids = ", ".join(f"`{i}`" for i in eff[label][:20]) + (" ..." if len(eff[label]) > 20 else "")
-            L.append(f"\n{label.capitalize()}{by}: {ids}")
+            L.append(f"\n{label.capitalize()}{by}: {_id_list(eff[label])}")
+
+
+def _id_list(ids: list[str]) -> str:
+    """The first 20 mention ids as code, `` ...`` when there are more."""
+    return ", ".join(f"`{i}`" for i in ids[:20]) + (" ..." if len(ids) > 20 else "")
 
 
 def render_reliability(L: list[str], rel: dict[str, Any]) -> None:
