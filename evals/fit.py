@@ -636,6 +636,7 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
             res = {}
             for label, zs, asked, params in (
                     [("fit " + m, s["z"], s["asked"], None if m is None else m) for m in LLM_MODES]
+                    + [("fit " + m + " textnil", s["z"], s["asked"], m) for m in LLM_MODES]
                     + [("packaged", s["zb"], s["asked_base"], "base")]):
                 pred = []
                 for i in sel:
@@ -647,14 +648,21 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
                             prm = base_p
                         else:
                             prm = per_fold[params][s["fold"][i]] if s["fold"][i] >= 0 else llm_params[params]
+                        z0 = z
                         z = fused_scores(z, ev, rel, prm)
+                        if label.endswith("textnil"):
+                            d = decide(z, True, thr)[0]
+                            if d == -1 and decide(z0, True, thr)[0] != -1:
+                                d = int(np.argmax(z))
+                            pred.append(d)
+                            continue
                     pred.append(decide(z, True if params != "base" else base.nil_row, thr)[0])
                 res[label] = figures(np.array(pred), s["gold"][sel], s["nil"][sel])
             res["text only, same mentions"] = figures(new[sel], s["gold"][sel], s["nil"][sel])
             res["asked_share"] = float(s["asked"][sel].mean()) if len(sel) else None
             row["llm"] = res
             print(f"  with the LLM on the {len(sel)} sampled mentions (asked: {res['asked_share']:.0%} for the fit):")
-            for label in ("text only, same mentions", *("fit " + m for m in LLM_MODES), "packaged"):
+            for label in ("text only, same mentions", *("fit " + m for m in LLM_MODES), *("fit " + m + " textnil" for m in LLM_MODES), "packaged"):
                 print(f"    {label:25}{tag if label == 'packaged' else '':1}: {fmt(res[label])}")
         result["sets"][s["name"]] = row
 

@@ -154,6 +154,12 @@ class Context(BaseSettings):
                   "exceeds this (0.5: nil when it is the most probable answer; higher: nil more rarely). "
                   "Empty/'off' = never answer nil from the scores (weights files without a nil row never do).",
     )
+    nil_needs_text: bool = Field(
+        default=False,
+        description="Fused mode: answer nil only when the text evidence alone (before the LLM's scores are "
+                  "added) answers nil too. The LLM can then take a nil back but cannot turn a text answer into "
+                  "nil. False (default): the combined evidence decides.",
+    )
     llm_in_clue_rounds: bool = Field(
         default=False,
         description="Fused mode: also ask the LLM again, with the clues, in clue rounds that are "

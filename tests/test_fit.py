@@ -326,3 +326,37 @@ def test_llm_cache_key_names_the_server_of_an_openai_model():
     assert fit.llm_key(a) != fit.llm_key(b) and "@http://b:1/v1|" in fit.llm_key(b)
     local = {"linker_model": "embedded", "llm_scoring": "likelihood", "openai_base_url": "http://a:1/v1"}
     assert fit.llm_key(local) == f"embedded|likelihood|{P.PROMPT_VERSION}"  # the URL is not the model's
+
+
+def test_nil_needs_text_lets_the_llm_take_a_nil_back_but_not_cause_one(tmp_path, fakes):
+    """The text prior answers its best candidate; the LLM's nil term (bias 3) would turn that into nil.
+    With ``nil_needs_text`` the text answer stands and the trace says why; a text-evidence nil stays nil."""
+    from tools.fusion import weights_document, write_weights
+
+    def weights(intercept: float) -> str:
+        zero = {"coef": [0.0] * len(ALL_FEATURES), "intercept": intercept, "mean": [0.0] * len(ALL_FEATURES),
+                "scale": [1.0] * len(ALL_FEATURES)}
+        doc = weights_document({"text": zero, "clue": zero}, llm_weight=0.0, llm_floor=5.0, nil_row=True)
+        doc["llm_nil"] = {"bias": 3.0, "weight": 0.0}
+        path = tmp_path / f"w{intercept}.json"
+        write_weights(path, doc)
+        return str(path)
+
+    inputs = {"mention": "Berg", "context": "Berg spoke in town.",
+              "candidates": [{"qid": "Q1", "name": "Anna Berg", "desc": ""}, {"qid": "Q2", "name": "Carl Berg", "desc": ""}]}
+
+    def link(w: str, **settings) -> tuple[dict, dict]:
+        ctx = Context(linker_model="embedded", embedding_model=BagOfWordsEmbeddings(), verifier=TableScorer({}),
+                      fusion_weights=w, max_rounds=0, **settings)
+        out = graph.invoke(inputs, context=ctx)
+        return out, next(t for t in out["trace"] if t["step"] == "link")
+
+    supported = weights(1.0)  # prior: each candidate 0.42, nil 0.16 -> an entity; with the LLM's nil term: nil 0.79
+    out, step = link(supported)
+    assert out["status"] == "nil" and step["p_nil"] > 0.5 and "nil" not in step["prior_top"]
+    out, step = link(supported, nil_needs_text=True)
+    assert out["entity"]["qid"] in {"Q1", "Q2"} and step["outcome"] == "entity"
+    assert "nil_needs_text" in step["nil_overruled"] and step["p_nil"] > 0.5
+    # a nil the text evidence gives on its own is still answered
+    out, step = link(weights(-3.0), nil_needs_text=True)
+    assert out["status"] == "nil" and step["prior_top"]["nil"] and "nil_overruled" not in step

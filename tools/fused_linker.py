@@ -144,16 +144,23 @@ def pick(dist: dict[str, Any], candidates: list[dict], excluded: set[str], setti
     top = [{"name": candidates[i]["name"], "p": dist["probs"][i]} for i in order[:3]]
     info: dict[str, Any] = {"confidence": dist["probs"][best] if best is not None else None, "top": top,
                             "gated": dist["gated"], "p_nil": dist.get("p_nil")}
+    prior_nil = None
     if dist.get("llm") and dist.get("prior"):  # the text prior's top candidate, before the LLM's scores were added
         i = max(range(len(dist["prior"])), key=lambda j: dist["prior"][j])
         info["prior_top"] = {**entity_ref(candidates[i]), "p": dist["prior"][i]}
-        if nil_decision(dist["prior"][i], float(dist.get("prior_p_nil") or 0.0), settings.nil_threshold,
-                        bool(dist.get("nil_row"))):
+        prior_nil = nil_decision(dist["prior"][i], float(dist.get("prior_p_nil") or 0.0), settings.nil_threshold,
+                                 bool(dist.get("nil_row")))
+        if prior_nil:
             info["prior_top"]["nil"] = True  # the text prior alone answers nil
     p_nil = float(dist.get("p_nil") or 0.0)
     if best is not None and nil_decision(dist["probs"][best], p_nil, settings.nil_threshold,
                                          bool(dist.get("nil_row"))):
-        info["nil"] = True
+        if prior_nil is False and settings.nil_needs_text:
+            info["nil_overruled"] = (f"the combined evidence favours nil (p={p_nil:.3f}) but the text evidence "
+                                     "alone does not: nil_needs_text keeps the best candidate")
+        else:
+            info["nil"] = True
+    if info.get("nil"):
         info["nil_note"] = (f"nil: no candidate supported (nil p={p_nil:.3f} against the best candidate's "
                             f"{dist['probs'][best]:.3f}; nil_threshold {settings.nil_threshold})")
         chosen = None
