@@ -30,7 +30,9 @@
    answer is right on a nil gold), nil F1 and Top-1 on non-nil golds, with Wilson 95% intervals.
    Training sets are scored out of fold; ``--eval`` sets whose mention ids occur in a training set
    are scored by the fold model that did not see that id, the others by the model fitted on all
-   training mentions. Figures with the LLM cover the mentions of ``--llm-sample``.
+   training mentions. Figures with the LLM cover the mentions of ``--llm-sample``, each LLM mode also
+   with the fused linker's ``nil_needs_text`` rule ("nil needs text": nil only when the text scores
+   alone answer nil too).
 5. ``--out``: the weights fitted on every training mention (the LLM weight on every asked one), with
    the fit record (command, data, CV figures) in its ``fit`` entry. ``--fold-weights DIR``: also each
    fold's weights (``DIR/fold<k>.json``), for a whole-graph CV run (``evals/cv_eval.py --fold-weights``).
@@ -68,6 +70,7 @@ from tools.fusion import (
 
 ALL = list(range(len(ALL_FEATURES)))
 LLM_MODES = ("w", "w+nil")
+NEEDS_TEXT = "nil needs text"  # the figures with the fused linker's nil_needs_text rule
 """LLM terms fitted with the nil row: ``w`` (the weight of the LLM's floored log-probabilities) and
 ``w+nil`` (also the LLM's log-probability of answering ``prompts.linking.NIL_ANSWER``, relative to its
 best name, as evidence for nil: ``nil_bias + nil_weight * that``)."""
@@ -326,11 +329,19 @@ def fit_llm(items: list[tuple[np.ndarray, np.ndarray, float, int]], mode: str = 
 
 # ---------------------------------------------------------------- figures
 
-def decide(scores: np.ndarray, nil_row: bool, nil_threshold: float | None) -> tuple[int, float]:
-    """(answer index, -1 = nil; top candidate probability) of one mention's scores."""
+def decide(scores: np.ndarray, nil_row: bool, nil_threshold: float | None,
+           text: np.ndarray | None = None) -> tuple[int, float]:
+    """(answer index, -1 = nil; top candidate probability) of one mention's scores.
+
+    ``text``: the scores before the LLM's terms were added; given, nil needs them to answer nil too
+    (the ``nil_needs_text`` setting of the fused linker: the LLM may take a nil back, not cause one).
+    """
     probs, p_nil = distribution(scores, nil_row)
     b = int(np.argmax(probs))
-    return (-1 if nil_decision(float(probs[b]), p_nil, nil_threshold, nil_row) else b), float(probs[b])
+    nil = nil_decision(float(probs[b]), p_nil, nil_threshold, nil_row)
+    if nil and text is not None:
+        nil = decide(text, nil_row, nil_threshold)[0] == -1
+    return (-1 if nil else b), float(probs[b])
 
 
 def figures(pred: np.ndarray, gold: np.ndarray, nil: np.ndarray) -> dict[str, Any]:
@@ -636,7 +647,7 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
             res = {}
             for label, zs, asked, params in (
                     [("fit " + m, s["z"], s["asked"], None if m is None else m) for m in LLM_MODES]
-                    + [("fit " + m + " textnil", s["z"], s["asked"], m) for m in LLM_MODES]
+                    + [(f"fit {m}, {NEEDS_TEXT}", s["z"], s["asked"], m) for m in LLM_MODES]
                     + [("packaged", s["zb"], s["asked_base"], "base")]):
                 pred = []
                 for i in sel:
@@ -648,22 +659,19 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
                             prm = base_p
                         else:
                             prm = per_fold[params][s["fold"][i]] if s["fold"][i] >= 0 else llm_params[params]
-                        z0 = z
+                        text = z if label.endswith(NEEDS_TEXT) else None
                         z = fused_scores(z, ev, rel, prm)
-                        if label.endswith("textnil"):
-                            d = decide(z, True, thr)[0]
-                            if d == -1 and decide(z0, True, thr)[0] != -1:
-                                d = int(np.argmax(z))
-                            pred.append(d)
-                            continue
-                    pred.append(decide(z, True if params != "base" else base.nil_row, thr)[0])
+                    else:
+                        text = None
+                    pred.append(decide(z, True if params != "base" else base.nil_row, thr, text)[0])
                 res[label] = figures(np.array(pred), s["gold"][sel], s["nil"][sel])
             res["text only, same mentions"] = figures(new[sel], s["gold"][sel], s["nil"][sel])
             res["asked_share"] = float(s["asked"][sel].mean()) if len(sel) else None
             row["llm"] = res
             print(f"  with the LLM on the {len(sel)} sampled mentions (asked: {res['asked_share']:.0%} for the fit):")
-            for label in ("text only, same mentions", *("fit " + m for m in LLM_MODES), *("fit " + m + " textnil" for m in LLM_MODES), "packaged"):
-                print(f"    {label:25}{tag if label == 'packaged' else '':1}: {fmt(res[label])}")
+            for label in ("text only, same mentions", *("fit " + m for m in LLM_MODES),
+                          *(f"fit {m}, {NEEDS_TEXT}" for m in LLM_MODES), "packaged"):
+                print(f"    {label:30}{tag if label == 'packaged' else '':1}: {fmt(res[label])}")
         result["sets"][s["name"]] = row
 
     # ---- learning curve

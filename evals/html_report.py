@@ -199,6 +199,10 @@ def summary_html(s: dict[str, Any], config: dict[str, Any], notes: list[str]) ->
         out.append(f"<p>Nil answers on entity golds: {noe['answers']}"
                    + ("" if noe["set_has_nil_gold"] else " (the set has no nil gold: all of them wrong)")
                    + f"; {len(noe['passed_over'])} of them passed over the gold (it was the best candidate).</p>")
+    ov = s.get("nil_overruled")
+    if ov and ov["n"]:
+        out.append(f"<p>nil_needs_text kept the text answer of {ov['n']} mention(s) the LLM's evidence would have "
+                   f"made nil: {ov['right']} ended right, {ov['nil_gold']} had a nil gold.</p>")
     eff = s["llm_effect"]
     if eff["asked"]:
         c = eff["final"]

@@ -275,6 +275,21 @@ def nil_on_entities(records: list[dict]) -> dict[str, Any]:
     return out
 
 
+def nil_overruled(records: list[dict]) -> dict[str, Any]:
+    """Mentions where ``nil_needs_text`` kept a text answer the combined evidence (text + LLM) would have
+    made nil (a link step carrying ``nil_overruled``): how many, how many ended right, how many had a nil
+    gold (there, the overruled nil would have been right)."""
+    out: dict[str, Any] = {"n": 0, "right": 0, "nil_gold": 0, "ids": []}
+    for r in records:
+        if not is_scored(r) or r.get("error") or not any(t.get("nil_overruled") for t in link_entries(r)):
+            continue
+        out["n"] += 1
+        out["right"] += bool(rec_correct(r))
+        out["nil_gold"] += bool(r["gold"].get("nil"))
+        out["ids"].append(r["id"])
+    return out
+
+
 def change(before_ok: bool, after_ok: bool) -> str:
     """An answer against the one it replaced: ``fixed``, ``broken``, ``both right`` or ``both wrong``."""
     return {(False, True): "fixed", (True, False): "broken", (True, True): "both right",

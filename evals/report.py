@@ -85,6 +85,7 @@ def summarize(records: list[dict], config: dict[str, Any]) -> dict[str, Any]:
         "ceiling": M.accuracy(M.gold_reachable(r) for r in scored),
         "nil": M.nil_scores(records),
         "nil_on_entities": M.nil_on_entities(records),
+        "nil_overruled": M.nil_overruled(records),
         "llm_effect": M.llm_effect(records),
         "fallback_effect": M.fallback_effect(records),
         "resolved": M.resolved_scoring(records),
@@ -177,6 +178,7 @@ def render(s: dict[str, Any], config: dict[str, Any], notes: list[str], records:
     if s["nil"]:
         render_nil(L, s["nil"])
     render_nil_on_entities(L, s.get("nil_on_entities"))
+    render_nil_overruled(L, s.get("nil_overruled"))
     _rounds(L, s, st)
     _exits(L, s)
     render_llm_effect(L, s["llm_effect"])
@@ -349,6 +351,15 @@ def render_nil_on_entities(L: list[str], noe: dict[str, Any] | None) -> None:
                  f"run as one with `--set nil_threshold=off` (the fused and the llm linker then never answer nil).")
     if k:
         L.append(f"\nPassed over the gold: {_id_list(noe['passed_over'])}")
+
+
+def render_nil_overruled(L: list[str], ov: dict[str, Any] | None) -> None:
+    """The text answers ``nil_needs_text`` kept where the LLM's evidence would have answered nil."""
+    if not ov or not ov["n"]:
+        return
+    L.append(f"\n`nil_needs_text` kept the text answer of {ov['n']} mention(s) where the LLM's evidence would "
+             f"have made it nil: {ov['right']} of them ended right, {ov['nil_gold']} had a nil gold (there the nil "
+             f"would have been right). Ids: {_id_list(ov['ids'])}")
 
 
 def render_llm_effect(L: list[str], eff: dict[str, Any]) -> None:

@@ -84,6 +84,9 @@ def test_i2cr_fit_end_to_end_resumable(tmp_path, fakes, capsys):
     assert rec["llm"]["params"]["w"]["w"] > 0
     figs = rec["sets"]["slice.json"]["llm"]
     assert figs["fit w"]["top1"]["k"] >= figs["text only, same mentions"]["top1"]["k"]
+    # the nil_needs_text rule can only take nil answers back, never add one
+    for m in fit.LLM_MODES:
+        assert figs[f"fit {m}, {fit.NEEDS_TEXT}"]["nil"]["answers"] <= figs[f"fit {m}"]["nil"]["answers"]
     assert w.llm_weights["likelihood"] == rec["llm"]["params"][rec["llm"]["mode"]]["w"]
     # the cache is keyed by id + model + prompt version, the nil answer scored with the names
     rows = [json.loads(x) for x in (cache / "slice.jsonl").read_text().splitlines()]

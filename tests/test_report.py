@@ -575,3 +575,23 @@ def test_a_run_loads_its_report_code_when_it_starts():
                          cwd=Path(__file__).resolve().parent.parent, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"
+
+
+def test_report_counts_the_nils_nil_needs_text_overruled(tmp_path):
+    """A link step with ``nil_overruled`` (nil_needs_text kept the text answer): counted, with how many ended right
+    and how many had a nil gold; no such step, no line."""
+    kept = link(1, "Weiller", 0.45, [("Weiller", 0.45)], llm=True, prior=("Weiller", 0.7))
+    kept["nil_overruled"] = "the combined evidence favours nil (p=0.520) but the text evidence alone does not"
+    missed = {**kept, "pick": ent("Berg")}
+    records = [
+        record("k1", "Weiller", "Weiller", "fallback", [kept], calls=1),
+        record("k2", "nil", "Berg", "fallback", [missed], calls=1, gic=False),
+        record("k3", "Alpha", "Alpha", "text_verified", [link(1, "Alpha", 0.99, [("Alpha", 0.99)])]),
+    ]
+    md = write_report(write_run(tmp_path / "run", records)).read_text()
+    assert ("`nil_needs_text` kept the text answer of 2 mention(s) where the LLM's evidence would have made it nil: "
+            "1 of them ended right, 1 had a nil gold") in md
+    assert "`k1`" in md.split("nil_needs_text", 1)[1] and "`k2`" in md.split("nil_needs_text", 1)[1]
+    assert "nil_needs_text kept the text answer of 2 mention(s)" in (tmp_path / "run" / "report.html").read_text()
+    clean = write_report(write_run(tmp_path / "clean", records[2:])).read_text()
+    assert "nil_needs_text" not in clean
