@@ -155,10 +155,10 @@ class Context(BaseSettings):
                   "Empty/'off' = never answer nil from the scores (weights files without a nil row never do).",
     )
     nil_needs_text: bool = Field(
-        default=False,
+        default=True,
         description="Fused mode: answer nil only when the text evidence alone (before the LLM's scores are "
-                  "added) answers nil too. The LLM can then take a nil back but cannot turn a text answer into "
-                  "nil. False (default): the combined evidence decides.",
+                  "added) answers nil too (default): the LLM can take a nil back but cannot turn a text answer "
+                  "into nil. False: the text and LLM evidence combined decide (docs/generalisation.md, phase 7).",
     )
     llm_in_clue_rounds: bool = Field(
         default=False,

@@ -94,3 +94,13 @@ def test_model_server_down_names_the_model(capsys):
             "--set", "max_retries=1", "--set", "embedding_model=openai:down-embedder")
     assert code == 2 and f"embedding_model 'openai:down-embedder' at {server.base_url.rstrip('/')} failed" in err
     assert "Traceback" not in err
+
+
+def test_every_setting_is_in_the_configuration_table():
+    """docs/configuration.md lists each field of the run context (``--set`` and ``link(...)`` keywords) with its default."""
+    from graph.context import Context
+
+    table = [line for line in (Path(__file__).parents[1] / "docs" / "configuration.md").read_text().splitlines()
+             if line.startswith("| `")]
+    listed = {name for line in table for name in line.split("|")[1].replace("`", " ").replace(",", " ").split()}
+    assert set(Context.model_fields) - listed == set()

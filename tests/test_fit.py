@@ -355,11 +355,11 @@ def test_nil_needs_text_lets_the_llm_take_a_nil_back_but_not_cause_one(tmp_path,
         return out, next(t for t in out["trace"] if t["step"] == "link")
 
     supported = weights(1.0)  # prior: each candidate 0.42, nil 0.16 -> an entity; with the LLM's nil term: nil 0.79
-    out, step = link(supported)
+    out, step = link(supported, nil_needs_text=False)
     assert out["status"] == "nil" and step["p_nil"] > 0.5 and "nil" not in step["prior_top"]
-    out, step = link(supported, nil_needs_text=True)
+    out, step = link(supported)  # the default
     assert out["entity"]["qid"] in {"Q1", "Q2"} and step["outcome"] == "entity"
     assert "nil_needs_text" in step["nil_overruled"] and step["p_nil"] > 0.5
     # a nil the text evidence gives on its own is still answered
-    out, step = link(weights(-3.0), nil_needs_text=True)
+    out, step = link(weights(-3.0))
     assert out["status"] == "nil" and step["prior_top"]["nil"] and "nil_overruled" not in step
