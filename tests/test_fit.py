@@ -363,3 +363,19 @@ def test_nil_needs_text_lets_the_llm_take_a_nil_back_but_not_cause_one(tmp_path,
     # a nil the text evidence gives on its own is still answered
     out, step = link(weights(-3.0))
     assert out["status"] == "nil" and step["prior_top"]["nil"] and "nil_overruled" not in step
+
+
+def test_nil_needs_text_reads_the_text_prior_of_the_candidates_left():
+    """After a failed reflection excluded the text's favourite, the text alone may answer nil among the rest:
+    then the combined nil stands; without the exclusion the text answer is kept."""
+    from types import SimpleNamespace
+
+    dist = {"keys": ["a", "b"], "prior": [0.8, 0.05], "prior_p_nil": 0.15, "probs": [0.3, 0.05], "p_nil": 0.65,
+            "nil_row": True, "gated": False, "llm": {"model": "m", "method": "likelihood", "raw": None}}
+    cands = [{"qid": "Q1", "name": "A"}, {"qid": "Q2", "name": "B"}]
+    ctx = SimpleNamespace(nil_threshold=0.5, nil_needs_text=True)
+    chosen, info = fused_linker.pick(dist, cands, set(), ctx, reused=False)
+    assert chosen["qid"] == "Q1" and "nil_overruled" in info and not info.get("nil")
+    chosen, info = fused_linker.pick(dist, cands, {"a"}, ctx, reused=True)  # b alone: the text says nil (0.15 > 0.05)
+    assert chosen is None and info["nil"] and "nil_overruled" not in info
+    assert fused_linker.text_alone_nil(dist, {"a"}, ctx) and not fused_linker.text_alone_nil(dist, set(), ctx)

@@ -135,6 +135,14 @@ def score_round(mention: str, context: str, candidates: list[dict], clues: list[
     return out
 
 
+def text_alone_nil(dist: dict[str, Any], excluded: set[str], settings: Any) -> bool:
+    """Whether the text prior alone (``dist["prior"]``, before the LLM's scores) answers nil among the candidates
+    not in ``excluded``: the test of ``nil_needs_text``."""
+    left = [p for k, p in zip(dist["keys"], dist["prior"]) if k not in excluded]
+    return not left or nil_decision(max(left), float(dist.get("prior_p_nil") or 0.0), settings.nil_threshold,
+                                    bool(dist.get("nil_row")))
+
+
 def pick(dist: dict[str, Any], candidates: list[dict], excluded: set[str], settings: Any, *,
          reused: bool) -> tuple[dict | None, dict[str, Any]]:
     """The most probable candidate of ``dist`` not in ``excluded`` (or nil), and the trace fields saying why."""
@@ -144,18 +152,17 @@ def pick(dist: dict[str, Any], candidates: list[dict], excluded: set[str], setti
     top = [{"name": candidates[i]["name"], "p": dist["probs"][i]} for i in order[:3]]
     info: dict[str, Any] = {"confidence": dist["probs"][best] if best is not None else None, "top": top,
                             "gated": dist["gated"], "p_nil": dist.get("p_nil")}
-    prior_nil = None
-    if dist.get("llm") and dist.get("prior"):  # the text prior's top candidate, before the LLM's scores were added
+    with_prior = bool(dist.get("llm") and dist.get("prior"))
+    if with_prior:  # the text prior's top candidate, before the LLM's scores were added
         i = max(range(len(dist["prior"])), key=lambda j: dist["prior"][j])
         info["prior_top"] = {**entity_ref(candidates[i]), "p": dist["prior"][i]}
-        prior_nil = nil_decision(dist["prior"][i], float(dist.get("prior_p_nil") or 0.0), settings.nil_threshold,
-                                 bool(dist.get("nil_row")))
-        if prior_nil:
+        if nil_decision(dist["prior"][i], float(dist.get("prior_p_nil") or 0.0), settings.nil_threshold,
+                        bool(dist.get("nil_row"))):
             info["prior_top"]["nil"] = True  # the text prior alone answers nil
     p_nil = float(dist.get("p_nil") or 0.0)
     if best is not None and nil_decision(dist["probs"][best], p_nil, settings.nil_threshold,
                                          bool(dist.get("nil_row"))):
-        if prior_nil is False and settings.nil_needs_text:
+        if settings.nil_needs_text and with_prior and not text_alone_nil(dist, excluded, settings):
             info["nil_overruled"] = (f"the combined evidence favours nil (p={p_nil:.3f}) but the text evidence "
                                      "alone does not: nil_needs_text keeps the best candidate")
         else:
