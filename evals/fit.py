@@ -645,13 +645,14 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
             keep = s["llm_keep"]
             sel = np.flatnonzero(keep)
             res = {}
-            for label, zs, asked, params in (
-                    [("fit " + m, s["z"], s["asked"], None if m is None else m) for m in LLM_MODES]
-                    + [(f"fit {m}, {NEEDS_TEXT}", s["z"], s["asked"], m) for m in LLM_MODES]
-                    + [("packaged", s["zb"], s["asked_base"], "base")]):
+            # (label, text logits, asked, LLM params, nil needs text): the fused linker's variants on the same mentions
+            variants = ([("fit " + m, s["z"], s["asked"], m, False) for m in LLM_MODES]
+                        + [(f"fit {m}, {NEEDS_TEXT}", s["z"], s["asked"], m, True) for m in LLM_MODES]
+                        + [("packaged", s["zb"], s["asked_base"], "base", False)])
+            for label, zs, asked, params, needs_text in variants:
                 pred = []
                 for i in sel:
-                    z = zs[i]
+                    z, text = zs[i], None
                     rid = s["ids"][i]
                     if asked[i] and rid in s["llm"]:
                         ev, rel = llm_terms(s["llm"][rid], floor if params != "base" else base.llm_floor)
@@ -659,18 +660,15 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
                             prm = base_p
                         else:
                             prm = per_fold[params][s["fold"][i]] if s["fold"][i] >= 0 else llm_params[params]
-                        text = z if label.endswith(NEEDS_TEXT) else None
+                        text = z if needs_text else None
                         z = fused_scores(z, ev, rel, prm)
-                    else:
-                        text = None
                     pred.append(decide(z, True if params != "base" else base.nil_row, thr, text)[0])
                 res[label] = figures(np.array(pred), s["gold"][sel], s["nil"][sel])
             res["text only, same mentions"] = figures(new[sel], s["gold"][sel], s["nil"][sel])
             res["asked_share"] = float(s["asked"][sel].mean()) if len(sel) else None
             row["llm"] = res
             print(f"  with the LLM on the {len(sel)} sampled mentions (asked: {res['asked_share']:.0%} for the fit):")
-            for label in ("text only, same mentions", *("fit " + m for m in LLM_MODES),
-                          *(f"fit {m}, {NEEDS_TEXT}" for m in LLM_MODES), "packaged"):
+            for label in ("text only, same mentions", *(v[0] for v in variants)):
                 print(f"    {label:30}{tag if label == 'packaged' else '':1}: {fmt(res[label])}")
         result["sets"][s["name"]] = row
 

@@ -156,8 +156,7 @@ def pick(dist: dict[str, Any], candidates: list[dict], excluded: set[str], setti
     if with_prior:  # the text prior's top candidate, before the LLM's scores were added
         i = max(range(len(dist["prior"])), key=lambda j: dist["prior"][j])
         info["prior_top"] = {**entity_ref(candidates[i]), "p": dist["prior"][i]}
-        if nil_decision(dist["prior"][i], float(dist.get("prior_p_nil") or 0.0), settings.nil_threshold,
-                        bool(dist.get("nil_row"))):
+        if text_alone_nil(dist, set(), settings):
             info["prior_top"]["nil"] = True  # the text prior alone answers nil
     p_nil = float(dist.get("p_nil") or 0.0)
     if best is not None and nil_decision(dist["probs"][best], p_nil, settings.nil_threshold,
