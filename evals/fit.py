@@ -5,7 +5,7 @@
         --eval V.json:V_label.json --eval-sample 300 --llm-sample 300 --out weights.json --json fit.json
     i2cr link ... --set fusion_weights=weights.json
 
-1. Features of every labelled mention (cached in ``--cache``). ``--augment-noattr`` adds, for every
+1. Features of every labelled mention (cached in ``--cache``, keyed by the data and the feature code). ``--augment-noattr`` adds, for every
    training mention whose candidates carry ``Sex:``/``Birth:``/``Death:`` attributes, a copy with
    them removed (``evals/variants.strip_attributes``): the weights then also learn to link on
    descriptions without attributes. A copy shares its mention's fold, so it never trains the model
@@ -167,6 +167,16 @@ def _homonym_copy(path: str, labels: str | None, cache: Path, seed: int = 0) -> 
     return _cached_copy(out, path, cache, "homonym", f"|{seed}"), labels
 
 
+def _feature_code() -> str:
+    """A digest of the code that computes features: a cached matrix from older feature code is not reused."""
+    import tools.features
+    import tools.names
+    import tools.texts
+
+    return hashlib.sha256(b"".join(Path(m.__file__).read_bytes()
+                                   for m in (tools.features, tools.names, tools.texts))).hexdigest()[:12]
+
+
 def load_set(path: str, labels: str | None, emb: Any, cache: Path | None, sample: int = 0,
              seed: int = 0) -> dict[str, Any]:
     """Feature matrices and golds of a labelled set (``evals/fit_fusion.build_matrix``), cached on disk."""
@@ -176,7 +186,7 @@ def load_set(path: str, labels: str | None, emb: Any, cache: Path | None, sample
         raise InputError(f"fit: labels file not found: {labels}")
     key = hashlib.sha256("|".join(map(str, (
         Path(path).resolve(), labels and Path(labels).resolve(), sample, seed, Path(path).stat().st_size,
-        Path(path).stat().st_mtime_ns, ",".join(ALL_FEATURES)))).encode()).hexdigest()[:16]
+        Path(path).stat().st_mtime_ns, ",".join(ALL_FEATURES), _feature_code()))).encode()).hexdigest()[:16]
     f = cache / f"fitfeats_{key}.pkl" if cache else None
     if f is not None and f.is_file():
         m = pickle.loads(f.read_bytes())

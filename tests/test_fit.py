@@ -262,6 +262,23 @@ def test_augmented_copies_weigh_inside_their_benchmarks_share(tmp_path, fakes, m
     assert (source == 1).sum() == 16
 
 
+def test_the_feature_cache_is_not_reused_across_feature_code(tmp_path, fakes, monkeypatch):
+    """A feature matrix cached by one version of the feature code is reused by the same code and
+    recomputed after the code changed (a refit after an upgrade must not fit on stale features)."""
+    data, labels = _slice(tmp_path)
+    cache = tmp_path / "c"
+    argv = ["fit", f"{data}:{labels}", "--folds", "2", "--no-llm", "--cache", str(cache)]
+    built = []
+    real = fit.build_matrix
+    monkeypatch.setattr(fit, "build_matrix", lambda *a, **kw: built.append(1) or real(*a, **kw))
+    assert cli_main(argv) == 0
+    assert cli_main(argv) == 0
+    assert len(built) == 1 and len(list(cache.glob("fitfeats_*.pkl"))) == 1
+    monkeypatch.setattr(fit, "_feature_code", lambda: "changed")
+    assert cli_main(argv) == 0
+    assert len(built) == 2 and len(list(cache.glob("fitfeats_*.pkl"))) == 2
+
+
 def test_a_mention_the_llm_cannot_score_keeps_its_text_answer_and_the_fit_goes_on(tmp_path, fakes, monkeypatch, capsys):
     """A ModelError on one mention (e.g. a server that cannot score one of its names) skips that mention,
     uncached (a rerun asks it again); a model that fails on every first ask stops the fit with its reason."""
