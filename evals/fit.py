@@ -5,10 +5,10 @@
         --eval V.json:V_label.json --eval-sample 300 --llm-sample 300 --out weights.json --json fit.json
     i2cr link ... --set fusion_weights=weights.json
 
-1. Features of every labelled mention (cached in ``--cache``, keyed by the data and the feature code). ``--augment-noattr`` adds, for every
-   training mention whose candidates carry ``Sex:``/``Birth:``/``Death:`` attributes, a copy with
-   them removed (``evals/variants.strip_attributes``): the weights then also learn to link on
-   descriptions without attributes. A copy shares its mention's fold, so it never trains the model
+1. Features of every labelled mention (cached in ``--cache``, keyed by the data, the embedding model and
+   the feature code). ``--augment-noattr`` adds, for every training mention whose candidates carry
+   ``Sex:``/``Birth:``/``Death:`` attributes, a copy with them removed (``evals/variants.strip_attributes``):
+   the weights then also learn to link on descriptions without attributes. A copy shares its mention's fold, so it never trains the model
    that scores its own mention.
    ``--augment-homonym`` adds, for every training mention with described candidates whose gold is listed
    under another name, a copy in which another described candidate is renamed to the mention (an
@@ -177,6 +177,12 @@ def _feature_code() -> str:
                                    for m in (tools.features, tools.names, tools.texts))).hexdigest()[:12]
 
 
+def _embedder_id(emb: Any) -> str:
+    """The embedding model behind ``emb`` (a spec, or a ``DiskEmbedder`` wrapping one): features from another
+    model are not reused."""
+    return emb if isinstance(emb, str) else str(getattr(emb, "spec", type(emb).__name__))
+
+
 def load_set(path: str, labels: str | None, emb: Any, cache: Path | None, sample: int = 0,
              seed: int = 0) -> dict[str, Any]:
     """Feature matrices and golds of a labelled set (``evals/fit_fusion.build_matrix``), cached on disk."""
@@ -186,7 +192,8 @@ def load_set(path: str, labels: str | None, emb: Any, cache: Path | None, sample
         raise InputError(f"fit: labels file not found: {labels}")
     key = hashlib.sha256("|".join(map(str, (
         Path(path).resolve(), labels and Path(labels).resolve(), sample, seed, Path(path).stat().st_size,
-        Path(path).stat().st_mtime_ns, ",".join(ALL_FEATURES), _feature_code()))).encode()).hexdigest()[:16]
+        Path(path).stat().st_mtime_ns, ",".join(ALL_FEATURES), _feature_code(), _embedder_id(emb)))).encode()
+    ).hexdigest()[:16]
     f = cache / f"fitfeats_{key}.pkl" if cache else None
     if f is not None and f.is_file():
         m = pickle.loads(f.read_bytes())

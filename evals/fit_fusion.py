@@ -64,7 +64,7 @@ class DiskEmbedder:
     def __init__(self, path: Path, spec: str = "embedded"):
         import pickle
 
-        self.path, self.inner = Path(path), get_embedder(spec)
+        self.path, self.inner, self.spec = Path(path), get_embedder(spec), spec
         self.cache: dict[str, np.ndarray] = pickle.loads(self.path.read_bytes()) if self.path.is_file() else {}
         self.added = 0
 

@@ -264,7 +264,7 @@ def test_augmented_copies_weigh_inside_their_benchmarks_share(tmp_path, fakes, m
 
 def test_the_feature_cache_is_not_reused_across_feature_code(tmp_path, fakes, monkeypatch):
     """A feature matrix cached by one version of the feature code is reused by the same code and
-    recomputed after the code changed (a refit after an upgrade must not fit on stale features)."""
+    recomputed after the code or the embedding model changed (a refit must not fit on stale features)."""
     data, labels = _slice(tmp_path)
     cache = tmp_path / "c"
     argv = ["fit", f"{data}:{labels}", "--folds", "2", "--no-llm", "--cache", str(cache)]
@@ -277,6 +277,18 @@ def test_the_feature_cache_is_not_reused_across_feature_code(tmp_path, fakes, mo
     monkeypatch.setattr(fit, "_feature_code", lambda: "changed")
     assert cli_main(argv) == 0
     assert len(built) == 2 and len(list(cache.glob("fitfeats_*.pkl"))) == 2
+    monkeypatch.setattr(fit, "_embedder_id", lambda emb: "another-model")  # another embedding model: recomputed
+    assert cli_main(argv) == 0
+    assert len(built) == 3 and len(list(cache.glob("fitfeats_*.pkl"))) == 3
+
+
+def test_the_feature_cache_names_the_embedding_model():
+    """A spec, or the spec an embedder wraps (``DiskEmbedder``), identifies the model in the cache key."""
+    class Wrapped:
+        spec = "onnx:embedded"
+
+    assert fit._embedder_id("embedded") == "embedded"
+    assert fit._embedder_id(Wrapped()) == "onnx:embedded"
 
 
 def test_a_mention_the_llm_cannot_score_keeps_its_text_answer_and_the_fit_goes_on(tmp_path, fakes, monkeypatch, capsys):
