@@ -59,14 +59,40 @@ def clue_texts(image_desc: Any) -> tuple[str, str]:
 
 
 class DiskEmbedder:
-    """An embedder behind a text -> vector cache kept in a pickle file (float16), for repeated fits."""
+    """An embedder behind a text -> vector cache kept in a pickle file (float16), for repeated fits.
+
+    The file names the embedding model its vectors came from (``spec``): a cache written by another
+    model, or by a version of this class that did not record it, is not read (its vectors would be
+    another space's) but started afresh, with a note on stderr; the file is rewritten on the next save.
+    """
+
+    FORMAT = "i2cr-embedding-cache-v2"
 
     def __init__(self, path: Path, spec: str = "embedded"):
+        self.path, self.inner, self.spec = Path(path), get_embedder(spec), spec
+        self.cache: dict[str, np.ndarray] = self._load()
+        self.added = 0
+
+    def _load(self) -> dict[str, np.ndarray]:
         import pickle
 
-        self.path, self.inner, self.spec = Path(path), get_embedder(spec), spec
-        self.cache: dict[str, np.ndarray] = pickle.loads(self.path.read_bytes()) if self.path.is_file() else {}
-        self.added = 0
+        if not self.path.is_file():
+            return {}
+        try:
+            data = pickle.loads(self.path.read_bytes())
+        except Exception as exc:  # a truncated or foreign file: recomputed, never a crash mid-fit
+            print(f"embedding cache {self.path}: unreadable ({type(exc).__name__}); starting afresh",
+                  file=sys.stderr)
+            return {}
+        if isinstance(data, dict) and data.get("format") == self.FORMAT:
+            if data.get("embedder") == self.spec:
+                return dict(data.get("vectors") or {})
+            why = f"holds vectors of embedding model '{data.get('embedder')}', this run uses '{self.spec}'"
+        else:
+            why = "does not record its embedding model (written before it did)"
+        print(f"embedding cache {self.path}: {why}; starting afresh (the file is replaced on save)",
+              file=sys.stderr)
+        return {}
 
     def embed(self, texts: list[str]) -> np.ndarray:
         missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
@@ -88,7 +114,7 @@ class DiskEmbedder:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_bytes(pickle.dumps(self.cache))
+        tmp.write_bytes(pickle.dumps({"format": self.FORMAT, "embedder": self.spec, "vectors": self.cache}))
         tmp.replace(self.path)
         self.added = 0
 

@@ -408,3 +408,38 @@ def test_nil_needs_text_reads_the_text_prior_of_the_candidates_left():
     chosen, info = fused_linker.pick(dist, cands, {"a"}, ctx, reused=True)  # b alone: the text says nil (0.15 > 0.05)
     assert chosen is None and info["nil"] and "nil_overruled" not in info
     assert fused_linker.text_alone_nil(dist, {"a"}, ctx) and not fused_linker.text_alone_nil(dist, set(), ctx)
+
+
+def test_the_embedding_cache_file_is_read_only_by_the_model_that_wrote_it(tmp_path, monkeypatch, capsys):
+    """``--embedding-cache`` keeps its model's name: another model (or an old file that does not say) starts
+    afresh instead of reading vectors of another space."""
+    calls: list[tuple[str, list[str]]] = []
+
+    class Model:
+        def __init__(self, spec: str):
+            self.spec = spec
+
+        def embed(self, texts):
+            calls.append((self.spec, list(texts)))
+            sign = 1.0 if self.spec == "a" else -1.0
+            return np.array([[sign * (len(t) % 7 + 1), 1.0] for t in texts], dtype=np.float32)
+
+    monkeypatch.setattr(fit_fusion, "get_embedder", Model)
+    path = tmp_path / "emb.pkl"
+    first = fit_fusion.DiskEmbedder(path, "a")
+    va = first.embed(["Jordan", "Michael Jordan"])
+    first.save()
+    again = fit_fusion.DiskEmbedder(path, "a")
+    assert np.allclose(again.embed(["Jordan", "Michael Jordan"]), va) and len(calls) == 1  # read back, no model call
+    other = fit_fusion.DiskEmbedder(path, "b")
+    vb = other.embed(["Jordan"])
+    assert len(calls) == 2 and calls[-1][0] == "b" and vb[0, 0] < 0  # its own vectors, not model a's
+    assert "holds vectors of embedding model 'a', this run uses 'b'" in capsys.readouterr().err
+    import pickle
+
+    path.write_bytes(pickle.dumps({"Jordan": np.zeros(2, np.float16)}))  # a cache written before the model was named
+    legacy = fit_fusion.DiskEmbedder(path, "a")
+    assert legacy.embed(["Jordan"])[0, 0] > 0 and "does not record its embedding model" in capsys.readouterr().err
+    path.write_bytes(b"not a pickle")
+    assert fit_fusion.DiskEmbedder(path, "a").embed(["x"]).shape == (1, 2)
+    assert "unreadable" in capsys.readouterr().err
