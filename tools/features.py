@@ -19,7 +19,9 @@ For one mention, :func:`candidate_features` returns one row per candidate:
   States``, ``Dutch`` ~ ``Netherlands``, what no word rule sees); the
   disambiguator as type evidence (present; its words found in the text);
 * consistency of the entity's facts with the text: gender (pronouns and
-  nouns vs ``Sex:``), life dates (years in the text vs ``Birth:``/``Death:``).
+  nouns vs ``Sex:``), life dates (years in the text vs ``Birth:``/``Death:``);
+  the facts as :func:`tools.facts.entity_facts` reads them (Wikidata attributes, or a
+  prose description's pronouns and lead parenthesis).
   These are +1 (consistent) / -1 (contradicted) / 0 (unknown: no attribute or
   no cue), so a description without Wikidata attributes moves no score;
   a missing description counts only relative to the other candidates
@@ -45,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from tools.facts import entity_facts
 from tools.names import feature_name, is_acronym_of, name_coverage, prefix_share, spelling_similarity
 from tools.texts import entity_text, mention_text, name_text, query_text
 
@@ -69,9 +72,6 @@ _MALE = {"he", "him", "his", "himself", "man", "men", "boy", "mr", "king", "fath
          "husband", "actor", "gentleman", "sir", "prince", "lord"}
 _FEMALE = {"she", "her", "hers", "herself", "woman", "women", "girl", "mrs", "ms", "miss", "queen", "mother",
            "daughter", "sister", "wife", "actress", "lady", "princess"}
-_SEX = re.compile(r"\bSex:\s*(male|female)", re.IGNORECASE)
-_BIRTH = re.compile(r"\bBirth:\s*(-?\d{1,4})")
-_DEATH = re.compile(r"\bDeath:\s*(-?\d{1,4})")
 
 
 def _fold(text: str) -> str:
@@ -118,15 +118,6 @@ def gender_cue(text: str) -> int:
     if female and not male:
         return -1
     return 0
-
-
-def entity_facts(desc: str) -> dict[str, Any]:
-    """Sex (+1/-1/0), birth and death years parsed from a Wikidata-style description."""
-    sex = _SEX.search(desc or "")
-    birth = _BIRTH.search(desc or "")
-    death = _DEATH.search(desc or "")
-    return {"sex": 0 if not sex else (1 if sex.group(1).lower() == "male" else -1),
-            "birth": int(birth.group(1)) if birth else None, "death": int(death.group(1)) if death else None}
 
 
 def _share(part: list[str], whole: set[str]) -> float:
@@ -181,7 +172,7 @@ def _lexical(said: str, mention: str, context: str, cands: tuple, ranked: bool) 
         base, disamb = feature_name(name)
         name_tokens = tokens(base)
         dis_tokens = tokens(disamb)
-        facts = entity_facts(desc)
+        facts = entity_facts(desc, base)
         row = out[i]
         row[col["acronym"]] = float(is_acronym_of(said, base))
         row[col["name_prefix"]] = prefix_share(said, base)

@@ -4,13 +4,15 @@ Inter-modal verification by cosine (``tools/verify.py``) measures agreement only
 offline models: the image description of the right entity scores about as high as that of a wrong one
 (docs/method.md). A contradiction is sharper evidence: the description's person words (``a woman``,
 ``a boy``, ``his``; :func:`tools.features.gender_cue`, 0 when it names both or neither) against the
-entity's ``Sex:`` attribute (:func:`tools.features.entity_facts`, 0 when absent). Either unknown means
-no contradiction, so descriptions without attributes and images without people are never refuted.
+entity's sex as its description states it (:func:`tools.facts.entity_facts`: the ``Sex:`` attribute, or a
+prose description's pronouns; 0 when it states neither). Either unknown means no contradiction, so
+attribute-free descriptions, names alone and images without people are never refuted.
 """
 
 from __future__ import annotations
 
-from tools.features import entity_facts, gender_cue
+from tools.facts import entity_facts
+from tools.features import gender_cue
 
 _SEX = {1: "male", -1: "female"}
 _SHOWN = {1: "a man or boy", -1: "a woman or girl"}
@@ -21,7 +23,7 @@ def contradiction(entity: dict | None, image_text: str) -> str | None:
     if not entity or not image_text:
         return None
     shown = gender_cue(image_text)
-    sex = entity_facts(str(entity.get("desc") or ""))["sex"]
+    sex = entity_facts(str(entity.get("desc") or ""), str(entity.get("name") or ""))["sex"]
     if shown and sex and shown != sex:
         return f"the image shows {_SHOWN[shown]}; {entity.get('name')!s} is recorded as {_SEX[sex]}"
     return None
