@@ -78,7 +78,6 @@ import argparse
 import functools
 import json
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -87,6 +86,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from evals.machine import machine
 from evals.metrics import wilson as wilson_interval
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_scale.json"
@@ -426,17 +426,6 @@ def timing_of(trace: list[dict] | None) -> dict | None:
 
 
 # ---- the configurations ---------------------------------------------------------------------
-
-def machine() -> dict[str, Any]:
-    """CPU model, cores, Python and platform."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
-
 
 @contextmanager
 def _env(**values: str) -> Any:

@@ -469,8 +469,8 @@ def _settings(pairs: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Measure the servers, project, print, write the raw JSON."""
-    from evals.bench_scale import machine
     from evals.common import run_main
+    from evals.machine import machine
 
     p = argparse.ArgumentParser(prog="python -m evals.bench_servers", description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", help="data folder (default: $I2CR_DATA_DIR, else ../shared/data)")

@@ -18,7 +18,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import re
 import statistics
 import sys
@@ -30,6 +29,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from evals.datasets import Example
+from evals.machine import machine as describe_machine
 from evals.predict import Baselines, evaluate_one, failed_record
 from evals.worker import WorkerPool
 from graph.context import Context
@@ -98,12 +98,8 @@ def run_worker(ctx: Context, graph: Any, todo: list[Example]) -> tuple[float, li
 
 def machine() -> str:
     """CPU model, cores and Python version."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    m = describe_machine()
+    return f"{m['cpu']}, {m['cores']} cores, Python {m['python']}"
 
 
 def mean_ci(xs: list[float]) -> tuple[float, float]:

@@ -292,6 +292,8 @@ def _cost(L: list[str], s: dict[str, Any], config: dict[str, Any]) -> None:
     L.append(f"Over the {ok} mention(s) that ran without error. Seconds are wall-clock per mention "
              f"(concurrency {config.get('concurrency', 1)}); the first mention of each process also loads the models, "
              "which p50 ignores.\n")
+    for note in config.get("machine_busy") or []:
+        L.append(f"**Not this machine's own speed:** {note}.\n")
     L.append("| | mean | p50 | p95 | total |")
     L.append("|---|---:|---:|---:|---:|")
     names = {"llm_calls": "LLM calls", "prompt_tokens": "prompt tokens", "completion_tokens": "completion tokens",

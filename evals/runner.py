@@ -20,6 +20,7 @@ import hashlib
 import json
 import random
 import re
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from evals.datasets import Dataset, Example, load_dataset
+from evals.machine import busy_note
 from evals.predict import Baselines, evaluate_one, failed_record
 from evals.report import write_report  # at start: a run's report uses the code the run started with
 from evals.store import PredictionWriter, RunLock, check_resume, read_config, read_predictions, write_config
@@ -155,7 +157,7 @@ def run_eval(dataset: str | Path, labels: str | Path | dict | None = None, out: 
              progress: bool = True, report: bool = True, graph: Any = None,
              on_record: Callable[[dict], None] | None = None, isolation: str = "process",
              fail_fast: int = FAIL_FAST, max_failure_share: float | None = MAX_FAILURE_SHARE,
-             mention_timeout: float | None = MENTION_TIMEOUT) -> dict[str, Any]:
+             mention_timeout: float | None = MENTION_TIMEOUT, check_machine: bool = True) -> dict[str, Any]:
     """Run (or resume) the graph over a dataset, writing ``out/predictions.jsonl``; return a summary.
 
     ``isolation="process"`` links in ``concurrency`` worker processes that are
@@ -170,7 +172,9 @@ def run_eval(dataset: str | Path, labels: str | Path | dict | None = None, out: 
     written (tests use it to simulate a crash). With ``report``, ``report.md``
     and ``rounds.png`` are written at the end. ``mention_timeout``: seconds a worker
     process may spend on one mention before it is killed and replaced (the mention is
-    tried once more, then recorded as failed; ``None`` or 0: no limit).
+    tried once more, then recorded as failed; ``None`` or 0: no limit). ``check_machine``: before the
+    first mention, sample the other processes' CPU use (``evals.machine.busy_note``, a quarter second); a
+    busy machine is said on stderr and in the report, since the run's seconds then describe the contention.
     """
     # everything that can be checked is checked before the first mention: the settings (built here,
     # validated by Context), the options, the dataset, the run folder and its lock
@@ -203,13 +207,14 @@ def run_eval(dataset: str | Path, labels: str | Path | dict | None = None, out: 
         return _run_locked(ds, chosen, run_dir, ctx, labels=labels, images=images, limit=limit, sample=sample,
                            seed=seed, concurrency=concurrency, retry_errors=retry_errors, progress=progress,
                            report=report, graph=graph, on_record=on_record, pool=pool,
-                           fail_fast=fail_fast, max_failure_share=max_failure_share)
+                           fail_fast=fail_fast, max_failure_share=max_failure_share, check_machine=check_machine)
 
 
 def _run_locked(ds: Dataset, chosen: list[Example], run_dir: Path, ctx: Context, *, labels: Any, images: Any,
                 limit: int | None, sample: int | None, seed: int, concurrency: int, retry_errors: bool,
                 progress: bool, report: bool, graph: Any, on_record: Callable[[dict], None] | None,
-                pool: Any, fail_fast: int, max_failure_share: float | None) -> dict[str, Any]:
+                pool: Any, fail_fast: int, max_failure_share: float | None,
+                check_machine: bool = True) -> dict[str, Any]:
     """:func:`run_eval` once the run folder is locked."""
     config = build_config(ds, labels=labels, images=images, sample=sample, seed=seed, limit=limit,
                           concurrency=concurrency, ctx=ctx)
@@ -219,11 +224,17 @@ def _run_locked(ds: Dataset, chosen: list[Example], run_dir: Path, ctx: Context,
         check_resume(run_dir, {k: v for k, v in old.items() if k != "selected"},
                      {k: v for k, v in config.items() if k != "selected"})
         config["created"] = old.get("created", config["created"])
-    write_config(run_dir, config)
+        if old.get("machine_busy"):
+            config["machine_busy"] = old["machine_busy"]
 
     existing, notes = read_predictions(run_dir, repair=True)
     done = {r["id"]: r for r in existing if not (retry_errors and r.get("error"))}
     todo = [ex for ex in chosen if ex.id not in done]
+    busy = busy_note() if todo and check_machine else None
+    if busy:  # said now and kept for the report: the run's seconds are not the machine's own
+        print(f"note: {busy}", file=sys.stderr)
+        config["machine_busy"] = [*config.get("machine_busy", []), busy]
+    write_config(run_dir, config)
     chosen_ids = {ex.id for ex in chosen}
     previous = [r for r in done.values() if r["id"] in chosen_ids]
 

@@ -24,7 +24,7 @@ PREDICTIONS = "predictions.jsonl"
 CONFIG = "config.json"
 LOCK = ".lock"
 # settings that may change between the runs of one folder without changing the results
-RESUMABLE_KEYS = ("limit", "concurrency", "created")
+RESUMABLE_KEYS = ("limit", "concurrency", "created", "machine_busy")
 
 
 def read_predictions(run_dir: str | Path, *, repair: bool = False) -> tuple[list[dict], list[str]]:

@@ -460,3 +460,36 @@ def test_calibrate_thresholds_reads_the_dataset_like_the_runner(capsys):
     code = calibrate_thresholds.main(["--data", str(WIKIMEL), "--sample", "50", "--embedding-model", "embedded"])
     out = capsys.readouterr().out
     assert code == 0 and "mentions with gold among candidates:" in out and "reflection (alpha)" in out
+
+
+def test_busy_note_names_another_process_that_keeps_a_cpu_busy():
+    """A process spinning one CPU is seen and named; once it is gone, nothing is said at a threshold it alone
+    would have crossed (whatever else the machine runs stays below 50 CPUs)."""
+    from evals.machine import busy_note
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        note = busy_note(seconds=0.6, threshold=0.5)
+        assert note is not None and f"pid {spinner.pid}" in note and "busy when this run started" in note
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert busy_note(seconds=0.2, threshold=50) is None
+
+
+def test_a_busy_machine_is_said_on_stderr_and_in_the_report_and_kept_on_resume(tmp_path, monkeypatch, capsys):
+    import evals.runner as runner
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(runner, "busy_note", lambda: "the machine was busy when this run started: llama (pid 7) 1.9")
+    run_eval(WIKIMEL, WIKIMEL_LABELS, run, context=fake_context(), limit=2, progress=False, report=False)
+    assert "note: the machine was busy" in capsys.readouterr().err
+    monkeypatch.setattr(runner, "busy_note", lambda: None)  # resumed on a free machine: the first start's note stays
+    run_eval(WIKIMEL, WIKIMEL_LABELS, run, context=fake_context(), progress=False)
+    config = json.loads((run / "config.json").read_text())
+    assert config["machine_busy"] == ["the machine was busy when this run started: llama (pid 7) 1.9"]
+    assert "**Not this machine's own speed:** the machine was busy" in (run / "report.md").read_text()
+    run_eval(WIKIMEL, WIKIMEL_LABELS, tmp_path / "free", context=fake_context(), limit=1, progress=False)
+    assert "machine_busy" not in json.loads((tmp_path / "free" / "config.json").read_text())
+    assert "Not this machine's own speed" not in (tmp_path / "free" / "report.md").read_text()
