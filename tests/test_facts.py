@@ -49,9 +49,12 @@ def test_the_parts():
     assert is_attribute_style("Name: X. Occupation: actor.") and is_attribute_style("Occupation: actor. Spouse: Y.")
     assert not is_attribute_style(CURIE)
     assert pronoun_sex("she said her piece; he nodded", "") == 0 and pronoun_sex("He ran. He won.", "") == 1
-    assert lead_years("Bratz (film). A 2007 film (2007–2008).") == (None, None)  # no year in the first parenthesis
+    assert lead_years("Bratz (film) is a 2007 film (2007–2008).") == (None, None)  # no year before the verb
     assert lead_years("Tom (born c. 1950) is a farmer.") == (1950, None)
     assert lead_years("Ann (1990 - 1950) was a typo.") == (None, None)  # a range that runs backwards is not a life
+    assert lead_years("Myron V. George (1900 – 1972) was a police officer.") == (1900, 1972)  # initials
+    assert lead_years("Greg Moore (racing driver) (1975 – 1999) was a racer.") == (1975, 1999)  # a title's bracket
+    assert lead_years("Ann is a farmer (born 1950).") == (None, None)  # after the lead's verb: not the lead's
 
 
 def test_prose_descriptions_reach_the_gender_and_date_features_and_the_refutation():

@@ -324,3 +324,24 @@ def test_variants_builder_on_a_tiny_fixture(tmp_path):
     assert json.loads(Path(paths["d_nil"]["labels"]).read_text()) == build_variants(data, labels, seed=1)["d_nil"][1]
     assert strip_attributes("Name: X. Sex: male. Birth: 1950, Oslo. Occupation: a.") == "Name: X. Occupation: a."
     assert wiki_title("Conan O'Brien") == "Conan_O%27Brien" or wiki_title("Conan O'Brien").startswith("Conan_O%27Brien_(")
+
+
+def test_prose_variant_states_the_same_facts_as_the_attributes():
+    """Variant (f) rewrites attributes as a Wikipedia-style lead; ``tools.facts`` reads the same sex and years
+    back from it, and nothing of it is in attribute style any more."""
+    from evals.variants import prose_description
+    from tools.facts import entity_facts, is_attribute_style
+
+    data, labels = _fixture()
+    f, fl = build_variants(data, labels, seed=1)["f_prose"]
+    assert fl == labels
+    for rid, rec in f.items():
+        for old, new in zip(data[rid]["Candentity"], rec["Candentity"]):
+            assert new["name"] == old["name"] and not is_attribute_style(new["desc"])
+            assert new["desc"].startswith(f"P (born 19{int(rid):02d}) is a politician and lawyer.")
+    desc = ("Name: Marie Curie. Sex: female. Birth: 1867, Warsaw. Death: 1934, Passy. Occupation: physicist, "
+            "chemist. Spouse: Pierre Curie. Languages: French, Polish.")
+    text = prose_description(desc, "Marie Curie", seed=0)
+    assert text.startswith("Marie Curie (1867 – 1934) was a physicist and chemist.") and "She married Pierre Curie." in text
+    assert entity_facts(text, "Marie Curie") == entity_facts(desc, "Marie Curie") == {"sex": -1, "birth": 1867, "death": 1934}
+    assert prose_description("a river in Spain", "Ebro") == "a river in Spain"  # not attributes: left as it is

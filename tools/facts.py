@@ -34,6 +34,7 @@ _HE = frozenset({"he", "him", "his", "himself"})
 _SHE = frozenset({"she", "her", "hers", "herself"})
 _LEAD_PAREN = re.compile(r"\(([^()]{0,120})\)")
 _PAREN_YEAR = re.compile(r"(?<!\d)(\d{3,4})(?!\d)")
+_LEAD_VERB = re.compile(r"\b(?:is|was|are|were|has|had)\b|[.!?]\s+[a-z]")
 _RANGE = re.compile(r"[–—-]|\bto\b")
 UNKNOWN: dict[str, Any] = {"sex": 0, "birth": None, "death": None}
 
@@ -59,15 +60,18 @@ def pronoun_sex(desc: str, name: str = "") -> int:
 
 
 def lead_years(desc: str) -> tuple[int | None, int | None]:
-    """Birth and death years from the first parenthesis of the first sentence (``None`` when not stated)."""
+    """Birth and death years from the lead's parenthesis: the first one with a year before the lead's verb
+    (``X (1867 – 1934) was ...``; initials such as ``Myron V. George`` do not end the lead). ``None`` when not
+    stated."""
     text = (desc or "")[:400]
-    end = re.search(r"[.!?](?:\s|$)", _LEAD_PAREN.sub(lambda m: "x" * len(m.group(0)), text))
-    m = _LEAD_PAREN.search(text[:end.start()] if end else text)
-    if not m:
-        return None, None
-    inside = m.group(1)
-    years = [int(y) for y in _PAREN_YEAR.findall(inside)]
-    if not years:
+    verb = _LEAD_VERB.search(text)
+    lead = text[:verb.start()] if verb else text
+    for m in _LEAD_PAREN.finditer(lead):  # a title's own bracket, "Greg Moore (racing driver) (1975 – 1999)"
+        inside = m.group(1)
+        years = [int(y) for y in _PAREN_YEAR.findall(inside)]
+        if years:
+            break
+    else:
         return None, None
     low = inside.lower()
     if re.search(r"\b(born|b\.)", low):
