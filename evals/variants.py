@@ -41,15 +41,13 @@ from urllib.parse import quote
 import numpy as np
 
 from evals.metrics import normalize_name
+from tools.descriptions import prose_description
 
 DATA = Path(os.environ.get("I2CR_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data") / "wikimel"
 """Default data folder: ``$I2CR_SHARED_DATA/wikimel`` or ``../shared/data/wikimel`` beside the repository."""
 VARIANTS = ("a_shuffled", "b_titles", "c_no_attributes", "d_nil", "e_all", "f_prose")
 _ATTR = re.compile(r"\b(?:Sex|Birth|Death):[^.]*\.\s*")
 _OCCUPATION = re.compile(r"\bOccupation:\s*([^,.]+)")
-_FIELDS = ("Name", "Sex", "Birth", "Death", "Religion", "Occupation", "Spouse", "Languages", "Alma mater",
-           "Work starts", "Nick name")
-_FIELD = re.compile(r"(?:^|(?<=\.)\s+)(" + "|".join(_FIELDS) + r"):\s*")
 
 
 def _rng(seed: int, rid: str, salt: str) -> np.random.Generator:
@@ -69,51 +67,6 @@ def wiki_title(name: str, desc: str = "", *, seed: int = 0) -> str:
 def strip_attributes(desc: str) -> str:
     """A description without its ``Sex:``, ``Birth:`` and ``Death:`` attributes."""
     return _ATTR.sub("", desc or "").strip()
-
-
-def attribute_fields(desc: str) -> dict[str, str]:
-    """``{field: value}`` of a Wikidata-style description (``Name: X. Sex: male. Birth: 1865, Place. ...``)."""
-    parts = _FIELD.split(desc or "")
-    return {k: v.strip().rstrip(".").strip() for k, v in zip(parts[1::2], parts[2::2])}
-
-
-def _year_place(value: str) -> tuple[str, str]:
-    year, _, place = (value or "").partition(",")
-    year = year.strip()
-    return (str(int(year)) if year.lstrip("-").isdigit() else ""), place.strip()
-
-
-def prose_description(desc: str, name: str, *, seed: int = 0) -> str:
-    """A Wikidata-style description as a Wikipedia-style lead (see ``f_prose``); other text is returned as is."""
-    f = attribute_fields(desc)
-    if "Name" not in f:
-        return desc
-    who = f.get("Name") or name
-    born, born_in = _year_place(f.get("Birth", ""))
-    died, died_in = _year_place(f.get("Death", ""))
-    sex = f.get("Sex", "").lower()
-    he, his = {"male": ("He", "His"), "female": ("She", "Her")}.get(sex, (who, f"{who}'s"))
-    paren = (f" ({born} – {died})" if born and died else f" (born {born})" if born else f" (died {died})" if died
-             else "")
-    past = bool(died) or (born.isdigit() and int(born) < 1900)
-    jobs = [j.strip().strip('"') for j in f.get("Occupation", "").split(",") if j.strip().strip('"')]
-    if jobs:
-        what = " and ".join([", ".join(jobs[:-1]), jobs[-1]] if len(jobs) > 1 else jobs)
-        lead = f"{who}{paren} {'was' if past else 'is'} {'an' if what[0].lower() in 'aeiou' else 'a'} {what}."
-    else:
-        lead = f"{who}{paren}."
-    rest = []
-    if born_in:
-        rest.append(f"{he} was born in {born_in}.")
-    if died_in:
-        rest.append(f"{he} died in {died_in}.")
-    for key, text in (("Spouse", f"{he} married {{}}."), ("Alma mater", f"{he} studied at {{}}."),
-                      ("Languages", f"{he} spoke {{}}."), ("Religion", f"{his} religion was {{}}."),
-                      ("Work starts", f"{his} career began in {{}}."), ("Nick name", f"{he} was known as {{}}.")):
-        if f.get(key):
-            rest.append(text.format(f[key]))
-    order = _rng(seed, who, "prose").permutation(len(rest))
-    return " ".join([lead, *(rest[i] for i in order)])
 
 
 def prose(data: dict, labels: dict, seed: int) -> tuple[dict, dict]:

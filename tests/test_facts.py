@@ -73,3 +73,20 @@ def test_prose_descriptions_reach_the_gender_and_date_features_and_the_refutatio
     g = candidate_features("Curie", "She spoke in 2011.", bare, get_embedder(BagOfWordsEmbeddings()), ranked=False)
     assert g[0, COL["gender_text"]] == 0 and g[0, COL["years_fit"]] == 0 and np.isfinite(g).all()
     assert contradiction(bare[0], "a man in a suit") is None
+
+
+def test_the_embedder_reads_an_attribute_list_as_prose_and_other_text_as_it_is():
+    from tools.texts import entity_text
+
+    marie = {"name": "Marie_Curie", "desc": "Name: Marie Curie. Sex: female. Birth: 1867, Warsaw. Death: 1934, "
+                                            "Passy. Occupation: physicist, chemist. Spouse: Pierre Curie."}
+    text = entity_text(marie)
+    assert text.startswith("Marie Curie. Marie Curie (1867 – 1934) was a physicist and chemist. ")
+    assert "She was born in Warsaw." in text and "She married Pierre Curie." in text and "Sex:" not in text
+    assert text == entity_text(dict(marie))  # the same text every time (the sentence order is fixed by the name)
+    assert entity_text({"name": "Ebro", "desc": "a river in Spain"}) == "Ebro. a river in Spain"
+    assert entity_text({"name": "Ebro", "desc": ""}) == "Ebro"
+    bare = entity_text({"name": "Alberta Vaughn", "desc": "Name: Alberta Vaughn. Occupation: actor."})
+    assert bare == "Alberta Vaughn. Alberta Vaughn is an actor."
+    # the facts still come from the description as given
+    assert entity_facts(marie["desc"], "Marie Curie") == {"sex": -1, "birth": 1867, "death": 1934}

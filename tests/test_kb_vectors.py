@@ -33,7 +33,7 @@ RECORDS = [
     {"qid": "Q5", "name": "Berg River", "desc": ""},
 ]
 MENTIONS = [("Berg", "Berg said in 2011 that she would run again for the party."),
-            ("Berg", "the painter Berg showed his landscapes"),
+            ("Berg", "the painter Carl Berg showed his landscapes"),
             ("Berg", "they climbed the Berg in the Alps"),
             ("Ingrid Berg", "Ingrid Berg sang at the festival")]
 
@@ -105,7 +105,7 @@ def linker_embeds(fake: RecordingBag, mention: str, context: str, ctx) -> tuple[
 def test_linker_takes_the_kb_vectors_instead_of_embedding_the_candidates(fake, tmp_path):
     ctx = Context(embedding_model="huggingface:bag", kb_path=str(build(tmp_path)), top_k=5)
     fresh_memory()
-    assert KnowledgeBase.from_context(ctx).vectors_id == "huggingface:bag"
+    assert KnowledgeBase.from_context(ctx).vectors_id == "huggingface:bag|text:prose-v1"
     embedded, cands = linker_embeds(fake, *MENTIONS[0], ctx)
     texts = [entity_text(c) for c in cands]
     assert len(cands) == 5
@@ -115,7 +115,7 @@ def test_linker_takes_the_kb_vectors_instead_of_embedding_the_candidates(fake, t
     # name_sim's texts come from the KB too: every name alone (stored where it is not the entity text:
     # all five here, "Berg River" as the name without the KB's trailing ". "), and the mention alone
     # "Berg" is Q3's name. "Berg River" is also that candidate's entity text: from its name vector
-    ingrid = "Ingrid Berg (singer). Name: Ingrid Berg. Sex: female. Occupation: singer."
+    ingrid = "Ingrid Berg (singer). Ingrid Berg is a singer."  # attributes written as prose (tools.descriptions)
     assert sorted(fake.documents) == sorted(["Berg. " + MENTIONS[0][1], ingrid])
     assert embedded[1:] == [ingrid]
     assert embeddings.get_embedder(ctx.embedding_model).computed == 2
@@ -143,7 +143,7 @@ def test_a_kb_built_by_another_model_version_is_not_shared(fake, tmp_path, monke
     monkeypatch.setattr(embeddings, "_embedded_version", lambda: "2.0")  # upgraded since
     ctx = Context(embedding_model="embedded", kb_path=str(path), top_k=5)
     fresh_memory()
-    assert KnowledgeBase.from_context(ctx).vectors_id == "embedded:1.0"
+    assert KnowledgeBase.from_context(ctx).vectors_id == "embedded:1.0|text:prose-v1"
     embedded, cands = linker_embeds(fake, *MENTIONS[0], ctx)
     assert len(embedded) == 1 + len(cands)
     # ingesting with 2.0 adds vectors of another model: the KB no longer vouches for any of them
@@ -162,7 +162,7 @@ def test_an_unchanged_reingest_keeps_the_id_and_an_empty_kb_takes_it(fake, tmp_p
     monkeypatch.setattr(embeddings, "_embedded_version", lambda: "2.0")
     stats = KnowledgeBase(path=path, embeddings="embedded").ingest(RECORDS)  # nothing written
     assert stats.unchanged == len(RECORDS)
-    assert KnowledgeBase(path=path, embeddings="embedded").vectors_id == "embedded:1.0"
+    assert KnowledgeBase(path=path, embeddings="embedded").vectors_id == "embedded:1.0|text:prose-v1"
 
 
 def test_a_kb_written_before_ids_were_recorded_is_not_shared(fake, tmp_path):
@@ -227,8 +227,7 @@ def test_the_graph_answers_the_same_with_and_without_the_kb_vectors(fake, tmp_pa
     (on, embedded_on), (off, embedded_off) = results["on"], results["off"]
     assert on == off
     assert [o[0]["qid"] for o in on] == ["Q3", "Q2", "Q3", "Q4"]  # the dense evidence told them apart
-    shared = {entity_text(r) for r in RECORDS} - {"Ingrid Berg (singer). Name: Ingrid Berg. Sex: female. "
-                                                    "Occupation: singer.", "Berg River"}
+    shared = {entity_text(r) for r in RECORDS} - {"Ingrid Berg (singer). Ingrid Berg is a singer.", "Berg River"}
     assert not shared & set(embedded_on)  # never embedded with the KB's vectors shared
     assert shared & set(embedded_off)
 
@@ -373,3 +372,18 @@ def test_an_older_kb_without_name_vectors_links_as_before(fake, tmp_path):
     fresh_memory()
     rows = KnowledgeBase(path=path, embeddings="huggingface:bag").search("Berg", "the Alps", k=5, with_vectors=True)
     assert all(r["name_vector"] is None for r in rows)
+
+
+def test_a_kb_whose_texts_were_written_as_attribute_lists_is_not_shared(fake, tmp_path):
+    """A KB ingested before entity texts were written as prose (session 15) recorded the bare model id: its
+    vectors are of ``"name. Name: ... Sex: ..."`` texts, so the linker does not take them for its own."""
+    path = build(tmp_path)
+    kb = KnowledgeBase(path=path, embeddings="huggingface:bag")
+    kb._collections(create=False)
+    kb._entities.modify(metadata={**kb._entities.metadata, "i2cr_embedding_id": "huggingface:bag"})
+    ctx = Context(embedding_model="huggingface:bag", kb_path=str(path), top_k=5)
+    fresh_memory()
+    assert KnowledgeBase.from_context(ctx).vectors_id == "huggingface:bag"
+    embedded, cands = linker_embeds(fake, *MENTIONS[0], ctx)
+    assert len(embedded) == 1 + len(cands)
+    assert "Anna Berg. Anna Berg is a politician." in embedded  # the linker's own text, embedded by it

@@ -25,10 +25,11 @@ import re
 from functools import lru_cache
 from typing import Any
 
+from tools.descriptions import is_attribute_style
+
 _SEX = re.compile(r"\bSex:\s*(male|female)", re.IGNORECASE)
 _BIRTH = re.compile(r"\bBirth:\s*(-?\d{1,4})")
 _DEATH = re.compile(r"\bDeath:\s*(-?\d{1,4})")
-_FIELD = re.compile(r"(?:^|[.;]\s+)([A-Z][A-Za-z ]{1,24}):\s")
 _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
 _HE = frozenset({"he", "him", "his", "himself"})
 _SHE = frozenset({"she", "her", "hers", "herself"})
@@ -37,12 +38,6 @@ _PAREN_YEAR = re.compile(r"(?<!\d)(\d{3,4})(?!\d)")
 _LEAD_VERB = re.compile(r"\b(?:is|was|are|were|has|had)\b|[.!?]\s+[a-z]")
 _RANGE = re.compile(r"[–—-]|\bto\b")
 UNKNOWN: dict[str, Any] = {"sex": 0, "birth": None, "death": None}
-
-
-def is_attribute_style(desc: str) -> bool:
-    """Whether ``desc`` is a list of ``Field: value`` attributes (Wikidata style) rather than prose."""
-    text = (desc or "").lstrip()
-    return text.startswith("Name:") or len(_FIELD.findall(text)) >= 2
 
 
 def pronoun_sex(desc: str, name: str = "") -> int:

@@ -68,6 +68,10 @@ LEXICAL_SCHEME = "char3-hash256-v1"
 LEXICAL_WEIGHT = 0.5  # weight of the name signal in the hybrid score (0.3-0.5 within 0.5 pt on WikiMEL dev)
 ON_ERROR = ("skip", "fail")
 KB_VECTORS_ENV = "I2CR_KB_VECTORS"  # on (default) | off: hand the KB's stored entity vectors to the linker
+TEXT_FORMAT = "text:prose-v1"
+"""How :func:`entity_text` writes an entity before it is embedded (attribute lists as prose, session 15). Part
+of the recorded vectors id: a KB ingested when texts were written otherwise keeps its vectors for its own
+search, but they are not handed to the linker, which embeds the texts as it writes them."""
 UNKNOWN_ID = "unknown"  # i2cr_embedding_id of a collection whose vectors may come from several models
 MODES = ("hybrid", "dense", "lexical")
 # HNSW settings, fixed at collection creation. Lighter than Chroma's defaults
@@ -139,8 +143,11 @@ def record_hash(rec: dict[str, Any]) -> str:
 
 
 def entity_text(rec: dict[str, Any]) -> str:
-    """Text embedded for an entity: ``"name. desc"``."""
-    return f"{rec['name']}. {rec['desc']}".strip()
+    """Text embedded for an entity: ``"name. desc"``, an attribute-list description written as prose
+    (:func:`tools.descriptions.embedding_description`, as the linker writes it)."""
+    from tools.descriptions import embedding_description
+
+    return f"{rec['name']}. {embedding_description(rec['desc'], rec['name'])}".strip()
 
 
 def query_text(mention: str, context: str) -> str:
@@ -155,6 +162,11 @@ def own_name_text(rec: dict[str, Any]) -> str | None:
 
     text = name_text(rec)
     return text if text and text != entity_text(rec) else None
+
+
+def stored_vectors_id(model_id: str | None) -> str | None:
+    """The id a KB records for vectors of ``model_id`` over texts written as :data:`TEXT_FORMAT` says."""
+    return f"{model_id}|{TEXT_FORMAT}" if model_id else None
 
 
 def pack_vector(vec: np.ndarray) -> str:
@@ -354,10 +366,12 @@ class KnowledgeBase:
 
     @property
     def model_id(self) -> str | None:
-        """The exact id of this KB's embedder (:func:`tools.embeddings.embedding_id`; ``None`` for an object)."""
+        """What decides the vectors this KB stores: the exact id of its embedder
+        (:func:`tools.embeddings.embedding_id`) and how entity texts are written (:data:`TEXT_FORMAT`),
+        as :func:`stored_vectors_id` writes them; ``None`` for an embedder given as an object."""
         from tools.embeddings import embedding_id
 
-        return embedding_id(self._spec, self._base_url)
+        return stored_vectors_id(embedding_id(self._spec, self._base_url))
 
     @property
     def vectors_id(self) -> str | None:
@@ -728,7 +742,7 @@ def share_entity_vectors(kb: KnowledgeBase, rows: list[dict[str, Any]], ctx: Any
     spec = getattr(ctx, "embedding_model", "embedded")
     base_url = getattr(ctx, "openai_base_url", None)
     linker_id = embedding_id(spec, base_url)
-    if linker_id is None or kb.vectors_id != linker_id:
+    if linker_id is None or kb.vectors_id != stored_vectors_id(linker_id):
         return 0
     texts, rows_kept = [], []
     for row, vec, named in zip(rows, vectors, names):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tools.descriptions import embedding_description
 from tools.names import display_name, strip_possessive
 
 
@@ -19,10 +20,11 @@ def entity_text(entity: dict) -> str:
     """Name and description of an entity as one string ("name. desc", or the name alone).
 
     The name is normalised first (``tools.names.display_name``: underscores, %-encoding, a
-    Wikipedia title's disambiguator kept in brackets), so every scorer sees the same clean text.
+    Wikipedia title's disambiguator kept in brackets), so every scorer sees the same clean text; a
+    Wikidata-style attribute list is written as prose (:func:`tools.descriptions.embedding_description`).
     """
     name = name_text(entity)
-    desc = str(entity.get("desc") or "").strip()
+    desc = embedding_description(str(entity.get("desc") or "").strip(), name)
     return f"{name}. {desc}" if desc else name
 
 
