@@ -169,13 +169,14 @@ def _homonym_copy(path: str, labels: str | None, cache: Path, seed: int = 0) -> 
 
 def _feature_code() -> str:
     """A digest of the code that computes features: a cached matrix from older feature code is not reused."""
+    import tools.descriptions
     import tools.facts
     import tools.features
     import tools.names
     import tools.texts
 
-    return hashlib.sha256(b"".join(Path(m.__file__).read_bytes()
-                                   for m in (tools.features, tools.facts, tools.names, tools.texts))).hexdigest()[:12]
+    modules = (tools.features, tools.facts, tools.descriptions, tools.names, tools.texts)
+    return hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in modules)).hexdigest()[:12]
 
 
 def _embedder_id(emb: Any) -> str:

@@ -31,8 +31,8 @@ _SEX = re.compile(r"\bSex:\s*(male|female)", re.IGNORECASE)
 _BIRTH = re.compile(r"\bBirth:\s*(-?\d{1,4})")
 _DEATH = re.compile(r"\bDeath:\s*(-?\d{1,4})")
 _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
-_HE = frozenset({"he", "him", "his", "himself"})
-_SHE = frozenset({"she", "her", "hers", "herself"})
+HE_PRONOUNS = frozenset({"he", "him", "his", "himself"})
+SHE_PRONOUNS = frozenset({"she", "her", "hers", "herself"})
 _LEAD_PAREN = re.compile(r"\(([^()]{0,120})\)")
 _PAREN_YEAR = re.compile(r"(?<!\d)(\d{3,4})(?!\d)")
 _LEAD_VERB = re.compile(r"\b(?:is|was|are|were|has|had)\b|[.!?]\s+[a-z]")
@@ -45,8 +45,8 @@ def pronoun_sex(desc: str, name: str = "") -> int:
     The words of ``name`` are not counted."""
     skip = {w.lower() for w in _WORD.findall(name or "")}
     words = [w.lower() for w in _WORD.findall(desc or "")]
-    he = sum(w in _HE for w in words if w not in skip)
-    she = sum(w in _SHE for w in words if w not in skip)
+    he = sum(w in HE_PRONOUNS for w in words if w not in skip)
+    she = sum(w in SHE_PRONOUNS for w in words if w not in skip)
     if he > 2 * she:
         return 1
     if she > 2 * he:

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from tools.facts import entity_facts
+from tools.facts import HE_PRONOUNS, SHE_PRONOUNS, entity_facts
 from tools.names import feature_name, is_acronym_of, name_coverage, prefix_share, spelling_similarity
 from tools.texts import entity_text, mention_text, name_text, query_text
 
@@ -68,10 +68,10 @@ _COL = {name: i for i, name in enumerate(ALL_FEATURES)}
 
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _YEAR = re.compile(r"(?<!\d)(1[0-9]{3}|20[0-9]{2})(?!\d)")
-_MALE = {"he", "him", "his", "himself", "man", "men", "boy", "mr", "king", "father", "son", "brother",
-         "husband", "actor", "gentleman", "sir", "prince", "lord"}
-_FEMALE = {"she", "her", "hers", "herself", "woman", "women", "girl", "mrs", "ms", "miss", "queen", "mother",
-           "daughter", "sister", "wife", "actress", "lady", "princess"}
+_MALE = HE_PRONOUNS | {"man", "men", "boy", "mr", "king", "father", "son", "brother", "husband", "actor",
+                      "gentleman", "sir", "prince", "lord"}
+_FEMALE = SHE_PRONOUNS | {"woman", "women", "girl", "mrs", "ms", "miss", "queen", "mother", "daughter", "sister",
+                          "wife", "actress", "lady", "princess"}
 
 
 def _fold(text: str) -> str:
