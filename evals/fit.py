@@ -25,7 +25,10 @@
    model, scoring method and prompt version (``prompts.linking.PROMPT_VERSION``): rerun after a kill
    and only the rest is asked. The LLM weight is fitted *with* the nil row: per fold, on the other
    folds' asked mentions, by maximum likelihood of ``softmax([text + w * llm, nil])`` (nil golds
-   included), so the text prior it corrects is the nil-aware one.
+   included), so the text prior it corrects is the nil-aware one. ``--llm-context-sample N`` also scores
+   the text with the mention replaced by each candidate's name (:mod:`tools.context_likelihood`) on N
+   asked mentions per training set (cached in ``<data>.context.jsonl``), and fits its weight
+   (``llm_context``) with the other LLM terms on those mentions.
 4. Printed per set, against the packaged weights on the same mentions: Top-1 counting nil (a nil
    answer is right on a nil gold), nil F1 and Top-1 on non-nil golds, with Wilson 95% intervals.
    Training sets are scored out of fold; ``--eval`` sets whose mention ids occur in a training set
@@ -303,6 +306,86 @@ def _report_failed(failed: dict[str, str], todo: list[str], log: Any) -> None:
               f"first, {ids[0]}: {failed[ids[0]]}", file=log, flush=True)
 
 
+def context_key(settings: dict[str, Any]) -> str:
+    """Cache key of the text-likelihood scores: model (and server) | context prompt version."""
+    from prompts.linking import CONTEXT_VERSION
+
+    return llm_key(settings).rsplit("|", 2)[0] + "|" + CONTEXT_VERSION
+
+
+def context_sample(asked: list[str], cached: set[str], n: int, seed: int) -> list[str]:
+    """``n`` of the ``asked`` mention ids (all when ``n`` >= their number): the cached ones first (a resumed or
+    repeated fit asks nothing new), then a seeded random draw of the others."""
+    have = [i for i in asked if i in cached]
+    rest = [i for i in asked if i not in cached]
+    rest = [rest[j] for j in np.random.default_rng(seed).permutation(len(rest))]
+    return (have + rest)[:max(n, 0)]
+
+
+def context_scores(records: dict[str, dict], sample: int, asked: list[str], settings: dict[str, Any], cache: Path,
+                   *, seed: int = 0, log: Any = None) -> dict[str, list[float]]:
+    """The text's likelihood under every candidate (:mod:`tools.context_likelihood`) for ``sample`` of the ``asked``
+    mentions, from ``cache`` (JSONL rows ``{"id", "key", "context_logp": [...]}``) or scored now and appended.
+
+    Every candidate is scored (not only the prior's top ones, as in the graph), so the cache does not depend
+    on the text weights; the fit keeps the top ``llm_context_top`` of its own text prior (:func:`context_terms`).
+    """
+    from graph.context import Context
+    from tools.context_likelihood import context_likelihoods
+    from tools.linker import load_linker
+    from tools.names import answer_name
+
+    log = log or sys.stderr
+    key = context_key(settings)
+    got: dict[str, list[float]] = {}
+    if cache.is_file():
+        for line in cache.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            rid = row.get("id") if isinstance(row, dict) else None
+            if rid in records and row.get("key") == key and isinstance(row.get("context_logp"), list) \
+                    and len(row["context_logp"]) == len(records[rid]["candidates"]):
+                got[rid] = row["context_logp"]
+    todo = context_sample(asked, set(got), sample, seed)
+    missing = [i for i in todo if i not in got]
+    if missing:
+        ctx = Context(**settings)
+        model = load_linker(ctx)
+        print(f"scoring the text under each candidate with {settings.get('linker_model')} for {len(missing)} "
+              f"mention(s) ({len(todo) - len(missing)} cached in {cache})", file=log, flush=True)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with cache.open("a") as fh:
+            for n, rid in enumerate(missing, 1):
+                inp = records[rid]
+                names = [answer_name(c["name"]) for c in inp["candidates"]]
+                try:
+                    lp, _ = context_likelihoods(model, inp["mention"], inp.get("context") or "", names,
+                                                list(range(len(names))), spec=ctx.linker_model)
+                except ModelError as exc:
+                    print(f"  {rid}: not scored ({exc})", file=log, flush=True)
+                    continue
+                row = {"id": rid, "key": key, "context_logp": [round(float(x), 4) for x in lp]}
+                fh.write(json.dumps(row) + "\n")
+                fh.flush()
+                got[rid] = row["context_logp"]
+                if n % 25 == 0:
+                    print(f"  {n}/{len(missing)}", file=log, flush=True)
+    return {i: got[i] for i in todo if i in got}
+
+
+def context_terms(scores: list[float] | None, z: np.ndarray, top: int, floor: float | None) -> np.ndarray | None:
+    """The context evidence the graph would add for one mention: the top ``top`` candidates of the text
+    logits ``z`` keep their scores, relative and floored (:func:`tools.context_likelihood.context_evidence`)."""
+    from tools.context_likelihood import context_evidence, top_indices
+
+    if scores is None or top <= 0:
+        return None
+    keep = set(top_indices(z, top))
+    return context_evidence([v if i in keep else None for i, v in enumerate(scores)], floor)
+
+
 def llm_terms(row: dict[str, Any], floor: float | None) -> tuple[np.ndarray, float]:
     """The LLM evidence of one mention: floored relative log-probabilities, and nil's (relative, clipped)."""
     lp = np.asarray(row["logp"], dtype=np.float64)
@@ -313,36 +396,45 @@ def llm_terms(row: dict[str, Any], floor: float | None) -> tuple[np.ndarray, flo
     return ev, rel
 
 
-def fused_scores(z: np.ndarray, ev: np.ndarray, rel: float, p: dict[str, float]) -> np.ndarray:
-    """Candidate scores with the LLM's terms, relative to the nil row at 0 (nil's LLM terms moved to the candidates)."""
-    return z + p.get("w", 0.0) * ev - (p.get("nil_bias", 0.0) + p.get("nil_weight", 0.0) * rel)
+def fused_scores(z: np.ndarray, ev: np.ndarray, rel: float, p: dict[str, float],
+                 cev: np.ndarray | None = None) -> np.ndarray:
+    """Candidate scores with the LLM's terms, relative to the nil row at 0 (nil's LLM terms moved to the candidates);
+    ``cev``: the context evidence (:func:`context_terms`), weighted by ``p["ctx"]``."""
+    out = z + p.get("w", 0.0) * ev - (p.get("nil_bias", 0.0) + p.get("nil_weight", 0.0) * rel)
+    if cev is not None and p.get("ctx"):
+        out = out + p["ctx"] * cev
+    return out
 
 
-def fit_llm(items: list[tuple[np.ndarray, np.ndarray, float, int]], mode: str = "w",
-            l2: float = 0.01) -> dict[str, float]:
+def fit_llm(items: list[tuple], mode: str = "w", l2: float = 0.01, context: bool = False) -> dict[str, float]:
     """LLM terms maximising the likelihood of the golds (-1 = nil) under ``softmax([fused_scores..., 0])``.
 
-    ``items``: (text logits, LLM evidence, nil evidence, gold index) of the asked mentions of the training
-    folds. ``w`` >= 0; ``mode`` ``w+nil`` also fits ``nil_bias`` and ``nil_weight``.
+    ``items``: (text logits, LLM evidence, nil evidence, gold index[, context evidence]) of the asked mentions of
+    the training folds. ``w`` >= 0; ``mode`` ``w+nil`` also fits ``nil_bias`` and ``nil_weight``; ``context``
+    also the context evidence's weight ``ctx`` >= 0 (fitted on the items that have it).
     """
     from scipy.optimize import minimize
 
+    if context:
+        items = [it for it in items if len(it) > 4 and it[4] is not None]
     if not items:
         return {"w": 0.0}
-    names = ["w"] + (["nil_bias", "nil_weight"] if mode == "w+nil" else [])
+    names = ["w"] + (["nil_bias", "nil_weight"] if mode == "w+nil" else []) + (["ctx"] if context else [])
 
     def nll(theta: np.ndarray) -> float:
         p = dict(zip(names, theta))
         total = 0.0
-        for z, ev, rel, g in items:
-            s = np.append(fused_scores(z, ev, rel, p), 0.0)
+        for it in items:
+            z, ev, rel, g = it[:4]
+            s = np.append(fused_scores(z, ev, rel, p, it[4] if len(it) > 4 else None), 0.0)
             mx = s.max()
             lse = mx + np.log(np.exp(s - mx).sum())
             total -= s[g if g >= 0 else len(s) - 1] - lse
         return total / len(items) + l2 * float(theta @ theta)
 
-    bounds = [(0.0, 5.0)] + [(-10.0, 10.0)] * (len(names) - 1)
-    res = minimize(nll, np.array([1.0] + [0.0] * (len(names) - 1)), method="L-BFGS-B", bounds=bounds)
+    bounds = [(0.0, 5.0) if n in ("w", "ctx") else (-10.0, 10.0) for n in names]
+    start = np.array([{"w": 1.0, "ctx": 0.5}.get(n, 0.0) for n in names])
+    res = minimize(nll, start, method="L-BFGS-B", bounds=bounds)
     return {n: round(float(v), 4) for n, v in zip(names, res.x)}
 
 
@@ -450,6 +542,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--llm-sample", type=int, default=0,
                    help="ask the LLM only about a seeded sample of this many mentions per set (0 = all)")
     p.add_argument("--llm-cache", default="runs/llm-scores", help="folder of the resumable LLM score caches")
+    p.add_argument("--llm-context-sample", type=int, default=0, metavar="N",
+                   help="also fit llm_context, the text's likelihood under each candidate (tools/context_likelihood.py), "
+                        "on N asked mentions per training set (one more scoring call each, cached beside the LLM "
+                        "scores); every LLM term is then fitted on those mentions. 0 = no context term")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a graph setting for the LLM")
     p.add_argument("--base", default=None, help="weights to compare against (default: the packaged file)")
     p.add_argument("--embedding-model", default="embedded")
@@ -593,9 +689,11 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     llm_params: dict[str, Any] = {}
     result: dict[str, Any] = {"command": "python -m evals.fit " + " ".join(sys.argv[1:] if a is not None else []),
                               "sets": {}, "folds": a.folds, "C": a.C, "gate": a.gate, "nil_threshold": thr}
+    use_ctx = bool(a.llm and a.llm_context_sample > 0 and a.llm_scoring == "likelihood")
     if a.llm:
         settings = {**_settings(a.set), "linker_model": a.linker_model, "llm_scoring": a.llm_scoring,
                     "embedding_model": a.embedding_model}
+        ctx_top = int(settings.get("llm_context_top", 4))
         for s in sets:
             if s["role"] == "aug":
                 continue
@@ -613,6 +711,11 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
             stem = Path(s["path"]).stem
             s["llm"] = llm_scores(records, todo, settings, Path(a.llm_cache) / f"{stem}.jsonl")
             rng_sets[s["name"]] = int(keep.sum())
+            s["ctx"] = {}
+            if use_ctx and s["role"] == "train":
+                asked_ids = [s["ids"][i] for i in np.flatnonzero(keep & s["asked"]) if s["ids"][i] in s["llm"]]
+                s["ctx"] = context_scores(records, a.llm_context_sample, asked_ids, settings,
+                                          Path(a.llm_cache) / f"{stem}.context.jsonl", seed=a.seed)
         # per fold: LLM terms fitted on the other folds' asked training mentions (their logits out of fold)
         pool = []
         for s in sets:
@@ -622,20 +725,24 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
                 rid = s["ids"][i]
                 if rid in s["llm"]:
                     ev, rel = llm_terms(s["llm"][rid], floor)
-                    pool.append((s["fold"][i], (s["z"][i], ev, rel, int(s["gold"][i]))))
-        per_fold = {mode: [fit_llm([it for f2, it in pool if f2 != f], mode) for f in range(a.folds)]
+                    cev = context_terms(s["ctx"].get(rid), s["z"][i], ctx_top, floor)
+                    pool.append((s["fold"][i], (s["z"][i], ev, rel, int(s["gold"][i]), cev)))
+        if use_ctx:  # every LLM term is fitted on the mentions with context scores, the context weight with them
+            pool = [(f, it) for f, it in pool if it[4] is not None]
+        per_fold = {mode: [fit_llm([it for f2, it in pool if f2 != f], mode, context=use_ctx) for f in range(a.folds)]
                     for mode in LLM_MODES}
-        llm_params = {mode: fit_llm([it for _, it in pool], mode) for mode in LLM_MODES}
+        llm_params = {mode: fit_llm([it for _, it in pool], mode, context=use_ctx) for mode in LLM_MODES}
         # held-out log-likelihood of each mode (choose the written one without looking at an eval set)
         cv_ll = {}
         for mode in LLM_MODES:
             tot = 0.0
-            for f2, (z, ev, rel, g) in pool:
-                sc = np.append(fused_scores(z, ev, rel, per_fold[mode][f2]), 0.0)
+            for f2, (z, ev, rel, g, cev) in pool:
+                sc = np.append(fused_scores(z, ev, rel, per_fold[mode][f2], cev), 0.0)
                 tot += float(sc[g if g >= 0 else len(sc) - 1] - (sc.max() + np.log(np.exp(sc - sc.max()).sum())))
             cv_ll[mode] = tot / max(len(pool), 1)
         mode = a.llm_mode if a.llm_mode != "auto" else max(LLM_MODES, key=lambda m: cv_ll[m])
-        result["llm"] = {"asked_pool": len(pool), "cv_loglik": cv_ll, "mode": mode, "params": llm_params,
+        result["llm"] = {"asked_pool": len(pool), "context": {"sample": a.llm_context_sample, "top": ctx_top,
+                                                               "key": context_key(settings)} if use_ctx else None, "cv_loglik": cv_ll, "mode": mode, "params": llm_params,
                          "fold_params": per_fold, "linker_model": a.linker_model, "llm_scoring": a.llm_scoring,
                          "floor": floor, "cache_key": llm_key(settings), "llm_sample": rng_sets}
         print(f"LLM terms fitted with the nil row on {len(pool)} asked training mentions: "
@@ -662,6 +769,8 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
         print(f"  text only   packaged{tag:1}: {fmt(row['text']['packaged'])}")
         if a.llm and "llm" in s:
             keep = s["llm_keep"]
+            if use_ctx:  # the LLM rows on the mentions whose text was scored under each candidate
+                keep = keep & np.array([rid in s.get("ctx", {}) for rid in s["ids"]])
             sel = np.flatnonzero(keep)
             res = {}
             # (label, text logits, asked, LLM params, nil needs text): the fused linker's variants on the same mentions
@@ -680,7 +789,8 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
                         else:
                             prm = per_fold[params][s["fold"][i]] if s["fold"][i] >= 0 else llm_params[params]
                         text = z if needs_text else None
-                        z = fused_scores(z, ev, rel, prm)
+                        cev = None if params == "base" else context_terms(s.get("ctx", {}).get(rid), z, ctx_top, floor)
+                        z = fused_scores(z, ev, rel, prm, cev)
                     pred.append(decide(z, True if params != "base" else base.nil_row, thr, text)[0])
                 res[label] = figures(np.array(pred), s["gold"][sel], s["nil"][sel])
             res["text only, same mentions"] = figures(new[sel], s["gold"][sel], s["nil"][sel])
@@ -729,6 +839,8 @@ def llm_entries(base: Any, scoring: str, params: dict[str, float] | None,
         return weight, base.llm_floor, {}
     weight["likelihood" if scoring == "likelihood" else "choice"] = params["w"]
     extra = {"llm_nil": {"bias": params["nil_bias"], "weight": params["nil_weight"]}} if "nil_bias" in params else {}
+    if "ctx" in params:
+        extra["llm_context"] = {"weight": params["ctx"]}
     return weight, floor, extra
 
 

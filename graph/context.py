@@ -166,6 +166,12 @@ class Context(BaseSettings):
                   "not decisive. False (default): clue rounds rescore the cheap evidence with the clues and "
                   "reuse the LLM's round-1 scores, at no model call.",
     )
+    llm_context_top: int = Field(
+        default=4, ge=0,
+        description="Fused mode, when the weights file has an llm_context term: the text's likelihood with the "
+                  "mention replaced by each candidate's name is scored for this many of the text prior's best "
+                  "candidates (one more scoring call; the others get the floor). 0 = never scored.",
+    )
     fusion_weights: str | None = Field(
         default=None,
         description="Weights file of the fused scorer (written by evals/fit_fusion.py). "

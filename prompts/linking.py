@@ -81,3 +81,11 @@ NIL_ANSWER = "Unknown"
 PROMPT_VERSION = "name-v3"
 """Changes whenever the likelihood or letters prompt changes: cached LLM scores are keyed by it
 (``evals/fit.py``), so a cache filled with another prompt is not reused."""
+
+# Fused mode, the text's likelihood under each candidate (tools/context_likelihood.py, ``llm_context`` in the
+# weights file): the model writes the mention's text out again with the mention replaced by a candidate's
+# spoken name; log P(text | name) = log P(text with the name) - log P(the name alone), both as the start of
+# its answer. The prompt is the same for every candidate, so its KV cache is shared.
+CONTEXT_SYSTEM = "You are a helpful assistant."
+CONTEXT_USER = "Write the caption of a news or encyclopedia photo."
+CONTEXT_VERSION = "context-v1"

@@ -26,6 +26,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from prompts import linking as P
 from tools.candidates import candidate_key
 from tools.choice import label_distribution, labels_for, name_likelihoods, scoring_method
+from tools.context_likelihood import context_likelihoods, top_indices
 from tools.embeddings import get_embedder
 from tools.features import candidate_features
 from tools.fusion import distribution, load_weights, nil_decision, order_is_ranked
@@ -111,7 +112,8 @@ def score_round(mention: str, context: str, candidates: list[dict], clues: list[
 
             model = load_linker(settings)
         method = scoring_method(model, settings.llm_scoring, settings.linker_model)
-        if llm_weight(weights, settings, method) == 0 and not (method == "likelihood" and weights.llm_nil):
+        other_terms = method == "likelihood" and (weights.llm_nil or weights.context_weight() > 0)
+        if llm_weight(weights, settings, method) == 0 and not other_terms:
             # its answer would add nothing to any score (e.g. `i2cr fit` found this model no help): not asked
             asked = False
             out["llm_skipped"] = f"LLM weight 0 for {describe(settings.linker_model)} ({method}): not asked"
@@ -122,12 +124,20 @@ def score_round(mention: str, context: str, candidates: list[dict], clues: list[
         out["llm"] = {"model": describe(settings.linker_model), "method": call["method"],
                       "logprobs": [round(float(x), 3) for x in llm], "raw": call.get("raw"), "round": round_no,
                       "nil_logprob": call.get("nil_logp")}
+        k = min(settings.llm_context_top, len(candidates))
+        if weights.context_weight() > 0 and k > 0 and call["method"] == "likelihood":
+            spoken = [answer_name(c["name"]) for c in candidates]
+            ctx_lp, ctx_call = context_likelihoods(model, mention, context, spoken, top_indices(prior, k),
+                                                   spec=settings.linker_model)
+            count_call(usage, ctx_call.get("input_tokens", 0), 0)
+            out["llm"]["context_logprobs"] = [None if v is None else round(v, 3) for v in ctx_lp]
     elif earlier.get("llm") and earlier.get("keys") == out["keys"]:
         out["llm"] = {**earlier["llm"], "raw": None}  # an earlier round's opinion of the text still counts, free
     if out["llm"]:
         w = llm_weight(weights, settings, out["llm"]["method"])
         out["llm"]["weight"] = w
-        scores = weights.with_llm(scores, w, out["llm"]["logprobs"], out["llm"].get("nil_logprob"))
+        scores = weights.with_llm(scores, w, out["llm"]["logprobs"], out["llm"].get("nil_logprob"),
+                                  out["llm"].get("context_logprobs"))
     probs, p_nil = distribution(scores, weights.nil_row)
     out["probs"] = [round(float(p), 4) for p in probs]
     out["p_nil"] = round(p_nil, 4)

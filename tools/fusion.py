@@ -13,8 +13,10 @@ The weights file is JSON written by ``evals/fit_fusion.py``:
 ``{"features": [...], "text": {"coef": [...], "intercept": x, "mean": [...], "scale": [...]},
 "clue": {...}, "llm_weight": {"likelihood": w, "choice": w} (or one number for both),
 "llm_floor": f (optional: the LLM's log-probabilities, relative to its top candidate, are floored
-at -f), "nil_row": true (optional), "text_unordered"/"clue_unordered" (optional: models fitted
-without the list's order, used when it is not informative), "fit": {...}}``.
+at -f), "llm_nil": {"bias": b, "weight": v} (optional), "llm_context": {"weight": w} (optional:
+the text's likelihood under each candidate, :mod:`tools.context_likelihood`), "nil_row": true
+(optional), "text_unordered"/"clue_unordered" (optional: models fitted without the list's order,
+used when it is not informative), "fit": {...}}``.
 
 ``nil_row``: the models were fitted as a conditional logit with a "none of
 these" alternative scored 0 beside the candidates (``evals/fit_fusion.py``), so
@@ -77,6 +79,11 @@ class FusionWeights:
         except (TypeError, KeyError, ValueError):
             raise ConfigError(f"fusion_weights {source}: llm_nil must be {{\"bias\": b, \"weight\": v}}, "
                               f"got {nil!r}") from None
+        ctx = data.get("llm_context")
+        try:
+            self.llm_context = None if ctx is None else {"weight": float(ctx["weight"])}
+        except (TypeError, KeyError, ValueError):
+            raise ConfigError(f"fusion_weights {source}: llm_context must be {{\"weight\": w}}, got {ctx!r}") from None
         self.fit = data.get("fit", {})
 
     def llm_weight_for(self, method: str) -> float:
@@ -91,7 +98,12 @@ class FusionWeights:
         """
         return floored(logp, self.llm_floor)
 
-    def with_llm(self, scores: np.ndarray, weight: float, logp: Any, nil_logp: float | None = None) -> np.ndarray:
+    def context_weight(self) -> float:
+        """Weight of the text's likelihood under each candidate (``llm_context``; 0 without the term)."""
+        return self.llm_context["weight"] if self.llm_context else 0.0
+
+    def with_llm(self, scores: np.ndarray, weight: float, logp: Any, nil_logp: float | None = None,
+                 context_logp: Any = None) -> np.ndarray:
         """Candidate scores plus the LLM's evidence, relative to the nil row (kept at 0).
 
         ``weight`` times the floored relative log-probabilities (:meth:`llm_evidence`); with ``llm_nil``
@@ -99,9 +111,15 @@ class FusionWeights:
         ``bias + weight * clip(nil_logp - best name's logp)``: the likelihood of the model answering
         ``prompts.linking.NIL_ANSWER`` as evidence for nil. It is moved to the candidates (the
         softmax only sees differences). Without ``nil_logp`` (letters route) only the bias applies.
+        With ``llm_context`` and ``context_logp`` (:mod:`tools.context_likelihood`; ``None`` for a candidate
+        not scored), its weight times those scores relative to the best, floored like the names'.
         """
         lp = np.asarray(logp, dtype=np.float64)
         out = np.asarray(scores, dtype=np.float64) + weight * self.llm_evidence(lp)
+        if self.llm_context and context_logp is not None and len(context_logp) == len(out):
+            from tools.context_likelihood import context_evidence
+
+            out = out + self.llm_context["weight"] * context_evidence(context_logp, self.llm_floor)
         if self.llm_nil and len(lp):
             f = self.llm_floor or 10.0
             rel = 0.0 if nil_logp is None else float(np.clip(nil_logp - lp.max(), -f, f))
