@@ -689,7 +689,10 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     llm_params: dict[str, Any] = {}
     result: dict[str, Any] = {"command": "python -m evals.fit " + " ".join(sys.argv[1:] if a is not None else []),
                               "sets": {}, "folds": a.folds, "C": a.C, "gate": a.gate, "nil_threshold": thr}
-    use_ctx = bool(a.llm and a.llm_context_sample > 0 and a.llm_scoring == "likelihood")
+    if a.llm_context_sample < 0 or (a.llm_context_sample and (not a.llm or a.llm_scoring != "likelihood")):
+        raise ConfigError(f"fit: --llm-context-sample {a.llm_context_sample} needs a count >= 0, the LLM and "
+                          "--llm-scoring likelihood (the text is scored as the model's answer)")
+    use_ctx = a.llm_context_sample > 0
     if a.llm:
         settings = {**_settings(a.set), "linker_model": a.linker_model, "llm_scoring": a.llm_scoring,
                     "embedding_model": a.embedding_model}

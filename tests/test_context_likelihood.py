@@ -171,3 +171,9 @@ def test_i2cr_fit_with_context_scores_is_resumable_and_writes_the_term(tmp_path,
     # a rerun scores nothing new
     assert cli_main(argv) == 0
     assert len(model.seen) == 34
+    # the term needs the likelihood route: a clear one-line error otherwise
+    capsys.readouterr()
+    assert cli_main([*argv, "--llm-scoring", "choice"]) == 2
+    err = capsys.readouterr().err
+    assert "--llm-context-sample 10 needs" in err and "Traceback" not in err
+    assert cli_main([*argv[:-1], "-3"]) == 2
