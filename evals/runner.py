@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 import sys
@@ -230,6 +231,7 @@ def _run_locked(ds: Dataset, chosen: list[Example], run_dir: Path, ctx: Context,
     existing, notes = read_predictions(run_dir, repair=True)
     done = {r["id"]: r for r in existing if not (retry_errors and r.get("error"))}
     todo = [ex for ex in chosen if ex.id not in done]
+    check_machine = check_machine and os.environ.get("I2CR_BUSY_CHECK", "1") != "0"
     busy = busy_note() if todo and check_machine else None
     if busy:  # said now and kept for the report: the run's seconds are not the machine's own
         print(f"note: {busy}", file=sys.stderr)

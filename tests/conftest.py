@@ -8,6 +8,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# the busy-machine note of `i2cr eval` (evals/machine.py) would add a stderr line whenever something else runs
+# beside the tests (a CI machine is shared): off here, and on in the tests of the note itself
+os.environ.setdefault("I2CR_BUSY_CHECK", "0")
 sys.path.insert(0, str(Path(__file__).parent))
 
 

@@ -482,6 +482,7 @@ def test_a_busy_machine_is_said_on_stderr_and_in_the_report_and_kept_on_resume(t
     import evals.runner as runner
 
     run = tmp_path / "run"
+    monkeypatch.setenv("I2CR_BUSY_CHECK", "1")
     monkeypatch.setattr(runner, "busy_note", lambda: "the machine was busy when this run started: llama (pid 7) 1.9")
     run_eval(WIKIMEL, WIKIMEL_LABELS, run, context=fake_context(), limit=2, progress=False, report=False)
     assert "note: the machine was busy" in capsys.readouterr().err
@@ -493,3 +494,10 @@ def test_a_busy_machine_is_said_on_stderr_and_in_the_report_and_kept_on_resume(t
     run_eval(WIKIMEL, WIKIMEL_LABELS, tmp_path / "free", context=fake_context(), limit=1, progress=False)
     assert "machine_busy" not in json.loads((tmp_path / "free" / "config.json").read_text())
     assert "Not this machine's own speed" not in (tmp_path / "free" / "report.md").read_text()
+    # I2CR_BUSY_CHECK=0 skips the check (the test session's default: a shared CI machine must not add a stderr line)
+    monkeypatch.setattr(runner, "busy_note", lambda: "the machine was busy when this run started: llama (pid 7) 1.9")
+    monkeypatch.setenv("I2CR_BUSY_CHECK", "0")
+    capsys.readouterr()
+    run_eval(WIKIMEL, WIKIMEL_LABELS, tmp_path / "unchecked", context=fake_context(), limit=1, progress=False)
+    assert "busy" not in capsys.readouterr().err
+    assert "machine_busy" not in json.loads((tmp_path / "unchecked" / "config.json").read_text())
