@@ -230,6 +230,24 @@ ABORT_AFTER = 5
 """``llm_scores`` raises when the first this many asks of a run all fail."""
 
 
+def cached_rows(cache: Path, records: dict[str, dict], key: str, field: str) -> dict[str, dict]:
+    """The usable rows of a JSONL score cache, by mention id: rows of a known mention, written under ``key``,
+    whose ``field`` holds one score per candidate; a line cut short by a kill, or anything else, is skipped."""
+    got: dict[str, dict] = {}
+    if not cache.is_file():
+        return got
+    for line in cache.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+        rid = row.get("id") if isinstance(row, dict) else None
+        if rid in records and row.get("key") == key and isinstance(row.get(field), list) \
+                and len(row[field]) == len(records[rid]["candidates"]):
+            got[rid] = row
+    return got
+
+
 def llm_scores(records: dict[str, dict], todo: list[str], settings: dict[str, Any], cache: Path,
                *, log: Any = None) -> dict[str, dict]:
     """The linker model's opinion of each ``todo`` mention, from ``cache`` (JSONL) or asked now and appended.
@@ -250,18 +268,8 @@ def llm_scores(records: dict[str, dict], todo: list[str], settings: dict[str, An
 
     log = log or sys.stderr
     key = llm_key(settings)
-    got: dict[str, dict] = {}
+    got = cached_rows(cache, records, key, "logp")
     failed: dict[str, str] = {}
-    if cache.is_file():
-        for line in cache.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a kill
-                continue
-            rid = row.get("id") if isinstance(row, dict) else None
-            if rid in records and row.get("key") == key and isinstance(row.get("logp"), list) \
-                    and len(row["logp"]) == len(records[rid]["candidates"]):
-                got[rid] = row
     missing = [i for i in todo if i not in got]
     if not missing:
         return got
@@ -337,17 +345,7 @@ def context_scores(records: dict[str, dict], sample: int, asked: list[str], sett
 
     log = log or sys.stderr
     key = context_key(settings)
-    got: dict[str, list[float]] = {}
-    if cache.is_file():
-        for line in cache.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            rid = row.get("id") if isinstance(row, dict) else None
-            if rid in records and row.get("key") == key and isinstance(row.get("context_logp"), list) \
-                    and len(row["context_logp"]) == len(records[rid]["candidates"]):
-                got[rid] = row["context_logp"]
+    got = {rid: row["context_logp"] for rid, row in cached_rows(cache, records, key, "context_logp").items()}
     todo = context_sample(asked, set(got), sample, seed)
     missing = [i for i in todo if i not in got]
     if missing:
@@ -377,8 +375,9 @@ def context_scores(records: dict[str, dict], sample: int, asked: list[str], sett
 
 def context_terms(scores: list[float] | None, z: np.ndarray, top: int, floor: float | None) -> np.ndarray | None:
     """The context evidence the graph would add for one mention: the top ``top`` candidates of the text
-    logits ``z`` keep their scores, relative and floored (:func:`tools.context_likelihood.context_evidence`)."""
-    from tools.context_likelihood import context_evidence, top_indices
+    logits ``z`` keep their scores, relative and floored (:func:`tools.fusion.context_evidence`)."""
+    from tools.context_likelihood import top_indices
+    from tools.fusion import context_evidence
 
     if scores is None or top <= 0:
         return None

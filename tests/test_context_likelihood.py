@@ -10,10 +10,10 @@ import pytest
 from evals import fit
 from graph import Context, graph
 from prompts import linking as P
-from tools.context_likelihood import context_evidence, substituted, top_indices
+from tools.context_likelihood import substituted, top_indices
 from tools.errors import ConfigError
 from tools.features import ALL_FEATURES
-from tools.fusion import load_weights
+from tools.fusion import context_evidence, load_weights
 
 from fakes import BagOfWordsEmbeddings, TableScorer, scripted
 

@@ -67,15 +67,3 @@ def context_likelihoods(model: Any, mention: str, context: str, names: list[str]
     for j, i in enumerate(indices):
         out[i] = float(logp[j] - logp[len(indices) + j])
     return out, {**call, "method": "context"}
-
-
-def context_evidence(scores: Any, floor: float | None) -> np.ndarray:
-    """Scores relative to the best scored one, floored at ``-floor`` (10 without one); unscored candidates
-    (``None``/NaN) get the floor."""
-    f = floor or 10.0
-    s = np.array([np.nan if v is None else float(v) for v in scores], dtype=np.float64)
-    if not len(s) or np.isnan(s).all():
-        return np.zeros(len(s))
-    rel = s - np.nanmax(s)
-    rel[np.isnan(rel)] = -f
-    return np.maximum(rel, -f)

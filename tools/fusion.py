@@ -117,8 +117,6 @@ class FusionWeights:
         lp = np.asarray(logp, dtype=np.float64)
         out = np.asarray(scores, dtype=np.float64) + weight * self.llm_evidence(lp)
         if self.llm_context and context_logp is not None and len(context_logp) == len(out):
-            from tools.context_likelihood import context_evidence
-
             out = out + self.llm_context["weight"] * context_evidence(context_logp, self.llm_floor)
         if self.llm_nil and len(lp):
             f = self.llm_floor or 10.0
@@ -291,6 +289,16 @@ def floored(logp: Any, floor: float | None) -> np.ndarray:
     """Log-probabilities relative to the best one, floored at ``-floor`` (``None``: unchanged)."""
     x = np.asarray(logp, dtype=np.float64)
     return x if floor is None or not len(x) else np.maximum(x - x.max(), -floor)
+
+
+def context_evidence(scores: Any, floor: float | None) -> np.ndarray:
+    """The text-likelihood scores of :mod:`tools.context_likelihood` relative to the best scored one, floored at
+    ``-floor`` (10 without one) as the names' scores are (:func:`floored`); unscored candidates (``None``/NaN)
+    get the floor."""
+    s = np.array([-np.inf if v is None or np.isnan(v) else float(v) for v in scores], dtype=np.float64)
+    if not np.isfinite(s).any():
+        return np.zeros(len(s))
+    return floored(s, floor or 10.0)
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
