@@ -170,6 +170,38 @@ def _homonym_copy(path: str, labels: str | None, cache: Path, seed: int = 0) -> 
     return _cached_copy(out, path, cache, "homonym", f"|{seed}"), labels
 
 
+def _clue_nil_copy(path: str, labels: str | None, cache: Path, share: float,
+                   seed: int = 0) -> tuple[str, str] | None:
+    """Copies, for the clue models only, of a seeded ``share`` of the mentions whose gold is listed, with the
+    gold removed and labelled nil (each mention drawn by a hash of its id and ``seed``, not by the draw of
+    ``evals.variants`` (d)). The only training set with image clues (WikiMEL) lists the gold for 95% of its
+    mentions, so without them the clue models learn that clue evidence (the mention's surname in the image's
+    text, a scene that fits a footballer) always points at a listed candidate. Written in ``cache``; None when
+    no mention qualifies."""
+    from evals.variants import _gold_index, _rng
+
+    try:
+        data = json.loads(Path(path).read_text())
+        gold = json.loads(Path(labels).read_text()) if labels else {}
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(data, dict) or not isinstance(gold, dict):
+        return None
+    out, nil = {}, {}
+    for rid, rec in data.items():
+        g, cands = gold.get(rid), (rec.get("Candentity") if isinstance(rec, dict) else None) or []
+        i = _gold_index(cands, str(g)) if g and g != "nil" else -1
+        has_desc = any(rec.get(k) for k in ("mention_imgdesc_Azure", "image_desc"))  # no clue: no clue model row
+        if i < 0 or len(cands) < 2 or not has_desc or _rng(seed, rid, "clue-nil").random() >= share:
+            continue
+        out[rid] = {**rec, "Candentity": cands[:i] + cands[i + 1:]}
+        nil[rid] = "nil"
+    if not out:
+        return None
+    salt = f"|{seed}|{share}"
+    return _cached_copy(out, path, cache, "cluenil", salt), _cached_copy(nil, path, cache, "cluenil_labels", salt)
+
+
 def _feature_code() -> str:
     """A digest of the code that computes features: a cached matrix from older feature code is not reused."""
     import tools.descriptions
@@ -507,6 +539,9 @@ def _parser() -> argparse.ArgumentParser:
                         "renamed to the mention (an exact-name homonym that is not the gold)")
     p.add_argument("--augment-noattr", action="store_true",
                    help="add attribute-free copies of the training mentions whose descriptions carry attributes")
+    p.add_argument("--augment-clue-nil", type=float, default=0.0, metavar="SHARE",
+                   help="for the clue models only: add copies of this seeded share of the training mentions whose "
+                        "gold is listed, with the gold removed and labelled nil (0 = none)")
     p.add_argument("--eval", action="append", default=[], metavar="DATA[:LABELS]",
                    help="a held-out set to score (repeatable); ids found in a training set are scored out of fold")
     p.add_argument("--eval-sample", type=int, default=0, help="a seeded sample of each --eval set (0 = all)")
@@ -630,14 +665,21 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
         # a copy weighs inside its benchmark's share (source d): copies do not make a benchmark weigh more than
         # another (a homonym share of its own cost 0.4 points of WikiMEL dev CV, 0.2 of WikiDiverse train CV)
         augments = (
-            (a.augment_homonym, lambda: _homonym_copy(path, lab, copies, a.seed), "homonym copy"),
-            (a.augment_noattr, lambda: _noattr_copy(path, lab, copies), "attribute-free copy"),
+            (a.augment_homonym, lambda: _homonym_copy(path, lab, copies, a.seed), "homonym copy", False),
+            (a.augment_noattr, lambda: _noattr_copy(path, lab, copies), "attribute-free copy", False),
+            (a.augment_clue_nil > 0, lambda: _clue_nil_copy(path, lab, copies, a.augment_clue_nil, a.seed),
+             "gold-removed copy, clue models only", True),
         )
-        for wanted, make, label in augments:
+        for wanted, make, label, clue_only in augments:
             copy = make() if wanted else None
             if copy:
-                c = load_set(copy[0], copy[1], emb, cache, n, a.seed)
-                c.update(role="aug", source=d, ranked=order == "ranked", name=f"{m['name']} ({label})", spec=copy)
+                c = load_set(copy[0], copy[1], emb, cache, 0 if clue_only else n, a.seed)
+                if clue_only:  # copies of the sampled mentions only
+                    keep = [i for i, r in enumerate(c["ids"]) if r in set(m["ids"])]
+                    c.update(X=[c["X"][i] for i in keep], ids=[c["ids"][i] for i in keep],
+                             **{k: c[k][keep] for k in ("gold", "nil", "has_clues")})
+                c.update(role="aug", source=d, ranked=order == "ranked", name=f"{m['name']} ({label})", spec=copy,
+                         clue_only=clue_only)
                 sets.append(c)
     for spec in a.eval:
         path, lab = parse_spec(spec)
@@ -663,11 +705,12 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
         s["fold"] = np.array([fold_of_id(r, a.folds) if (s["role"] != "eval" or r in train_ids) else -1
                               for r in s["ids"]])
     Th = np.concatenate([s["has_clues"] for s in train])
+    Tc = np.concatenate([np.full(len(s["X"]), bool(s.get("clue_only"))) for s in train])
     fold_models = []
     for f in range(a.folds):
         tr = np.flatnonzero(Tf != f)
         # the clue models too, as the packaged file has them: a whole-graph CV run's clue rounds use them
-        models = fit_models([TX[i] for i in tr], Tg[tr], a.C, ranked=Tr[tr], has_clues=Th[tr],
+        models = fit_models([TX[i] for i in tr], Tg[tr], a.C, ranked=Tr[tr], has_clues=Th[tr], clue_only=Tc[tr],
                             source=None if source is None else source[tr], exclude=drop, **arch)
         fold_models.append(models)
         for s in sets:
@@ -675,7 +718,7 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
             for i, z in zip(sel, _logits(models["text_unordered"], [s["X"][i] for i in sel])):
                 s["z"][i] = z
         print(f"  fold {f + 1}/{a.folds} fitted", file=sys.stderr, flush=True)
-    final = fit_models(TX, Tg, a.C, ranked=Tr, has_clues=Th,
+    final = fit_models(TX, Tg, a.C, ranked=Tr, has_clues=Th, clue_only=Tc,
                        source=source, exclude=drop, **arch)
     for s in sets:
         sel = np.flatnonzero(s["fold"] < 0)

@@ -164,6 +164,7 @@ def unordered(X: list[np.ndarray]) -> list[np.ndarray]:
 
 def fit_models(X: list[np.ndarray], gold: np.ndarray, C: float, *, ranked: np.ndarray | None = None,
                has_clues: np.ndarray | None = None, source: np.ndarray | None = None,
+               clue_only: np.ndarray | None = None,
                exclude: tuple[str, ...] = (), hidden: int = 0, relative: bool = False,
                weight_decay: float = 3e-3, linear_only: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
     """The four nil-row models of a weights file, widened to ``ALL_FEATURES``.
@@ -171,6 +172,7 @@ def fit_models(X: list[np.ndarray], gold: np.ndarray, C: float, *, ranked: np.nd
     ``text``/``clue`` read the list's order of the mentions marked ``ranked`` (the others' rank
     features are averaged); ``text_unordered``/``clue_unordered`` never see it. Clue models are
     fitted on the mentions ``has_clues`` (all when not given; the text models when none).
+    ``clue_only``: mentions the text models do not see (``i2cr fit --augment-clue-nil`` copies).
     ``source``: each mention's dataset; given, every dataset weighs the same in the fit.
     ``exclude``: features no model uses (their weights are 0).
     ``hidden``/``relative``/``weight_decay``: with ``hidden`` > 0 or ``relative``, the models are fitted by
@@ -180,13 +182,14 @@ def fit_models(X: list[np.ndarray], gold: np.ndarray, C: float, *, ranked: np.nd
     n = len(X)
     ranked = np.ones(n, bool) if ranked is None else np.asarray(ranked, bool)
     has_clues = np.ones(n, bool) if has_clues is None else np.asarray(has_clues, bool)
+    text_skip = np.zeros(n, bool) if clue_only is None else np.asarray(clue_only, bool)
     X_r = [x if r else u for x, r, u in zip(X, ranked, unordered(X))]
     X_u = unordered(X)
     out = {}
     for kind, names in MODELS:
         if kind == "clue" and not has_clues.any():
             names = TEXT_FEATURES  # no clue text to learn from: the clue model is the text model
-        sel = np.flatnonzero(has_clues) if kind == "clue" and has_clues.any() else np.arange(n)
+        sel = np.flatnonzero(has_clues) if kind == "clue" and has_clues.any() else np.flatnonzero(~text_skip)
         for suffix, rows, drop in (("", X_r, ()), ("_unordered", X_u, RANK_FEATURES)):
             cols = _cols(tuple(f for f in names if f not in drop and f not in exclude))
             sw = None

@@ -443,3 +443,57 @@ def test_the_embedding_cache_file_is_read_only_by_the_model_that_wrote_it(tmp_pa
     path.write_bytes(b"not a pickle")
     assert fit_fusion.DiskEmbedder(path, "a").embed(["x"]).shape == (1, 2)
     assert "unreadable" in capsys.readouterr().err
+
+
+def _with_image_text(tmp_path: Path, n: int = 40) -> tuple[str, str]:
+    """``_slice`` whose images show the gold's family name (the mention), as a surname in a photo's text does;
+    every fifth mention has no image description."""
+    data, labels = _slice(tmp_path, n=n)
+    raw, gold = json.loads(Path(data).read_text()), json.loads(Path(labels).read_text())
+    for k, (rid, rec) in enumerate(raw.items()):
+        if k % 5 != 4:
+            rec["mention_imgdesc_Azure"] = {"Caption": f"a photo of {rec['mention']}", "OCR": rec["mention"]}
+    Path(data).write_text(json.dumps(raw))
+    return data, labels
+
+
+def test_clue_nil_copies_remove_the_gold_of_a_seeded_share_of_described_mentions(tmp_path):
+    data, labels = _with_image_text(tmp_path)
+    raw, gold = json.loads(Path(data).read_text()), json.loads(Path(labels).read_text())
+    path, lab = fit._clue_nil_copy(data, labels, tmp_path / "cache", 0.5, seed=0)
+    copy, nil = json.loads(Path(path).read_text()), json.loads(Path(lab).read_text())
+    assert set(copy) == set(nil) and set(nil.values()) == {"nil"}
+    eligible = [r for r, rec in raw.items() if gold[r] != "nil" and "mention_imgdesc_Azure" in rec]
+    assert set(copy) <= set(eligible) and 0 < len(copy) < len(eligible)  # a share of them
+    for rid, rec in copy.items():  # the gold removed, the rest kept in order, the image kept
+        assert [c["name"] for c in rec["Candentity"]] == [c["name"] for c in raw[rid]["Candentity"]
+                                                          if c["name"] != gold[rid]]
+        assert rec["mention_imgdesc_Azure"] == raw[rid]["mention_imgdesc_Azure"]
+    again, _ = fit._clue_nil_copy(data, labels, tmp_path / "cache", 0.5, seed=0)
+    assert again == path  # seeded and cached
+    other = json.loads(Path(fit._clue_nil_copy(data, labels, tmp_path / "c2", 0.5, seed=1)[0]).read_text())
+    assert set(other) != set(copy)  # another seed draws other mentions
+    assert fit._clue_nil_copy(data, labels, tmp_path / "c3", 0.0, seed=0) is None
+
+
+def test_clue_nil_copies_teach_the_clue_models_nil_and_leave_the_text_models_alone(tmp_path, fakes):
+    """With the copies, the image's text naming the mention's family no longer rules nil out in the clue
+    models: their nil probability rises on the mentions whose gold was removed; the text models are the same."""
+    data, labels = _with_image_text(tmp_path)
+    docs = {}
+    for share in ("0", "0.5"):
+        out = tmp_path / f"w{share}.json"
+        argv = ["fit", f"{data}:{labels}", "--folds", "2", "--no-llm", "--cache", str(tmp_path / "c"),
+                "--augment-clue-nil", share, "--out", str(out)]
+        assert cli_main(argv) == 0
+        docs[share] = (json.loads(out.read_text()), load_weights(str(out)))
+    (plain, wp), (aug, wa) = docs["0"], docs["0.5"]
+    assert plain["text_unordered"] == aug["text_unordered"] and plain["text"] == aug["text"]
+    assert plain["clue_unordered"] != aug["clue_unordered"]
+    path, lab = fit._clue_nil_copy(data, labels, tmp_path / "c", 0.5, seed=0)
+    m = fit_fusion.build_matrix(path, lab, get_embedder(BagOfWordsEmbeddings()))
+    assert m["has_clues"].all()
+    log_odds = {k: np.mean([np.log(p / (1 - p)) for p in (distribution(w.logits(x, with_clues=True, ranked=False),
+                                                                        True)[1] for x in m["X"])])
+                for k, w in (("plain", wp), ("aug", wa))}  # nil's mean log-odds on the gold-removed mentions
+    assert log_odds["aug"] > log_odds["plain"] + 1.0, log_odds
