@@ -13,6 +13,8 @@
    ``--augment-homonym`` adds, for every training mention with described candidates whose gold is listed
    under another name, a copy in which another described candidate is renamed to the mention (an
    exact-name homonym that is not the gold).
+   ``--augment-clue-nil SHARE`` adds, for the clue models only, copies of a seeded share of the training
+   mentions that have image descriptions and a listed gold, with the gold removed and labelled nil.
 2. K-fold cross-validation by mention id (a mention id's fold is fixed by a hash of the id): each
    fold's text models (conditional logits with a nil row, ``evals/fit_fusion.fit_models``; by default
    16 tanh units beside the linear score, over the features and their differences to the best rival,

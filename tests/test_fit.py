@@ -449,8 +449,8 @@ def _with_image_text(tmp_path: Path, n: int = 40) -> tuple[str, str]:
     """``_slice`` whose images show the gold's family name (the mention), as a surname in a photo's text does;
     every fifth mention has no image description."""
     data, labels = _slice(tmp_path, n=n)
-    raw, gold = json.loads(Path(data).read_text()), json.loads(Path(labels).read_text())
-    for k, (rid, rec) in enumerate(raw.items()):
+    raw = json.loads(Path(data).read_text())
+    for k, rec in enumerate(raw.values()):
         if k % 5 != 4:
             rec["mention_imgdesc_Azure"] = {"Caption": f"a photo of {rec['mention']}", "OCR": rec["mention"]}
     Path(data).write_text(json.dumps(raw))
