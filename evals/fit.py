@@ -108,16 +108,24 @@ def _cached_copy(data: dict, path: str, cache: Path, kind: str, salt: str = "") 
     return str(dst)
 
 
+def _read_set(path: str, labels: str | None) -> tuple[dict, dict] | None:
+    """An I2CR JSON set and its labels (``{}`` without), for the augmented copies; None when unreadable."""
+    try:
+        data = json.loads(Path(path).read_text())
+        gold = json.loads(Path(labels).read_text()) if labels else {}
+    except (OSError, json.JSONDecodeError):
+        return None
+    return (data, gold) if isinstance(data, dict) and isinstance(gold, dict) else None
+
+
 def _noattr_copy(path: str, labels: str | None, cache: Path) -> tuple[str, str | None] | None:
     """An attribute-free copy of an I2CR JSON set (written in ``cache``), or None when nothing changes."""
     from evals.variants import strip_attributes
 
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
+    read = _read_set(path, None)
+    if read is None:
         return None
-    if not isinstance(data, dict):
-        return None
+    data, _ = read
     changed, out = False, {}
     for rid, rec in data.items():
         rec = dict(rec)
@@ -144,13 +152,10 @@ def _homonym_copy(path: str, labels: str | None, cache: Path, seed: int = 0) -> 
     mention qualifies."""
     from tools.names import name_key, strip_possessive
 
-    try:
-        data = json.loads(Path(path).read_text())
-        gold = json.loads(Path(labels).read_text()) if labels else {}
-    except (OSError, json.JSONDecodeError):
+    read = _read_set(path, labels)
+    if read is None:
         return None
-    if not isinstance(data, dict) or not isinstance(gold, dict):
-        return None
+    data, gold = read
     rng = np.random.default_rng(seed)
     out, n = {}, 0
     for rid, rec in data.items():
@@ -180,20 +185,20 @@ def _clue_nil_copy(path: str, labels: str | None, cache: Path, share: float,
     mentions, so without them the clue models learn that clue evidence (the mention's surname in the image's
     text, a scene that fits a footballer) always points at a listed candidate. Written in ``cache``; None when
     no mention qualifies."""
+    from evals.datasets import _field
     from evals.variants import _gold_index, _rng
 
-    try:
-        data = json.loads(Path(path).read_text())
-        gold = json.loads(Path(labels).read_text()) if labels else {}
-    except (OSError, json.JSONDecodeError):
+    read = _read_set(path, labels)
+    if read is None:
         return None
-    if not isinstance(data, dict) or not isinstance(gold, dict):
-        return None
+    data, gold = read
     out, nil = {}, {}
     for rid, rec in data.items():
-        g, cands = gold.get(rid), (rec.get("Candentity") if isinstance(rec, dict) else None) or []
+        if not isinstance(rec, dict):
+            continue
+        g, cands = gold.get(rid), rec.get("Candentity") or []
         i = _gold_index(cands, str(g)) if g and g != "nil" else -1
-        has_desc = any(rec.get(k) for k in ("mention_imgdesc_Azure", "image_desc"))  # no clue: no clue model row
+        has_desc = bool(_field(rec, "mention_imgdesc_Azure", "image_desc"))  # no clue: no clue model row
         if i < 0 or len(cands) < 2 or not has_desc or _rng(seed, rid, "clue-nil").random() >= share:
             continue
         out[rid] = {**rec, "Candentity": cands[:i] + cands[i + 1:]}
@@ -642,6 +647,8 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     if unknown:
         p.error(f"--drop-features: unknown feature(s) {unknown}; known: {', '.join(ALL_FEATURES)}")
     arch = architecture(a)  # checked before any feature is computed
+    if not 0 <= a.augment_clue_nil <= 1:
+        raise ConfigError(f"fit: --augment-clue-nil: expected a share between 0 and 1, got {a.augment_clue_nil}")
     k = len(a.data)
     if a.labels and k > 1:
         p.error("--labels: give one labels file per set as DATA:LABELS when there are several sets")
@@ -677,7 +684,8 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
             if copy:
                 c = load_set(copy[0], copy[1], emb, cache, 0 if clue_only else n, a.seed)
                 if clue_only:  # copies of the sampled mentions only
-                    keep = [i for i, r in enumerate(c["ids"]) if r in set(m["ids"])]
+                    sampled = set(m["ids"])
+                    keep = [i for i, r in enumerate(c["ids"]) if r in sampled]
                     c.update(X=[c["X"][i] for i in keep], ids=[c["ids"][i] for i in keep],
                              **{k: c[k][keep] for k in ("gold", "nil", "has_clues")})
                 c.update(role="aug", source=d, ranked=order == "ranked", name=f"{m['name']} ({label})", spec=copy,

@@ -118,6 +118,10 @@ def test_i2cr_fit_bad_input_is_one_line(tmp_path, fakes, capsys):
     data, labels = _slice(tmp_path)
     assert cli_main(["fit", f"{data}:{labels}", "--no-llm", "--cache", "", "--nil-threshold", "2"]) == 2
     assert "--nil-threshold" in capsys.readouterr().err
+    for share in ("-0.1", "1.5"):
+        assert cli_main(["fit", f"{data}:{labels}", "--no-llm", "--cache", "", "--augment-clue-nil", share]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("i2cr: error: fit: --augment-clue-nil") and share in err and "Traceback" not in err
 
 
 def test_likelihood_prompt_is_type_neutral_and_scores_names_without_disambiguators(fakes):
