@@ -38,6 +38,9 @@
    training mentions. Figures with the LLM cover the mentions of ``--llm-sample``, each LLM mode also
    with the fused linker's ``nil_needs_text`` rule ("nil needs text": nil only when the text scores
    alone answer nil too).
+   ``--no-llm``: no LLM is called; every LLM term (weight, nil and context terms) is carried over from
+   ``--base``, and in the fold files each fold's, where the base's fit record holds them for the same folds
+   (for a refit that changes only what the LLM terms do not read, such as the clue models).
 5. ``--out``: the weights fitted on every training mention (the LLM weight on every asked one), with
    the fit record (command, data, CV figures) in its ``fit`` entry. ``--fold-weights DIR``: also each
    fold's weights (``DIR/fold<k>.json``), for a whole-graph CV run (``evals/cv_eval.py --fold-weights``).
@@ -573,7 +576,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="squared-weight penalty of the --hidden/--relative models (per mention, averaged)")
     p.add_argument("--nil-threshold", default="0.5", help="the graph's nil_threshold for the figures ('off': never nil)")
     p.add_argument("--gate", type=float, default=0.95, help="the graph's gate_threshold: the LLM is asked below it")
-    p.add_argument("--no-llm", dest="llm", action="store_false", help="text weights only (LLM terms kept from --base)")
+    p.add_argument("--no-llm", dest="llm", action="store_false", help="text weights only (LLM terms kept from --base: all of them, and in --fold-weights "
+                   "each fold's where the base's fit records them for the same folds)")
     p.add_argument("--linker-model", default="embedded")
     p.add_argument("--llm-scoring", default="likelihood", choices=("likelihood", "choice"))
     p.add_argument("--llm-floor", type=float, default=5.0, help="LLM log-probabilities floored at minus this "
@@ -890,8 +894,11 @@ def llm_entries(base: Any, scoring: str, params: dict[str, float] | None,
     ``llm_nil``, from fitted LLM ``params`` (``w``, optionally ``nil_bias``/``nil_weight``) for the route
     ``scoring``, or carried over from ``base`` when nothing was fitted (``params`` None)."""
     weight = {"likelihood": base.llm_weights["likelihood"], "choice": base.llm_weights["choice"]}
-    if params is None:
-        return weight, base.llm_floor, {}
+    if params is None:  # every LLM term of the base: its nil and context terms too
+        extra = {"llm_nil": dict(base.llm_nil)} if base.llm_nil else {}
+        if base.llm_context:
+            extra["llm_context"] = dict(base.llm_context)
+        return weight, base.llm_floor, extra
     weight["likelihood" if scoring == "likelihood" else "choice"] = params["w"]
     extra = {"llm_nil": {"bias": params["nil_bias"], "weight": params["nil_weight"]}} if "nil_bias" in params else {}
     if "ctx" in params:
@@ -905,16 +912,37 @@ def write_fold_weights(folder: Path, fold_models: list[dict], result: dict[str, 
     :func:`fold_of_id`), so a whole-graph run of the fold (``evals/cv_eval.py --fold-weights``) is held out."""
     folder.mkdir(parents=True, exist_ok=True)
     llm = result.get("llm") or {}
+    carried = None if llm else base_fold_llm(base, a.folds)
     for k, models in enumerate(fold_models):
-        weight, doc_floor, extra = llm_entries(base, a.llm_scoring,
-                                               llm["fold_params"][llm["mode"]][k] if llm else None, floor)
+        if llm:
+            weight, doc_floor, extra = llm_entries(base, a.llm_scoring, llm["fold_params"][llm["mode"]][k], floor)
+            said = "fitted without this fold"
+        elif carried:  # the base's own held-out terms of this fold: no fold's labels leak into its LLM terms
+            weight, doc_floor, extra = llm_entries(base, carried["scoring"], carried["params"][k], base.llm_floor)
+            said = f"carried over from {base.source}, its fold {k}'s (fitted without this fold)"
+        else:
+            weight, doc_floor, extra = llm_entries(base, a.llm_scoring, None, floor)
+            said = f"carried over from {base.source} (fitted on every mention: not held out)"
         fit = {"fold": k, "folds": a.folds, "fold_of": "evals.fit.fold_of_id (SHA-1 of the mention id)",
-               "command": result["command"], **architecture(a),
-               "llm": "fitted without this fold" if llm else "carried over from " + base.source}
+               "command": result["command"], **architecture(a), "llm": said}
         doc = weights_document(models, llm_weight=weight, llm_floor=doc_floor, nil_row=True, fit=fit)
         doc.update(extra)
         write_weights(folder / f"fold{k}.json", doc)
     print(f"fold weights written to {folder}/fold0..{len(fold_models) - 1}.json", file=sys.stderr)
+
+
+def base_fold_llm(base: Any, folds: int) -> dict[str, Any] | None:
+    """The per-fold LLM terms a base weights file records (its fit's ``llm.fold_params`` of the written mode),
+    for a fit without the LLM (``--no-llm``) whose folds are the base's: ``{"scoring", "params": [per fold]}``,
+    or ``None`` when the base has none for ``folds`` folds. Folds are fixed by the mention id
+    (:func:`fold_of_id`), so fold k's terms were fitted without fold k's mentions."""
+    llm = base.fit.get("llm") if isinstance(base.fit, dict) else None
+    if not isinstance(llm, dict) or base.fit.get("folds") != folds:
+        return None
+    params = (llm.get("fold_params") or {}).get(llm.get("mode"))
+    if not isinstance(params, list) or len(params) != folds or not all(isinstance(p, dict) and "w" in p for p in params):
+        return None
+    return {"scoring": llm.get("llm_scoring", "likelihood"), "params": params}
 
 
 def cv_record(result: dict[str, Any]) -> dict[str, Any]:

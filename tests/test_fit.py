@@ -501,3 +501,36 @@ def test_clue_nil_copies_teach_the_clue_models_nil_and_leave_the_text_models_alo
                                                                         True)[1] for x in m["X"])])
                 for k, w in (("plain", wp), ("aug", wa))}  # nil's mean log-odds on the gold-removed mentions
     assert log_odds["aug"] > log_odds["plain"] + 1.0, log_odds
+
+
+def test_a_fit_without_the_llm_carries_every_llm_term_of_its_base_and_each_folds(tmp_path, fakes):
+    """``--no-llm`` keeps the base's LLM weight, nil and context terms in ``--out``; its fold files take the
+    base's own held-out terms of each fold when the base records them for the same folds, else the base's
+    all-data terms, said to be not held out."""
+    data, labels = _slice(tmp_path, n=32)
+    base = tmp_path / "base.json"
+    assert cli_main(["fit", f"{data}:{labels}", "--folds", "2", "--gate", "1.0", "--llm-mode", "w+nil",
+                     "--out", str(base), "--llm-cache", str(tmp_path / "llm"), "--cache", ""]) == 0
+    doc = json.loads(base.read_text())
+    doc["llm_context"] = {"weight": 0.25}  # a context term too: carried like the others
+    base.write_text(json.dumps(doc))
+    per_fold = doc["fit"]["llm"]["fold_params"]["w+nil"]
+    assert per_fold[0] != per_fold[1] and doc["llm_nil"]
+    calls = len(fakes.seen)
+    out, folds = tmp_path / "refit.json", tmp_path / "folds"
+    assert cli_main(["fit", f"{data}:{labels}", "--folds", "2", "--no-llm", "--base", str(base), "--cache", "",
+                     "--out", str(out), "--fold-weights", str(folds)]) == 0
+    assert len(fakes.seen) == calls  # no LLM call
+    refit = json.loads(out.read_text())
+    assert refit["llm_nil"] == doc["llm_nil"] and refit["llm_context"] == {"weight": 0.25}
+    assert refit["llm_weight"] == doc["llm_weight"]
+    for k in (0, 1):
+        fk = json.loads((folds / f"fold{k}.json").read_text())
+        assert fk["llm_weight"]["likelihood"] == per_fold[k]["w"]
+        assert fk["llm_nil"] == {"bias": per_fold[k]["nil_bias"], "weight": per_fold[k]["nil_weight"]}
+        assert "its fold" in fk["fit"]["llm"] and load_weights(str(folds / f"fold{k}.json")).llm_nil
+    three = tmp_path / "folds3"
+    assert cli_main(["fit", f"{data}:{labels}", "--folds", "3", "--no-llm", "--base", str(base), "--cache", "",
+                     "--fold-weights", str(three)]) == 0
+    f0 = json.loads((three / "fold0.json").read_text())  # other folds: the base's all-data terms, said so
+    assert f0["llm_nil"] == doc["llm_nil"] and "not held out" in f0["fit"]["llm"]
