@@ -875,7 +875,7 @@ def run(a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
                "method": "conditional logit with a nil row (L-BFGS); LLM terms by maximum likelihood with the nil row",
                "command": result["command"],
                "cv": cv_record(result),
-               **({"llm": result["llm"]} if a.llm and llm_params else {"llm": "carried over from " + base.source})}
+               "llm": result["llm"] if a.llm and llm_params else carried_llm_record(base)}
         doc = weights_document(final, llm_weight=llm_weight, llm_floor=doc_floor, nil_row=True, fit=fit)
         doc.update(extra)
         write_weights(a.out, doc)
@@ -931,13 +931,23 @@ def write_fold_weights(folder: Path, fold_models: list[dict], result: dict[str, 
     print(f"fold weights written to {folder}/fold0..{len(fold_models) - 1}.json", file=sys.stderr)
 
 
+def carried_llm_record(base: Any) -> dict[str, Any] | str:
+    """The ``fit.llm`` entry of a fit without the LLM: the base's own LLM record (its fitted and per-fold
+    terms, so a later ``--no-llm`` refit on this file can carry them again) with ``carried_from`` naming it,
+    or a sentence when the base records none."""
+    llm = base.fit.get("llm") if isinstance(base.fit, dict) else None
+    if isinstance(llm, dict):
+        return {**llm, "carried_from": base.source, "folds": base.fit.get("folds")}
+    return "carried over from " + base.source
+
+
 def base_fold_llm(base: Any, folds: int) -> dict[str, Any] | None:
     """The per-fold LLM terms a base weights file records (its fit's ``llm.fold_params`` of the written mode),
     for a fit without the LLM (``--no-llm``) whose folds are the base's: ``{"scoring", "params": [per fold]}``,
     or ``None`` when the base has none for ``folds`` folds. Folds are fixed by the mention id
     (:func:`fold_of_id`), so fold k's terms were fitted without fold k's mentions."""
     llm = base.fit.get("llm") if isinstance(base.fit, dict) else None
-    if not isinstance(llm, dict) or base.fit.get("folds") != folds:
+    if not isinstance(llm, dict) or llm.get("folds", base.fit.get("folds")) != folds:
         return None
     params = (llm.get("fold_params") or {}).get(llm.get("mode"))
     if not isinstance(params, list) or len(params) != folds or not all(isinstance(p, dict) and "w" in p for p in params):

@@ -534,3 +534,10 @@ def test_a_fit_without_the_llm_carries_every_llm_term_of_its_base_and_each_folds
                      "--fold-weights", str(three)]) == 0
     f0 = json.loads((three / "fold0.json").read_text())  # other folds: the base's all-data terms, said so
     assert f0["llm_nil"] == doc["llm_nil"] and "not held out" in f0["fit"]["llm"]
+    rec = refit["fit"]["llm"]  # the base's LLM record travels on: a refit of the refit carries the same folds' terms
+    assert rec["carried_from"] == str(base) and rec["fold_params"] == doc["fit"]["llm"]["fold_params"]
+    again = tmp_path / "folds-again"
+    assert cli_main(["fit", f"{data}:{labels}", "--folds", "2", "--no-llm", "--base", str(out), "--cache", "",
+                     "--fold-weights", str(again)]) == 0
+    for k in (0, 1):
+        assert json.loads((again / f"fold{k}.json").read_text())["llm_nil"]["bias"] == per_fold[k]["nil_bias"]

@@ -93,7 +93,13 @@ def test_features_read_gender_dates_and_names():
     assert f[:, col["dense_top"]].sum() == 1 and f[:, col["clue_dense"]].sum() == 0  # no clues: clue columns 0
     with_clues = candidate_features("Berg", "", CANDS, emb, clue_text="a woman at a lectern", ocr_text="ANNA BERG")
     assert list(with_clues[:, col["gender_clue"]]) == [1, -1, 0]
-    assert list(with_clues[:, col["name_in_ocr"]]) == [1, 0.5, 1]
+    # the photo's text credits the name's words beyond the mention's: "BERG" is every Berg's, "ANNA" only Anna's
+    assert list(with_clues[:, col["name_in_ocr"]]) == [1, 0, 0]
+    murray = [{"name": "Charles Murray Marling", "desc": ""}, {"name": "Pauli Murray", "desc": ""}]
+    f = candidate_features("Pauli Murray", "", murray, emb, clue_text="a book", ocr_text="MURRAY")
+    assert list(f[:, col["name_in_ocr"]]) == [0, 0]  # the mention's own surname credits no namesake
+    f = candidate_features("Murray", "", murray, emb, clue_text="a book", ocr_text="Pauli Murray: Song in a Weary Throat")
+    assert list(f[:, col["name_in_ocr"]]) == [0, 1]
 
 
 def test_fact_parsers():

@@ -21,6 +21,7 @@ from tools.names import (
     display_name,
     feature_name,
     is_acronym_of,
+    name_clash,
     name_key,
     prefix_share,
     split_name,
@@ -125,6 +126,26 @@ class _SynonymEmbeddings(BagOfWordsEmbeddings):
 
     def _one(self, text: str) -> list[float]:
         return super()._one(text.replace("USA", "united states"))
+
+
+@pytest.mark.parametrize(("mention", "name", "clash"), [
+    ("Mel Gibson", "James_K._Gibson_(politician)", 1.0),  # another given name of the family
+    ("Lech Wałęsa", "Lech_Kaczy%C5%84ski", 1.0),  # another family of the given name
+    ("Charles II", "Charles_III_of_Navarre_(monarch)", 1.0),
+    ("Hillary Clinton's", "Bill_Clinton", 1.0),  # possessive dropped
+    ("Benjamin Netanyahu", "Benjamin", 0.0),  # the name accounts for part of the mention only: no clash
+    ("Otto Bismarck", "Otto_von_Bismarck", 0.0),  # a particle
+    ("Steve McQueen", "Steven_R._McQueen", 0.0),  # a prefix and an initial
+    ("George H. W. Bush", "George_W._Bush", 0.0),
+    ("President Obama", "Barack_Obama", 0.0),  # an honorific
+    ("Obama", "Michelle_Obama", 0.0),  # one-word mentions never clash
+    ("USGS", "United_States_Geological_Survey", 0.0),
+    ("New York Yankees", "New_York_Mets", 1.0),
+])
+def test_name_clash_marks_a_word_on_each_side_the_other_lacks(mention, name, clash):
+    assert name_clash(mention, name) == clash
+    f = candidate_features(mention, "", [{"name": name, "desc": ""}, {"name": mention, "desc": ""}], EMB)
+    assert list(f[:, ALL_FEATURES.index("name_clash")]) == [clash, 0.0]
 
 
 def test_name_sim_compares_the_mention_alone_with_the_name_alone():

@@ -48,13 +48,13 @@ from typing import Any
 import numpy as np
 
 from tools.facts import HE_PRONOUNS, SHE_PRONOUNS, entity_facts
-from tools.names import feature_name, is_acronym_of, name_coverage, prefix_share, spelling_similarity
+from tools.names import feature_name, is_acronym_of, name_clash, name_coverage, prefix_share, spelling_similarity
 from tools.texts import entity_text, mention_text, name_text, query_text
 
 TEXT_FEATURES = (
     "dense", "dense_gap", "dense_top", "list_first", "list_rank_inv",
     "mention_in_name", "name_in_text", "name_exact", "surname_match", "acronym", "name_prefix",
-    "name_covered", "spelling", "name_sim",
+    "name_covered", "spelling", "name_sim", "name_clash",
     "has_disamb", "disamb_in_text",
     "gender_text", "years_fit", "died_before_1900", "desc_missing_rel", "has_desc", "qid_prior",
 )
@@ -178,6 +178,7 @@ def _lexical(said: str, mention: str, context: str, cands: tuple, ranked: bool) 
         row[col["name_prefix"]] = prefix_share(said, base)
         row[col["name_covered"]] = name_coverage(said, base)
         row[col["spelling"]] = spelling_similarity(said, base)
+        row[col["name_clash"]] = name_clash(said, base)
         row[col["has_disamb"]] = float(bool(disamb))
         row[col["disamb_in_text"]] = _share(dis_tokens, context_tokens) if dis_tokens else 0.0
         row[col["mention_in_name"]] = _share(m_tokens, set(name_tokens))
@@ -234,8 +235,9 @@ def candidate_features(mention: str, context: str, candidates: list[dict], embed
         nvecs = embedder.embed([said, *names])
     out[:, col["name_sim"]] = nvecs[1:] @ nvecs[0]
     ocr_tokens = set(tokens(ocr_text)) if ocr_text else set()
-    if ocr_tokens:
-        out[:, col["name_in_ocr"]] = [_share(list(t), ocr_tokens) for t in name_tokens]
+    if ocr_tokens:  # the name's words beyond the mention's: the mention's own words in the photo's text say it
+        said_tokens = set(tokens(said))  # is pictured, not which of the candidates sharing them it is
+        out[:, col["name_in_ocr"]] = [_share([w for w in t if w not in said_tokens], ocr_tokens) for t in name_tokens]
     if clue_text:
         out[:, col["gender_clue"]] = gender_cue(clue_text) * np.asarray(sexes, dtype=float)
         cvec = embedder.embed([clue_text])[0]

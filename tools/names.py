@@ -137,6 +137,35 @@ def is_acronym_of(mention: str, name: str) -> bool:
     return len(ini) >= 2 and fold(compact) == ini
 
 
+_PARTICLES = _STOP | {"van", "von", "der", "den", "di", "della", "y", "bin", "ibn", "al", "el"}
+_HONORIFICS = {"mr", "mrs", "ms", "miss", "dr", "sir", "dame", "lord", "lady", "president", "king", "queen",
+               "prince", "princess", "pope", "saint", "st", "general", "senator", "governor", "mayor", "prof"}
+
+
+def _word_matches(w: str, others: list[str]) -> bool:
+    """``w`` is one of ``others``, or a prefix of one or has one as its prefix (``Steve`` / ``Steven``; an
+    initial ``K`` / ``Kaczynski``): at least 3 letters shared, or one of the two is a single letter."""
+    return any(w == o or ((min(len(w), len(o)) >= 3 or 1 in (len(w), len(o))) and (o.startswith(w) or w.startswith(o)))
+               for o in others)
+
+
+def name_clash(mention: str, name: str) -> float:
+    """1.0 when a mention of two or more words and the name each have a word the other lacks: another person
+    of the same family or given name (``Mel Gibson`` / ``James K. Gibson``, ``Lech Walesa`` / ``Lech
+    Kaczynski``), another team of the same city (``Manchester City`` / ``Manchester United``). Words match as
+    in :func:`_word_matches`; function words, honorifics and initials are left out on both sides. 0.0 for a
+    one-word mention, an acronym of the name, or when either side accounts for every word of the other
+    (``Benjamin Netanyahu`` / ``Benjamin``, ``Otto von Bismarck`` / ``Otto Bismarck``)."""
+    drop = _PARTICLES | _HONORIFICS
+    m = [w for w in words(strip_possessive(mention)) if w not in drop]
+    n = [w for w in words(split_name(name)[0]) if w not in drop]
+    if len(m) < 2 or not n or is_acronym_of(mention, name):
+        return 0.0
+    m_extra = [w for w in m if len(w) > 1 and not _word_matches(w, n)]
+    n_extra = [w for w in n if len(w) > 1 and not _word_matches(w, m)]
+    return float(bool(m_extra and n_extra))
+
+
 def prefix_share(mention: str, name: str, min_len: int = 3) -> float:
     """Share of the mention's words that share a prefix of at least ``min_len`` letters and 60% of the
     shorter word with a word of the name without being equal to it (``Spanish`` ~ ``Spain``,
