@@ -931,13 +931,21 @@ def write_fold_weights(folder: Path, fold_models: list[dict], result: dict[str, 
     print(f"fold weights written to {folder}/fold0..{len(fold_models) - 1}.json", file=sys.stderr)
 
 
+def _base_llm_record(base: Any) -> tuple[dict[str, Any] | None, Any]:
+    """A base weights file's LLM record (its fit's ``llm`` entry, ``None`` when it has none) and the number of
+    folds its per-fold terms were fitted with: the record's own ``folds`` when it was carried over, else the fit's."""
+    fit = base.fit if isinstance(base.fit, dict) else {}
+    llm = fit.get("llm")
+    return (llm, llm.get("folds", fit.get("folds"))) if isinstance(llm, dict) else (None, None)
+
+
 def carried_llm_record(base: Any) -> dict[str, Any] | str:
     """The ``fit.llm`` entry of a fit without the LLM: the base's own LLM record (its fitted and per-fold
     terms, so a later ``--no-llm`` refit on this file can carry them again) with ``carried_from`` naming it,
     or a sentence when the base records none."""
-    llm = base.fit.get("llm") if isinstance(base.fit, dict) else None
-    if isinstance(llm, dict):
-        return {**llm, "carried_from": base.source, "folds": base.fit.get("folds")}
+    llm, folds = _base_llm_record(base)
+    if llm is not None:
+        return {**llm, "carried_from": base.source, "folds": folds}
     return "carried over from " + base.source
 
 
@@ -946,8 +954,8 @@ def base_fold_llm(base: Any, folds: int) -> dict[str, Any] | None:
     for a fit without the LLM (``--no-llm``) whose folds are the base's: ``{"scoring", "params": [per fold]}``,
     or ``None`` when the base has none for ``folds`` folds. Folds are fixed by the mention id
     (:func:`fold_of_id`), so fold k's terms were fitted without fold k's mentions."""
-    llm = base.fit.get("llm") if isinstance(base.fit, dict) else None
-    if not isinstance(llm, dict) or llm.get("folds", base.fit.get("folds")) != folds:
+    llm, llm_folds = _base_llm_record(base)
+    if llm is None or llm_folds != folds:
         return None
     params = (llm.get("fold_params") or {}).get(llm.get("mode"))
     if not isinstance(params, list) or len(params) != folds or not all(isinstance(p, dict) and "w" in p for p in params):

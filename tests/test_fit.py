@@ -531,9 +531,17 @@ def test_a_fit_without_the_llm_carries_every_llm_term_of_its_base_and_each_folds
         assert "its fold" in fk["fit"]["llm"] and load_weights(str(folds / f"fold{k}.json")).llm_nil
     three = tmp_path / "folds3"
     assert cli_main(["fit", f"{data}:{labels}", "--folds", "3", "--no-llm", "--base", str(base), "--cache", "",
-                     "--fold-weights", str(three)]) == 0
+                     "--fold-weights", str(three), "--out", str(tmp_path / "refit3.json")]) == 0
     f0 = json.loads((three / "fold0.json").read_text())  # other folds: the base's all-data terms, said so
     assert f0["llm_nil"] == doc["llm_nil"] and "not held out" in f0["fit"]["llm"]
+    # a 3-fold refit, and a refit of it, carry the 2-fold record with its own fold count: a 2-fold refit of
+    # the last still gets each fold's terms
+    assert cli_main(["fit", f"{data}:{labels}", "--folds", "3", "--no-llm", "--base", str(tmp_path / "refit3.json"),
+                     "--cache", "", "--out", str(tmp_path / "refit3b.json")]) == 0
+    assert json.loads((tmp_path / "refit3b.json").read_text())["fit"]["llm"]["folds"] == 2
+    assert cli_main(["fit", f"{data}:{labels}", "--folds", "2", "--no-llm", "--base", str(tmp_path / "refit3b.json"),
+                     "--cache", "", "--fold-weights", str(tmp_path / "folds2of3")]) == 0
+    assert "its fold" in json.loads((tmp_path / "folds2of3" / "fold1.json").read_text())["fit"]["llm"]
     rec = refit["fit"]["llm"]  # the base's LLM record travels on: a refit of the refit carries the same folds' terms
     assert rec["carried_from"] == str(base) and rec["fold_params"] == doc["fit"]["llm"]["fold_params"]
     again = tmp_path / "folds-again"

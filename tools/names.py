@@ -140,6 +140,7 @@ def is_acronym_of(mention: str, name: str) -> bool:
 _PARTICLES = _STOP | {"van", "von", "der", "den", "di", "della", "y", "bin", "ibn", "al", "el"}
 _HONORIFICS = {"mr", "mrs", "ms", "miss", "dr", "sir", "dame", "lord", "lady", "president", "king", "queen",
                "prince", "princess", "pope", "saint", "st", "general", "senator", "governor", "mayor", "prof"}
+_CLASH_IGNORED = _PARTICLES | _HONORIFICS
 
 
 def _word_matches(w: str, others: list[str]) -> bool:
@@ -156,9 +157,8 @@ def name_clash(mention: str, name: str) -> float:
     in :func:`_word_matches`; function words, honorifics and initials are left out on both sides. 0.0 for a
     one-word mention, an acronym of the name, or when either side accounts for every word of the other
     (``Benjamin Netanyahu`` / ``Benjamin``, ``Otto von Bismarck`` / ``Otto Bismarck``)."""
-    drop = _PARTICLES | _HONORIFICS
-    m = [w for w in words(strip_possessive(mention)) if w not in drop]
-    n = [w for w in words(split_name(name)[0]) if w not in drop]
+    m = [w for w in words(strip_possessive(mention)) if w not in _CLASH_IGNORED]
+    n = [w for w in words(split_name(name)[0]) if w not in _CLASH_IGNORED]
     if len(m) < 2 or not n or is_acronym_of(mention, name):
         return 0.0
     m_extra = [w for w in m if len(w) > 1 and not _word_matches(w, n)]
