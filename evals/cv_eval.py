@@ -36,9 +36,11 @@ from tools.fusion import PACKAGED_WEIGHTS, load_weights
 def llm_fold_weights(path: str, folds: int) -> tuple[list, float | None]:
     """Each fold's ``llm_weight`` from a weights file's ``fit.llm`` (fitted without that fold), and its ``llm_floor``."""
     data = read_json_file(path, "--llm-weights")
-    floor = data.get("llm_floor") if isinstance(data, dict) else None
-    fit = (data.get("fit") or {}).get("llm") or {} if isinstance(data, dict) else {}
-    base = data.get("llm_weight", 1.0) if isinstance(data, dict) else 1.0
+    data = data if isinstance(data, dict) else {}
+    floor = data.get("llm_floor")
+    fit = data.get("fit") if isinstance(data.get("fit"), dict) else {}
+    fit = fit.get("llm") if isinstance(fit.get("llm"), dict) else {}  # a note or an absent record: no fold weights
+    base = data.get("llm_weight", 1.0)
     per = fit.get("fold_weights")
     if not isinstance(per, list) or len(per) != folds or fit.get("folds") != folds:
         print(f"cv_eval: {path} has no {folds}-fold LLM weights (run evals/fit_llm_weight.py); every fold uses "

@@ -379,6 +379,8 @@ def context_scores(records: dict[str, dict], sample: int, asked: list[str], sett
 
     Every candidate is scored (not only the prior's top ones, as in the graph), so the cache does not depend
     on the text weights; the fit keeps the top ``llm_context_top`` of its own text prior (:func:`context_terms`).
+    Failures as in :func:`llm_scores`: a mention that cannot be scored is left out and not cached; when the
+    first :data:`ABORT_AFTER` of a run all fail, the error is raised.
     """
     from graph.context import Context
     from tools.context_likelihood import context_likelihoods
@@ -390,6 +392,7 @@ def context_scores(records: dict[str, dict], sample: int, asked: list[str], sett
     got = {rid: row["context_logp"] for rid, row in cached_rows(cache, records, key, "context_logp").items()}
     todo = context_sample(asked, set(got), sample, seed)
     missing = [i for i in todo if i not in got]
+    failed: dict[str, str] = {}
     if missing:
         ctx = Context(**settings)
         model = load_linker(ctx)
@@ -404,7 +407,9 @@ def context_scores(records: dict[str, dict], sample: int, asked: list[str], sett
                     lp, _ = context_likelihoods(model, inp["mention"], inp.get("context") or "", names,
                                                 list(range(len(names))), spec=ctx.linker_model)
                 except ModelError as exc:
-                    print(f"  {rid}: not scored ({exc})", file=log, flush=True)
+                    failed[rid] = str(exc)
+                    if len(failed) == n == ABORT_AFTER:  # the model itself is unusable (a server down)
+                        raise
                     continue
                 row = {"id": rid, "key": key, "context_logp": [round(float(x), 4) for x in lp]}
                 fh.write(json.dumps(row) + "\n")
@@ -412,6 +417,7 @@ def context_scores(records: dict[str, dict], sample: int, asked: list[str], sett
                 got[rid] = row["context_logp"]
                 if n % 25 == 0:
                     print(f"  {n}/{len(missing)}", file=log, flush=True)
+        _report_failed(failed, todo, log)
     return {i: got[i] for i in todo if i in got}
 
 

@@ -177,3 +177,49 @@ def test_i2cr_fit_with_context_scores_is_resumable_and_writes_the_term(tmp_path,
     err = capsys.readouterr().err
     assert "--llm-context-sample 10 needs" in err and "Traceback" not in err
     assert cli_main([*argv[:-1], "-3"]) == 2
+
+
+def test_i2cr_fit_context_scores_skip_a_failed_mention_and_stop_on_a_dead_model(tmp_path, monkeypatch, capsys):
+    """A mention whose text cannot be scored is left out and not cached (a rerun scores it again); a model
+    that fails on every first context call stops the fit with its reason, as the LLM scores do."""
+    from test_fit import Continuations, _slice
+
+    from evals import fit_fusion
+    from graph.cli import main as cli_main
+    from tools import linker
+    from tools.embeddings import get_embedder
+    from tools.errors import ModelError
+
+    real = Continuations.continuation_logprobs
+    dead = {"all": False}
+
+    def flaky(self, messages, continuations):
+        if messages[-1].content == P.CONTEXT_USER and (dead["all"] or any("day 6." in c for c in continuations)):
+            self.seen.append(("failed", []))
+            raise ModelError("linker_model 'openai:x' failed: the server cannot score this text")
+        return real(self, messages, continuations)
+
+    model = Continuations(responses=["x"], prompts=[], seen=[])
+    monkeypatch.setattr(Continuations, "continuation_logprobs", flaky)
+    monkeypatch.setattr(linker, "load_linker", lambda ctx: model)
+    emb = get_embedder(BagOfWordsEmbeddings())
+    monkeypatch.setattr(fit_fusion, "get_embedder", lambda spec, **kw: emb)
+    data, labels = _slice(tmp_path)
+    js, cache = tmp_path / "fit.json", tmp_path / "llm"
+    argv = ["fit", f"{data}:{labels}", "--folds", "2", "--gate", "1.0", "--json", str(js),
+            "--llm-cache", str(cache), "--cache", "", "--llm-context-sample", "24"]
+    assert cli_main(argv) == 0
+    err = capsys.readouterr().err
+    assert "1 mention(s) could not be asked" in err and "m6: " in err and "cannot score this text" in err
+    rows = [json.loads(x) for x in (cache / "slice.context.jsonl").read_text().splitlines()]
+    assert len(rows) == 23 and "m6" not in {r["id"] for r in rows}
+    n = len(model.seen)
+    assert cli_main(argv) == 0 and len(model.seen) == n + 1  # only the failed one is scored again
+
+    dead["all"] = True  # every context call fails: the fit stops on the fifth, naming the reason
+    argv[argv.index(str(cache))] = str(tmp_path / "llm2")
+    capsys.readouterr()
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "cannot score this text" in err and "Traceback" not in err
+    assert [s for s in model.seen[n + 1:] if s[0] == "failed"] == [("failed", [])] * fit.ABORT_AFTER

@@ -369,6 +369,12 @@ def test_cv_eval_gives_each_fold_its_own_llm_weight(tmp_path):
     per_fold, floor = cv_eval.llm_fold_weights(str(path), 2)
     assert [w["likelihood"] for w in per_fold] == [0.25, 0.75] and floor == src["llm_floor"]
     assert cv_eval.llm_fold_weights(str(path), 5)[0] == [src["llm_weight"]] * 5  # no 5-fold fit: the file's weight
+    for record in ("carried from another file", None, ["not", "a", "record"]):  # fit.llm that is no record:
+        src["fit"]["llm"] = record  # the file's own weight for every fold, not an AttributeError
+        path.write_text(json.dumps(src))
+        assert cv_eval.llm_fold_weights(str(path), 2)[0] == [src["llm_weight"]] * 2
+    path.write_text(json.dumps({**src, "fit": "a note"}))
+    assert cv_eval.llm_fold_weights(str(path), 2)[0] == [src["llm_weight"]] * 2
 
 
 def test_llm_score_cache_skips_damaged_and_mismatched_rows(tmp_path):

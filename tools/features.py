@@ -41,14 +41,13 @@ written before them load; new fits do not use them.
 from __future__ import annotations
 
 import re
-import unicodedata
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
 from tools.facts import HE_PRONOUNS, SHE_PRONOUNS, entity_facts
-from tools.names import feature_name, is_acronym_of, name_clash, name_coverage, prefix_share, spelling_similarity
+from tools.names import feature_name, is_acronym_of, name_clash, name_coverage, prefix_share, spelling_similarity, words
 from tools.texts import entity_text, mention_text, name_text, query_text
 
 TEXT_FEATURES = (
@@ -66,23 +65,11 @@ ALL_FEATURES = TEXT_FEATURES + CLUE_FEATURES + LEGACY_FEATURES
 _COL = {name: i for i, name in enumerate(ALL_FEATURES)}
 
 
-_WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _YEAR = re.compile(r"(?<!\d)(1[0-9]{3}|20[0-9]{2})(?!\d)")
 _MALE = HE_PRONOUNS | {"man", "men", "boy", "mr", "king", "father", "son", "brother", "husband", "actor",
                       "gentleman", "sir", "prince", "lord"}
 _FEMALE = SHE_PRONOUNS | {"woman", "women", "girl", "mrs", "ms", "miss", "queen", "mother", "daughter", "sister",
                           "wife", "actress", "lady", "princess"}
-
-
-def _fold(text: str) -> str:
-    """Lower case without accents."""
-    text = unicodedata.normalize("NFKD", str(text or ""))
-    return "".join(ch for ch in text if not unicodedata.combining(ch)).lower()
-
-
-def tokens(text: str) -> list[str]:
-    """Accent-folded lower-case word tokens."""
-    return _WORD.findall(_fold(text))
 
 
 _QID = re.compile(r"Q([1-9][0-9]{0,11})")
@@ -110,9 +97,9 @@ def qid_prior(qids: list[Any]) -> np.ndarray:
 
 def gender_cue(text: str) -> int:
     """+1 male, -1 female, 0 unknown or mixed, from pronouns and nouns in ``text``."""
-    words = tokens(text)
-    male = sum(w in _MALE for w in words)
-    female = sum(w in _FEMALE for w in words)
+    said = words(text)
+    male = sum(w in _MALE for w in said)
+    female = sum(w in _FEMALE for w in said)
     if male and not female:
         return 1
     if female and not male:
@@ -161,17 +148,17 @@ def _lexical(said: str, mention: str, context: str, cands: tuple, ranked: bool) 
     col = _COL
     n = len(cands)
     out = np.zeros((n, len(ALL_FEATURES)), dtype=np.float64)
-    m_tokens = tokens(said)
-    text_tokens = set(tokens(f"{mention} {context}"))
-    context_tokens = set(tokens(context))
+    m_tokens = words(said)
+    text_tokens = set(words(f"{mention} {context}"))
+    context_tokens = set(words(context))
     text_gender = gender_cue(context)
     years = [int(y) for y in _YEAR.findall(context or "")]
     out[:, col["list_first"]], out[:, col["list_rank_inv"]] = rank_features(n, ranked)
     sexes, all_name_tokens = [], []
     for i, (name, desc, _qid) in enumerate(cands):
         base, disamb = feature_name(name)
-        name_tokens = tokens(base)
-        dis_tokens = tokens(disamb)
+        name_tokens = words(base)
+        dis_tokens = words(disamb)
         facts = entity_facts(desc, base)
         row = out[i]
         row[col["acronym"]] = float(is_acronym_of(said, base))
@@ -234,9 +221,9 @@ def candidate_features(mention: str, context: str, candidates: list[dict], embed
     else:
         nvecs = embedder.embed([said, *names])
     out[:, col["name_sim"]] = nvecs[1:] @ nvecs[0]
-    ocr_tokens = set(tokens(ocr_text)) if ocr_text else set()
+    ocr_tokens = set(words(ocr_text)) if ocr_text else set()
     if ocr_tokens:  # the name's words beyond the mention's: the mention's own words in the photo's text say it
-        said_tokens = set(tokens(said))  # is pictured, not which of the candidates sharing them it is
+        said_tokens = set(words(said))  # is pictured, not which of the candidates sharing them it is
         out[:, col["name_in_ocr"]] = [_share([w for w in t if w not in said_tokens], ocr_tokens) for t in name_tokens]
     if clue_text:
         out[:, col["gender_clue"]] = gender_cue(clue_text) * np.asarray(sexes, dtype=float)
