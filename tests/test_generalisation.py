@@ -11,6 +11,7 @@ import pytest
 from evals.fit_fusion import fit_clogit
 from evals.variants import build_variants, strip_attributes, wiki_title, write_variants
 from graph import Context, graph
+from tools.descriptions import says_more_than_name
 from tools.embeddings import get_embedder
 from tools.errors import ConfigError
 from tools.features import ALL_FEATURES, TEXT_FEATURES, candidate_features
@@ -233,6 +234,38 @@ def test_absent_wikidata_attributes_move_no_fact_feature():
     # all descriptions missing: the missing-description feature is 0 for every candidate (no level shift)
     bare = candidate_features("A", "text", [{"name": "A", "desc": ""}, {"name": "B", "desc": ""}], EMB)
     assert not bare[:, ALL_FEATURES.index("desc_missing_rel")].any()
+
+
+@pytest.mark.parametrize(("desc", "name", "says"), [
+    ("", "Anne", False),
+    ("Name: Anne. Occupation: .", "Anne", False),  # a record whose every field is empty
+    ("Name: Anne.", "Anne", False),
+    ("Name: Ceará. Occupation: .", "Cear%C3%A1", False),  # the title's spelling of the same name
+    ("Name: Anne, Queen of Great Britain. Occupation: .", "Anne,_Queen_of_Great_Britain", False),
+    ("Bratz (film).", "Bratz_(film)", False),  # prose that only repeats the name and its disambiguator
+    ("Name: Anne. Sex: female. Occupation: .", "Anne", True),  # one stated fact
+    ("Name: Anne. Birth: 1920.", "Anne", True),
+    ("Name: X. Occupation: actor.", "X", True),
+    ("Anne is a female given name.", "Anne", True),
+])
+def test_a_description_counts_when_it_says_more_than_the_name(desc, name, says):
+    assert says_more_than_name(desc, name) is says
+
+
+def test_an_empty_record_is_a_missing_description():
+    """``Name: Anne. Occupation: .`` carries no evidence: its candidate is marked like one without a description
+    (``has_desc`` 0, ``desc_missing_rel`` above the list's mean), not like the described ones."""
+    cands = [{"name": "Anne", "desc": "Name: Anne. Occupation: ."},
+             {"name": "Anne_Heche", "desc": "Name: Anne Heche. Occupation: actor."},
+             {"name": "Mary_Anne_Evans", "desc": "Name: Mary Anne Evans. Sex: female."}]
+    x = candidate_features("Mary Anne Stirling", "Mary Anne Stirling c. 1860", cands, EMB)
+    empty = candidate_features("Mary Anne Stirling", "Mary Anne Stirling c. 1860", [{**cands[0], "desc": ""},
+                                                                                   *cands[1:]], EMB)
+    for f in ("has_desc", "desc_missing_rel"):
+        col = ALL_FEATURES.index(f)
+        assert x[0, col] == empty[0, col] and list(x[1:, col]) == list(empty[1:, col])
+    assert list(x[:, ALL_FEATURES.index("has_desc")]) == [0.0, 1.0, 1.0]
+    assert x[0, ALL_FEATURES.index("desc_missing_rel")] > 0 > x[1, ALL_FEATURES.index("desc_missing_rel")]
 
 
 # ---- nil ----------------------------------------------------------------------------------------------------

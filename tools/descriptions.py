@@ -88,3 +88,17 @@ def prose_description(desc: str, name: str, *, seed: int = 0) -> str:
 def embedding_description(desc: str, name: str = "") -> str:
     """``desc`` as the embedder sees it: a Wikidata-style attribute list written as prose, other text as is."""
     return prose_description(desc, name) if is_attribute_style(desc or "") else (desc or "")
+
+
+def says_more_than_name(desc: str, name: str = "") -> bool:
+    """Whether ``desc`` states anything beyond the entity's name. ``Name: Anne. Occupation: .`` (a
+    knowledge base's record whose fields are all empty) says no more than an empty description: an
+    attribute list counts when a field other than ``Name`` has a value, other text when it has a word
+    the name lacks (words as :func:`tools.names.words`: case, accents and punctuation do not count)."""
+    from tools.names import split_name, words
+
+    desc = str(desc or "").strip()
+    if is_attribute_style(desc):
+        return any(value for field, value in attribute_fields(desc).items() if field != "Name")
+    said = set(words(desc))
+    return bool(said) and not said <= set(words(name)) | set(words(split_name(name)[0]))

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from tools.descriptions import says_more_than_name
 from tools.facts import HE_PRONOUNS, SHE_PRONOUNS, entity_facts
 from tools.names import feature_name, is_acronym_of, name_clash, name_coverage, prefix_share, spelling_similarity, words
 from tools.texts import entity_text, mention_text, name_text, query_text
@@ -181,7 +182,7 @@ def _lexical(said: str, mention: str, context: str, cands: tuple, ranked: bool) 
             row[col["years_dead"]] = float(y > end + 1)
             row[col["years_fit"]] = row[col["years_alive"]] - row[col["years_unborn"]] - row[col["years_dead"]]
         row[col["died_before_1900"]] = float(facts["death"] is not None and facts["death"] < 1900)
-        row[col["no_desc"]] = float(not desc.strip())
+        row[col["no_desc"]] = float(not says_more_than_name(desc, name))  # an empty record is no description
         row[col["has_desc"]] = 1.0 - row[col["no_desc"]]
         sexes.append(facts["sex"])
         all_name_tokens.append(tuple(name_tokens))
