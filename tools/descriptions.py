@@ -21,6 +21,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from tools.names import display_name, words
+
 FIELDS = ("Name", "Sex", "Birth", "Death", "Religion", "Occupation", "Spouse", "Languages", "Alma mater",
           "Work starts", "Nick name")
 """The Wikidata fields WikiMEL-style descriptions carry (others stay inside the value before them)."""
@@ -94,11 +96,10 @@ def says_more_than_name(desc: str, name: str = "") -> bool:
     """Whether ``desc`` states anything beyond the entity's name. ``Name: Anne. Occupation: .`` (a
     knowledge base's record whose fields are all empty) says no more than an empty description: an
     attribute list counts when a field other than ``Name`` has a value, other text when it has a word
-    the name lacks (words as :func:`tools.names.words`: case, accents and punctuation do not count)."""
-    from tools.names import split_name, words
-
+    the name lacks (the name as :func:`tools.names.display_name` shows it, disambiguator included; words as
+    :func:`tools.names.words`: case, accents and punctuation do not count)."""
     desc = str(desc or "").strip()
     if is_attribute_style(desc):
         return any(value for field, value in attribute_fields(desc).items() if field != "Name")
     said = set(words(desc))
-    return bool(said) and not said <= set(words(name)) | set(words(split_name(name)[0]))
+    return bool(said) and not said <= set(words(display_name(name)))
